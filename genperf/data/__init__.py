@@ -1,0 +1,93 @@
+"""Data sets by name. Images come out as uint8 tensors (N, C, H, W) or, for CelebA, a map-style
+dataset of float images; `Batches` turns either into float batches in [0, 1] on the device."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from genperf.data import celeba, mnist, toy
+from genperf.data.loader import Batches
+from genperf.errors import DataError
+
+IMAGE_SETS = ("mnist", "fashion-mnist", "digits", "celeba", "synthetic")
+POINT_SETS = tuple(toy.TOYS)
+DATASETS = IMAGE_SETS + POINT_SETS
+# When only MNIST's test split is present (as in ../shared/data), this many of its last images are held out.
+CARVED_HELDOUT = 1000
+
+
+@dataclass
+class Data:
+    name: str
+    train: object
+    heldout: object
+    shape: tuple  # (C, H, W) for images, (D,) for points
+    notes: list = field(default_factory=list)  # what the user should know about where the data came from
+
+    @property
+    def is_image(self):
+        return len(self.shape) == 3
+
+
+def _resize(images, size):
+    """uint8 (N, C, H, W) -> uint8 (N, C, size, size), bilinear with antialiasing."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def _idx_data(name, root, download):
+    train = mnist.load_split(root, name, "train", download)
+    test = mnist.load_split(root, name, "test", download)
+    if test is None:
+        raise DataError(f"{name}: no IDX files under {root} (looked in {root} and {root}/"
+                        f"{mnist.TORCHVISION_FOLDERS[name]}/raw); pass --data-root to the folder holding them")
+    notes = []
+    test_images = torch.from_numpy(test[0].copy()).unsqueeze(1)
+    if train is None:
+        n = len(test_images)
+        notes.append(f"{name}: training split not found under {root}; training on the first {n - CARVED_HELDOUT} "
+                     f"images of the test split and holding out its last {CARVED_HELDOUT}")
+        return test_images[:-CARVED_HELDOUT], test_images[-CARVED_HELDOUT:], notes
+    return torch.from_numpy(train[0].copy()).unsqueeze(1), test_images, notes
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    images = torch.from_numpy(load_digits().images).float()  # (1797, 8, 8), values 0..16
+    images = (images * 255 / 16).round().to(torch.uint8).unsqueeze(1)
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    return images[perm[200:]], images[perm[:200]]
+
+
+def load_dataset(name, root="data", image_size=None, channels=3, download=True, seed=0, flip=True) -> Data:
+    """`image_size` resizes image sets (None keeps the native size; CelebA defaults to 64)."""
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if name in POINT_SETS:
+        g = torch.Generator().manual_seed(seed)
+        return Data(name, toy.sample_toy(name, 50_000, g), toy.sample_toy(name, 5_000, g), (2,))
+    if name == "celeba":
+        size = image_size or 64
+        return Data(name, celeba.CelebAFolder(root, "train", size, flip=flip),
+                    celeba.CelebAFolder(root, "test", size), (3, size, size))
+    notes = []
+    if name == "synthetic":
+        size = image_size or 32
+        g = torch.Generator().manual_seed(seed)
+        train = torch.randint(0, 256, (2048, channels, size, size), dtype=torch.uint8, generator=g)
+        heldout = torch.randint(0, 256, (256, channels, size, size), dtype=torch.uint8, generator=g)
+    elif name == "digits":
+        train, heldout = _digits()
+    else:
+        train, heldout, notes = _idx_data(name, root, download)
+    if image_size:
+        train, heldout = _resize(train, image_size), _resize(heldout, image_size)
+    return Data(name, train, heldout, tuple(train.shape[1:]), notes)
+
+
+__all__ = ["Batches", "Data", "DataError", "DATASETS", "load_dataset"]

@@ -1,0 +1,52 @@
+"""Deterministic, resumable, rank-sharded batches.
+
+Epoch e visits the training set in the order randperm(seed, e), so a run resumed at (epoch, step)
+sees exactly the batches an uninterrupted run would. Each global batch is cut into contiguous
+per-rank slices, so the global batch is the same whatever the number of ranks."""
+from __future__ import annotations
+
+import torch
+
+from genperf.errors import DataError
+
+
+class Batches:
+    def __init__(self, source, batch_size, seed=0, rank=0, world_size=1, device="cpu", shuffle=True,
+                 drop_last=True, workers=0):
+        if batch_size % world_size:
+            raise DataError(f"batch size {batch_size} is not divisible by the {world_size} ranks")
+        if drop_last and len(source) < batch_size:
+            raise DataError(f"the data set has {len(source)} examples, fewer than one batch of {batch_size}")
+        self.source, self.batch_size, self.seed = source, batch_size, seed
+        self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
+        self.shuffle, self.drop_last, self.workers = shuffle, drop_last, workers
+
+    def __len__(self):
+        n = len(self.source)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _order(self, epoch):
+        if not self.shuffle:
+            return torch.arange(len(self.source))
+        return torch.randperm(len(self.source), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+
+    def _rank_slices(self, epoch, start):
+        order = self._order(epoch)
+        for b in range(start, len(self)):
+            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield batch.tensor_split(self.world_size)[self.rank]
+
+    def epoch(self, epoch, start=0):
+        """Yields this rank's float batches of `epoch`, from batch index `start` on."""
+        if torch.is_tensor(self.source):
+            for idx in self._rank_slices(epoch, start):
+                yield self._to_float(self.source[idx])
+            return
+        loader = torch.utils.data.DataLoader(self.source, batch_sampler=list(self._rank_slices(epoch, start)),
+                                             num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        for batch in loader:
+            yield self._to_float(batch)
+
+    def _to_float(self, batch):
+        batch = batch.to(self.device, non_blocking=True)
+        return batch.float() / 255 if batch.dtype == torch.uint8 else batch.float()

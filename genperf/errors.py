@@ -1,0 +1,6 @@
+class GenperfError(Exception):
+    """An error the user can fix (bad data, bad options); the CLI prints it as one line."""
+
+
+class DataError(GenperfError):
+    pass

@@ -1,0 +1,170 @@
+"""Multi-scale RealNVP (Dinh et al., 2017), laid out as in the paper.
+
+Per scale: 3 checkerboard couplings, squeeze (C -> 4C, H/2), 3 channel-wise couplings, then half of
+the channels are factored out as latents; the last scale is 4 checkerboard couplings. The s/t
+networks are weight-normalised ResNets whose width doubles from one scale to the next and doubles
+again for the channel-wise couplings. Images x in [0, 1] first go through the logit transform
+y = logit(alpha + (1 - 2 alpha) x), whose log-determinant is part of the model's.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from genperf.layers import CHANNEL, CHECKERBOARD, AffineCoupling
+
+# Architecture presets: the shape they are built for and the size of the s/t networks.
+ARCHS = {
+    "mnist": dict(in_channels=1, image_size=28, num_scales=2, mid_channels=64, num_blocks=8),
+    "celeba64": dict(in_channels=3, image_size=64, num_scales=3, mid_channels=64, num_blocks=8),
+}
+
+
+def _wn_conv(cin, cout, k):
+    return weight_norm(nn.Conv2d(cin, cout, k, padding=k // 2))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = _wn_conv(channels, channels, 3)
+        self.conv2 = _wn_conv(channels, channels, 3)
+
+    def forward(self, x):
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class STResNet(nn.Module):
+    """The s/t network of one coupling: a ResNet whose blocks also feed 1x1 skip paths to the output.
+
+    The output conv starts at zero, so every coupling starts as the identity."""
+
+    def __init__(self, in_channels, mid_channels, out_channels, num_blocks):
+        super().__init__()
+        self.in_conv = _wn_conv(in_channels, mid_channels, 3)
+        self.in_skip = _wn_conv(mid_channels, mid_channels, 1)
+        self.blocks = nn.ModuleList(ResidualBlock(mid_channels) for _ in range(num_blocks))
+        self.skips = nn.ModuleList(_wn_conv(mid_channels, mid_channels, 1) for _ in range(num_blocks))
+        self.out_conv = nn.Conv2d(mid_channels, out_channels, 1)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
+
+    def forward(self, x):
+        x = self.in_conv(x)
+        skip = self.in_skip(x)
+        for block, to_skip in zip(self.blocks, self.skips):
+            x = block(x)
+            skip = skip + to_skip(x)
+        return self.out_conv(F.relu(skip))
+
+
+def _full_precision(x):
+    """The flow state is kept in at least fp32 (float64 stays float64 for exact checks)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _coupling(channels, mid_channels, num_blocks, mask_type, flip):
+    cond = channels if mask_type == CHECKERBOARD else channels // 2
+    changed = channels if mask_type == CHECKERBOARD else channels // 2
+    return AffineCoupling(STResNet(cond, mid_channels, 2 * changed, num_blocks), channels, mask_type, flip)
+
+
+class Scale(nn.Module):
+    def __init__(self, channels, mid_channels, num_blocks, last):
+        super().__init__()
+        n_in = 4 if last else 3
+        self.in_couplings = nn.ModuleList(
+            _coupling(channels, mid_channels, num_blocks, CHECKERBOARD, i % 2 == 1) for i in range(n_in))
+        self.out_couplings = nn.ModuleList() if last else nn.ModuleList(
+            _coupling(4 * channels, 2 * mid_channels, num_blocks, CHANNEL, i % 2 == 1) for i in range(3))
+
+
+class RealNVP(nn.Module):
+    """`model(x) -> (z, logdet)`: the bijection from images x in [0, 1] to latents z of x's shape,
+    logdet = log|det dz/dx| per sample. `inverse(z) -> x`. `log_prob`/`bits_per_dim` dequantize
+    8-bit data with uniform noise and so are single-sample estimates."""
+
+    def __init__(self, in_channels=1, image_size=28, num_scales=2, mid_channels=64, num_blocks=8, alpha=0.05):
+        super().__init__()
+        if num_scales < 1:
+            raise ValueError(f"num_scales must be >= 1, got {num_scales}")
+        if image_size % (2 ** (num_scales - 1)):
+            raise ValueError(f"RealNVP with {num_scales} scales halves the image {num_scales - 1} times: "
+                             f"image size {image_size} is not divisible by {2 ** (num_scales - 1)}")
+        self.in_channels, self.image_size, self.alpha = in_channels, image_size, alpha
+        self.scales = nn.ModuleList()
+        channels, mid = in_channels, mid_channels
+        for i in range(num_scales):
+            self.scales.append(Scale(channels, mid, num_blocks, last=i == num_scales - 1))
+            channels, mid = 2 * channels, 2 * mid
+
+    def couplings(self):
+        return [c for s in self.scales for c in (*s.in_couplings, *s.out_couplings)]
+
+    def _check(self, x, name):
+        want = (self.in_channels, self.image_size, self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"RealNVP built for {name} of shape (N, {', '.join(map(str, want))}), got {tuple(x.shape)}")
+
+    def forward(self, x):
+        self._check(x, "images")
+        y = self.alpha + (1 - 2 * self.alpha) * _full_precision(x)
+        z = torch.log(y) - torch.log1p(-y)
+        logdet = (math.log(1 - 2 * self.alpha) - torch.log(y) - torch.log1p(-y)).flatten(1).sum(1)
+        factored = []
+        for scale in self.scales:
+            for c in scale.in_couplings:
+                z, ld = c(z)
+                logdet = logdet + ld
+            if len(scale.out_couplings) == 0:
+                break
+            z = F.pixel_unshuffle(z, 2)
+            for c in scale.out_couplings:
+                z, ld = c(z)
+                logdet = logdet + ld
+            z_out, z = z.chunk(2, dim=1)
+            factored.append(z_out)
+        for z_out in reversed(factored):
+            z = F.pixel_shuffle(torch.cat([z_out, z], dim=1), 2)
+        return z, logdet
+
+    def inverse(self, z):
+        self._check(z, "latents")
+        z = _full_precision(z)
+        factored = []
+        for scale in self.scales[:-1]:
+            z_out, z = F.pixel_unshuffle(z, 2).chunk(2, dim=1)
+            factored.append(z_out)
+        for c in reversed(self.scales[-1].in_couplings):
+            z, _ = c(z, reverse=True)
+        for scale in reversed(self.scales[:-1]):
+            z = torch.cat([factored.pop(), z], dim=1)
+            for c in reversed(scale.out_couplings):
+                z, _ = c(z, reverse=True)
+            z = F.pixel_shuffle(z, 2)
+            for c in reversed(scale.in_couplings):
+                z, _ = c(z, reverse=True)
+        return (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
+
+    def log_prob(self, x):
+        """log p(x) in nats per image for 8-bit images x in [0, 1] (values k / 255)."""
+        x = _full_precision(x)
+        x = (torch.round(x * 255) + torch.rand_like(x)) / 256
+        z, logdet = self(x)
+        dims = x[0].numel()
+        log_pz = -0.5 * (z.pow(2).flatten(1).sum(1) + dims * math.log(2 * math.pi))
+        return log_pz + logdet - dims * math.log(256)
+
+    def bits_per_dim(self, x):
+        return -self.log_prob(x) / (x[0].numel() * math.log(2))
+
+    @torch.no_grad()
+    def sample(self, n, temperature=1.0, z=None):
+        if z is None:
+            device = next(self.parameters()).device
+            z = torch.randn(n, self.in_channels, self.image_size, self.image_size, device=device)
+        return self.inverse(z * temperature).clamp(0, 1)

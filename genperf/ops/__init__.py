@@ -1,0 +1,5 @@
+"""Fused ops of genperf. Each op lives in one file with its pure-torch reference (`*_ref`)."""
+from genperf.ops.coupling import affine_coupling, affine_coupling_ref
+from genperf.ops.gradient_penalty import gradient_penalty, gradient_penalty_ref
+
+__all__ = ["affine_coupling", "affine_coupling_ref", "gradient_penalty", "gradient_penalty_ref"]
