@@ -1,0 +1,171 @@
+"""The losses of the study and one training step per model family.
+
+Every family exposes the same face to train.py: `modules` and `optimizers` (dicts by name),
+`train_step(x, step) -> {metric: tensor}`, `noise(n, generator)` and `sample(noise)` for the sample
+grids, and `evaluate(batches) -> {metric: float}` on held-out data. Images arrive in [0, 1]."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genperf.ops import gradient_penalty
+from genperf.scale import all_reduce_sum, make_adam
+
+DCGAN, WGAN_GP, WGAN_CLIP = "dcgan", "wgan-gp", "wgan"
+
+
+def smoothed_real_labels(n, low=0.7, high=0.9, device=None):
+    """One-sided label smoothing: targets for real images drawn from U[low, high]; fakes stay at 0."""
+    return torch.empty(n, device=device).uniform_(low, high)
+
+
+def vae_terms(logits, x, mu, logvar):
+    """Per-image (BCE summed over pixels, KL(q(z|x) || N(0, I))), in fp32."""
+    bce = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none").flatten(1).sum(1)
+    mu, logvar = mu.float(), logvar.float()
+    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+    return bce, kl
+
+
+def vae_loss(logits, x, mu, logvar, beta=1.0):
+    """The study's loss, BCE (sum) + beta * KL, averaged over the batch."""
+    bce, kl = vae_terms(logits, x, mu, logvar)
+    return (bce + beta * kl).mean()
+
+
+class GANObjective:
+    """DCGAN (non-saturating generator loss, optional one-sided label smoothing), WGAN-GP (gradient
+    penalty, Adam(0.5, 0.9)) and WGAN (weight clipping, RMSprop). One step = one batch for the
+    discriminator/critic; the generator steps every `critic_iters` steps (every step for DCGAN)."""
+
+    def __init__(self, kind, generator, critic, precision, lr, device_type, label_smoothing=False,
+                 critic_iters=5, gp_weight=10.0, clip=0.01, image_data=True):
+        self.kind, self.precision, self.image_data = kind, precision, image_data
+        self.label_smoothing, self.gp_weight, self.clip = label_smoothing, gp_weight, clip
+        self.critic_iters = 1 if kind == DCGAN else critic_iters
+        d_name = "discriminator" if kind == DCGAN else "critic"
+        self.G, self.D = generator, critic
+        self.modules = {"generator": generator, d_name: critic}
+        if kind == WGAN_CLIP:
+            opt = lambda m: torch.optim.RMSprop(m.parameters(), lr=lr)  # noqa: E731
+        else:
+            betas = (0.5, 0.999) if kind == DCGAN else (0.5, 0.9)
+            opt = lambda m: make_adam(m.parameters(), lr, betas, device_type)  # noqa: E731
+        self.optimizers = {"generator": opt(generator), d_name: opt(critic)}
+        self.d_name = d_name
+        self.last_g_loss = None
+
+    def noise(self, n, generator=None):
+        return torch.randn(n, self.G.latent_dim, generator=generator)
+
+    def train_step(self, x, step):
+        real = x * 2 - 1 if self.image_data else x
+        n = real.shape[0]
+        z = torch.randn(n, self.G.latent_dim, device=real.device)
+        with self.precision.autocast():
+            fake = self.G(z)
+            d_real, d_fake = self.D(real), self.D(fake.detach())
+            if self.kind == DCGAN:
+                target = smoothed_real_labels(n, device=real.device) if self.label_smoothing else torch.ones_like(d_real)
+                d_loss = (F.binary_cross_entropy_with_logits(d_real.float(), target)
+                          + F.binary_cross_entropy_with_logits(d_fake.float(), torch.zeros_like(target)))
+            else:
+                d_loss = d_fake.float().mean() - d_real.float().mean()
+                if self.kind == WGAN_GP:
+                    d_loss = d_loss + gradient_penalty(self.D, real, fake, self.gp_weight)
+        self.precision.step(d_loss, self.optimizers[self.d_name])
+        if self.kind == WGAN_CLIP:
+            with torch.no_grad():
+                for p in self.D.parameters():
+                    p.clamp_(-self.clip, self.clip)
+        out = {f"{self.d_name}_loss": d_loss.detach()}
+        if (step + 1) % self.critic_iters == 0:
+            with self.precision.autocast():
+                g_out = self.D(fake).float()
+                # Non-saturating loss for DCGAN: maximise log D(G(z)).
+                g_loss = (F.binary_cross_entropy_with_logits(g_out, torch.ones_like(g_out))
+                          if self.kind == DCGAN else -g_out.mean())
+            self.precision.step(g_loss, self.optimizers["generator"])
+            self.last_g_loss = g_loss.detach()
+        if self.last_g_loss is not None:
+            out["generator_loss"] = self.last_g_loss
+        return out
+
+    @torch.no_grad()
+    def sample(self, z):
+        self.G.eval()
+        with self.precision.autocast():
+            out = self.G(z).float()
+        self.G.train()
+        return (out + 1) / 2 if self.image_data else out
+
+    def evaluate(self, batches):
+        return {}
+
+
+class VAEObjective:
+    def __init__(self, model, precision, lr, device_type, beta=1.0):
+        self.model, self.precision, self.beta = model, precision, beta
+        self.modules = {"vae": model}
+        self.optimizers = {"vae": make_adam(model.parameters(), lr, (0.9, 0.999), device_type)}
+
+    def noise(self, n, generator=None):
+        return torch.randn(n, self.model.latent_dim, generator=generator)
+
+    def train_step(self, x, step):
+        with self.precision.autocast():
+            logits, mu, logvar = self.model(x)
+        bce, kl = vae_terms(logits, x, mu, logvar)
+        loss = (bce + self.beta * kl).mean()
+        self.precision.step(loss, self.optimizers["vae"])
+        return {"loss": loss.detach(), "recon": bce.mean().detach(), "kl": kl.mean().detach()}
+
+    @torch.no_grad()
+    def sample(self, z):
+        with self.precision.autocast():
+            return self.model.sample(z)
+
+    @torch.no_grad()
+    def evaluate(self, batches):
+        """Held-out ELBO (nats per image, beta = 1, one posterior sample) and the beta objective."""
+        totals = torch.zeros(3, device=batches.device)
+        for x in batches.epoch(0):
+            with self.precision.autocast():
+                logits, mu, logvar = self.model(x)
+            bce, kl = vae_terms(logits, x, mu, logvar)
+            totals += torch.stack([bce.sum(), kl.sum(), torch.tensor(float(len(x)), device=x.device)])
+        bce, kl, n = all_reduce_sum(totals).tolist()
+        return {"elbo": -(bce + kl) / n, "recon": bce / n, "kl": kl / n, "objective": (bce + self.beta * kl) / n}
+
+
+class FlowObjective:
+    """RealNVP trained by maximum likelihood on dequantized 8-bit images; the loss is bits/dim."""
+
+    def __init__(self, model, precision, lr, device_type, clip_grad=100.0):
+        self.model, self.precision, self.clip_grad = model, precision, clip_grad
+        self.modules = {"realnvp": model}
+        self.optimizers = {"realnvp": make_adam(model.parameters(), lr, (0.9, 0.999), device_type)}
+
+    def noise(self, n, generator=None):
+        m = self.model
+        return torch.randn(n, m.in_channels, m.image_size, m.image_size, generator=generator)
+
+    def train_step(self, x, step):
+        with self.precision.autocast():
+            bpd = self.model.bits_per_dim(x).mean()
+        self.precision.step(bpd, self.optimizers["realnvp"], self.clip_grad)
+        return {"bits_per_dim": bpd.detach()}
+
+    @torch.no_grad()
+    def sample(self, z):
+        with self.precision.autocast():
+            return self.model.sample(len(z), z=z)
+
+    @torch.no_grad()
+    def evaluate(self, batches):
+        total = torch.zeros(2, device=batches.device)
+        for x in batches.epoch(0):
+            with self.precision.autocast():
+                total += torch.stack([self.model.bits_per_dim(x).sum(), torch.tensor(float(len(x)), device=x.device)])
+        bpd_sum, n = all_reduce_sum(total).tolist()
+        return {"bits_per_dim": bpd_sum / n}

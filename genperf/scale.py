@@ -1,0 +1,184 @@
+"""Mixed precision, FSDP2 and process launch: how a run scales, kept out of the models."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+class Precision:
+    """--amp: bf16 autocast where the device has bf16, else fp16 with a GradScaler.
+
+    `step` runs backward and the optimizer step; with a GradScaler a step whose gradients overflowed
+    is skipped by the scaler, and counted here in `skipped_steps`."""
+
+    def __init__(self, device_type: str, enabled: bool):
+        self.device_type, self.enabled = device_type, enabled
+        self.dtype = None
+        if enabled:
+            bf16 = device_type != "cuda" or torch.cuda.is_bf16_supported()
+            self.dtype = torch.bfloat16 if bf16 else torch.float16
+        self.scaler = torch.amp.GradScaler(device_type) if self.dtype == torch.float16 else None
+        self.skipped_steps = 0
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.bfloat16, enabled=self.enabled)
+
+    def step(self, loss, optimizer, clip_grad=None):
+        optimizer.zero_grad(set_to_none=True)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if self.scaler is None:
+            loss.backward()
+            if clip_grad:
+                torch.nn.utils.clip_grad_norm_(params, clip_grad)
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        if clip_grad:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        scale = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        self.skipped_steps += int(self.scaler.get_scale() < scale)
+
+    def state_dict(self):
+        return {"skipped_steps": self.skipped_steps, "scaler": self.scaler.state_dict() if self.scaler else None}
+
+    def load_state_dict(self, state):
+        self.skipped_steps = state["skipped_steps"]
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def make_adam(params, lr, betas, device_type):
+    """Adam, fused where the device supports it (CUDA)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=device_type == "cuda")
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return dist.is_available() and dist.is_initialized()
+
+
+def under_torchrun():
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def default_nproc():
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 2
+
+
+def launch_workers(nproc: int, module: str, argv: list) -> int:
+    """Re-runs `python -m module argv` under torchrun with `nproc` local workers; returns its exit code."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", module, *argv]
+    print(f"genperf: launching {nproc} workers: {' '.join(cmd[2:])}", flush=True)
+    return subprocess.call(cmd, env=env)
+
+
+def init_distributed(device: str) -> Dist:
+    """Joins the torchrun process group (nccl on CUDA, gloo on CPU) or returns a single-process Dist."""
+    if not under_torchrun():
+        return Dist(device=torch.device(device))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+        dist.init_process_group("nccl", device_id=dev)
+    else:
+        dev = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), dev)
+
+
+def shutdown_distributed():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def apply_fsdp(model: torch.nn.Module, units, amp_dtype=None, forward_methods=()):
+    """FSDP2: shard each unit, then the root. Under AMP parameters are gathered in `amp_dtype` and
+    gradients reduced in fp32; inputs are not cast, so a flow's state stays in fp32 between couplings."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    device_type = "cuda" if torch.cuda.is_available() and dist.get_backend() == "nccl" else "cpu"
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    policy = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    for unit in units:
+        fully_shard(unit, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    for name in forward_methods:
+        register_fsdp_forward_method(model, name)
+    return model
+
+
+def is_fsdp(module):
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def model_state(model):
+    """A full (unsharded) state dict on CPU; a collective under FSDP."""
+    if not is_fsdp(model):
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_model_state(model, state):
+    if not is_fsdp(model):
+        return model.load_state_dict(state)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    return set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+
+
+def optimizer_state(model, optimizer):
+    if not is_fsdp(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model, optimizer, state):
+    if not is_fsdp(model):
+        return optimizer.load_state_dict(state)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    return set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def gather_objects(obj):
+    """[obj of rank 0, obj of rank 1, ...] (just [obj] when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,317 @@
+"""python -m genperf.train MODEL [options]: train one of the study's models.
+
+data -> model -> objective -> optimizer, top to bottom in `run`. Writes a run directory (--out)
+with config.json, metrics.jsonl, samples/ (a grid per epoch from fixed latents), loss.png, an
+atomically written checkpoint.pt that --resume continues from, and summary.json."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from genperf import models, objectives
+from genperf.data import DATASETS, Batches, load_dataset
+from genperf.errors import GenperfError
+from genperf.runlog import CHECKPOINT, RunLog, atomic_save
+from genperf.scale import (Precision, apply_fsdp, default_nproc, gather_objects, init_distributed, launch_workers,
+                           load_model_state, load_optimizer_state, model_state, optimizer_state,
+                           shutdown_distributed, under_torchrun)
+
+MODELS = ("dcgan", "wgan-gp", "wgan", "vae", "beta-vae", "realnvp")
+DEFAULTS = {  # per model: learning rate, epochs, latent size, beta
+    "dcgan": dict(lr=2e-4, epochs=5, latent_dim=100),
+    "wgan-gp": dict(lr=1e-4, epochs=5, latent_dim=100),
+    "wgan": dict(lr=5e-5, epochs=5, latent_dim=100),
+    "vae": dict(lr=1e-3, epochs=10, latent_dim=20, beta=1.0),
+    "beta-vae": dict(lr=1e-3, epochs=10, latent_dim=20, beta=4.0),
+    "realnvp": dict(lr=1e-3, epochs=5),
+}
+NUM_SAMPLES = 64
+# Options that may change when a run is resumed; any other difference is an error.
+RESUMABLE_CHANGES = {"epochs", "steps", "resume", "nproc", "log_every", "ckpt_every", "workers", "download"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m genperf.train", description=__doc__.split("\n")[0])
+    p.add_argument("model", choices=MODELS)
+    p.add_argument("--data", default="mnist", help=f"one of {', '.join(DATASETS)} (default mnist)")
+    p.add_argument("--data-root", default="data", help="folder holding the data set (default ./data)")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never download missing data")
+    p.add_argument("--image-size", type=int, help="resize images to this size (default: the data set's own)")
+    p.add_argument("--channels", type=int, default=3, help="channels of --data synthetic (default 3)")
+    p.add_argument("--epochs", type=int, help="epochs to train (default depends on the model)")
+    p.add_argument("--steps", type=int, help="total optimizer steps; overrides --epochs")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch size, split over the ranks")
+    p.add_argument("--lr", type=float, help="learning rate (default depends on the model)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--arch", help="realnvp: mnist or celeba64 (default: the preset matching the data); "
+                                  "vae: mlp or conv (default mlp up to 32x32, conv above)")
+    p.add_argument("--num-scales", type=int, help="realnvp: override the preset's number of scales")
+    p.add_argument("--mid-channels", type=int, help="realnvp: override the preset's s/t network width")
+    p.add_argument("--num-blocks", type=int, help="realnvp: override the preset's residual blocks per s/t network")
+    p.add_argument("--latent-dim", type=int, help="GAN and VAE latent size (default 100 for GANs, 20 for VAEs)")
+    p.add_argument("--beta", type=float, help="KL weight of vae (1) and beta-vae (default 4, must be > 1)")
+    p.add_argument("--label-smoothing", action="store_true", help="dcgan: real labels drawn from U[0.7, 0.9]")
+    p.add_argument("--critic-iters", type=int, default=5, help="wgan, wgan-gp: critic steps per generator step")
+    p.add_argument("--gp-weight", type=float, default=10.0, help="wgan-gp: gradient penalty weight")
+    p.add_argument("--clip", type=float, default=0.01, help="wgan: weight clipping bound")
+    p.add_argument("--out", help="run directory (default runs/MODEL)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast where supported, else fp16 with a GradScaler")
+    p.add_argument("--fsdp", action="store_true", help="FSDP2 over --nproc processes (self-launched unless under torchrun)")
+    p.add_argument("--nproc", type=int, help="processes for --fsdp (default: the GPU count, 2 on CPU)")
+    p.add_argument("--log-every", type=int, default=10, help="steps between metric lines")
+    p.add_argument("--ckpt-every", type=int, default=0, help="steps between checkpoints (0: at epoch ends only)")
+    p.add_argument("--workers", type=int, default=2, help="loader processes for file-based data (celeba)")
+    args = p.parse_args(argv)
+    for key, value in DEFAULTS[args.model].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.out = args.out or os.path.join("runs", args.model)
+    args.nproc = args.nproc or default_nproc()
+    return args
+
+
+def check_args(args, data):
+    if args.model == "beta-vae" and args.beta <= 1:
+        raise GenperfError(f"beta-vae needs --beta > 1 (got {args.beta}); use vae for beta = 1")
+    if not data.is_image and args.model not in ("dcgan", "wgan-gp", "wgan"):
+        raise GenperfError(f"{args.model} needs image data; {args.data} is 2-D points (GANs only)")
+    if args.label_smoothing and args.model != "dcgan":
+        raise GenperfError("--label-smoothing applies to dcgan only")
+    for name in ("batch_size", "critic_iters", "log_every"):
+        if getattr(args, name) < 1:
+            raise GenperfError(f"--{name.replace('_', '-')} must be >= 1")
+
+
+def realnvp_config(args, shape):
+    c, h, w = shape
+    if h != w:
+        raise GenperfError(f"realnvp needs square images, got {h}x{w}")
+    arch = args.arch or next((k for k, v in models.REALNVP_ARCHS.items()
+                              if (v["in_channels"], v["image_size"]) == (c, h)), None)
+    if arch is None:
+        cfg = dict(models.REALNVP_ARCHS["mnist"], in_channels=c, image_size=h)
+    elif arch not in models.REALNVP_ARCHS:
+        raise GenperfError(f"unknown realnvp --arch {arch!r}; choose one of {', '.join(models.REALNVP_ARCHS)}")
+    else:
+        cfg = dict(models.REALNVP_ARCHS[arch])
+        if (cfg["in_channels"], cfg["image_size"]) != (c, h):
+            raise GenperfError(f"--arch {arch} is built for {cfg['in_channels']}x{cfg['image_size']}x{cfg['image_size']} "
+                               f"images, {args.data} gives {c}x{h}x{w}; pass --image-size {cfg['image_size']} or another --arch")
+    for key in ("num_scales", "mid_channels", "num_blocks"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    return cfg
+
+
+def build_objective(args, data, precision, device):
+    """The model of `args.model` for data of `data.shape`, wrapped in its training objective."""
+    dt = device.type
+    try:
+        if args.model == "realnvp":
+            model = models.RealNVP(**realnvp_config(args, data.shape)).to(device)
+            return objectives.FlowObjective(model, precision, args.lr, dt), model.couplings()
+        if args.model in ("vae", "beta-vae"):
+            c, s, _ = data.shape
+            arch = args.arch or ("mlp" if s <= 32 else "conv")
+            model = models.VAE(c, s, args.latent_dim, arch).to(device)
+            return objectives.VAEObjective(model, precision, args.lr, dt, args.beta), []
+        if data.is_image:
+            c, s, _ = data.shape
+            G = models.DCGANGenerator(args.latent_dim, c, s).to(device)
+            D = models.DCGANDiscriminator(c, s, batch_norm=args.model == "dcgan").to(device)
+        else:
+            G = models.MLPGenerator(args.latent_dim, data.shape[0]).to(device)
+            D = models.MLPDiscriminator(data.shape[0]).to(device)
+        return objectives.GANObjective(args.model, G, D, precision, args.lr, dt, args.label_smoothing,
+                                       args.critic_iters, args.gp_weight, args.clip, data.is_image), []
+    except ValueError as e:  # shapes a model cannot take
+        raise GenperfError(str(e)) from None
+
+
+def shard(objective, units, precision):
+    forward_methods = {"realnvp": ["inverse", "bits_per_dim"], "vae": ["sample"]}
+    for name, module in objective.modules.items():
+        apply_fsdp(module, units if name == "realnvp" else [], precision.dtype, forward_methods.get(name, ()))
+
+
+def rng_state():
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(path, objective, precision, step, args, is_main):
+    """Gathers full states (a collective under FSDP) and has the main rank write them atomically."""
+    state = {
+        "step": step,
+        "config": vars(args),
+        "models": {k: model_state(m) for k, m in objective.modules.items()},
+        "optimizers": {k: optimizer_state(objective.modules.get(k, next(iter(objective.modules.values()))), o)
+                       for k, o in objective.optimizers.items()},
+        "precision": precision.state_dict(),
+        "rng": gather_objects(rng_state()),
+        "last_g_loss": getattr(objective, "last_g_loss", None),
+    }
+    if is_main:
+        atomic_save(state, path)
+
+
+def load_checkpoint(path, objective, precision, args, rank, world_size):
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    changed = {k: (v, getattr(args, k, None)) for k, v in state["config"].items()
+               if k not in RESUMABLE_CHANGES and getattr(args, k, None) != v}
+    if changed:
+        diff = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
+        raise GenperfError(f"{path} was written with other options ({diff}); resume with the same options")
+    for k, m in objective.modules.items():
+        load_model_state(m, state["models"][k])
+    for k, o in objective.optimizers.items():
+        load_optimizer_state(objective.modules.get(k, next(iter(objective.modules.values()))), o, state["optimizers"][k])
+    precision.load_state_dict(state["precision"])
+    if len(state["rng"]) == world_size:
+        set_rng_state(state["rng"][rank])
+    else:  # another number of ranks: fresh, still deterministic, streams
+        torch.manual_seed(args.seed * 1000 + rank + state["step"])
+    if state["last_g_loss"] is not None:
+        objective.last_g_loss = state["last_g_loss"].to(precision_device(objective))
+    return state["step"]
+
+
+def precision_device(objective):
+    return next(next(iter(objective.modules.values())).parameters()).device
+
+
+def evaluate(objective, batches, seed):
+    """Held-out metrics with their own fixed random stream, leaving the training stream untouched."""
+    devices = [torch.cuda.current_device()] if batches.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return objective.evaluate(batches)
+
+
+def run(args, argv):
+    if args.fsdp and not under_torchrun():
+        return launch_workers(args.nproc, "genperf.train", argv)
+    dist = init_distributed(args.device)
+    device = dist.device
+    torch.manual_seed(args.seed * 1000 + dist.rank)
+
+    data = load_dataset(args.data, args.data_root, args.image_size, args.channels, args.download, args.seed)
+    check_args(args, data)
+    precision = Precision(device.type, args.amp)
+    objective, fsdp_units = build_objective(args, data, precision, device)
+    if args.fsdp:
+        shard(objective, fsdp_units, precision)
+
+    train = Batches(data.train, args.batch_size, args.seed, dist.rank, dist.world_size, device, workers=args.workers)
+    heldout = Batches(data.heldout, args.batch_size, 0, dist.rank, dist.world_size, device, shuffle=False,
+                      drop_last=False, workers=args.workers)
+    steps_per_epoch = len(train)
+    total_steps = args.steps or args.epochs * steps_per_epoch
+    fixed_noise = objective.noise(NUM_SAMPLES, torch.Generator().manual_seed(args.seed)).to(device)
+
+    ckpt = os.path.join(args.out, CHECKPOINT)
+    step = 0
+    if args.resume:
+        if not os.path.exists(ckpt):
+            raise GenperfError(f"--resume: no checkpoint at {ckpt}")
+        step = load_checkpoint(ckpt, objective, precision, args, dist.rank, dist.world_size)
+    elif os.path.exists(ckpt):
+        raise GenperfError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
+    log = RunLog(args.out, dist.is_main, resume_step=step if args.resume else None)
+    n_params = sum(p.numel() for m in objective.modules.values() for p in m.parameters())
+    log.write_json("config.json", dict(vars(args), world_size=dist.world_size, parameters=n_params,
+                                       steps_per_epoch=steps_per_epoch, total_steps=total_steps, data_notes=data.notes))
+    if dist.is_main:
+        for note in data.notes:
+            print(f"genperf: {note}", flush=True)
+        print(f"genperf: {args.model} on {args.data} {'x'.join(map(str, data.shape))}, {n_params / 1e6:.2f}M parameters, "
+              f"{dist.world_size} rank(s) on {device.type}, {steps_per_epoch} steps/epoch, {total_steps} steps"
+              + (f", resuming at step {step}" if step else ""), flush=True)
+
+    def checkpoint(metrics):
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if bad:  # never let a diverged model overwrite the last good checkpoint
+            raise GenperfError(f"non-finite loss at step {step} ({bad}); stopping. The last good checkpoint, "
+                               f"if any, is kept at {ckpt}")
+        save_checkpoint(ckpt, objective, precision, step, args, dist.is_main)
+
+    def end_of_epoch_artifacts(name, metrics):
+        samples = objective.sample(fixed_noise)  # all ranks: sharded modules gather parameters collectively
+        log.save_samples(samples, name, real=None if data.is_image else data.heldout[:2000])
+        held = evaluate(objective, heldout, args.seed)
+        if held:
+            log.log(dict(step=step, epoch=step / steps_per_epoch, split="heldout", **held))
+        checkpoint(metrics)
+        log.plot_losses()
+        return held
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, dynamic_ncols=True, unit="step")
+    window, window_start, t_start, start_step = {}, time.perf_counter(), time.perf_counter(), step
+    last, held = {}, {}
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        for x in train.epoch(epoch, start=step % steps_per_epoch):
+            metrics = objective.train_step(x, step)
+            step += 1
+            bar.update(1)
+            for k, v in metrics.items():
+                window.setdefault(k, []).append(v)
+            if step % args.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - window_start
+                last = {k: torch.stack(v).float().mean().item() for k, v in window.items()}
+                ips = len(window[next(iter(window))]) * args.batch_size / max(elapsed, 1e-9)
+                if not all(math.isfinite(v) for v in last.values()):
+                    checkpoint(last)  # raises
+                log.log(dict(step=step, epoch=step / steps_per_epoch, split="train", images_per_s=ips, **last))
+                bar.set_postfix({**{k: f"{v:.4g}" for k, v in last.items()}, "img/s": f"{ips:.0f}"})
+                window, window_start = {}, time.perf_counter()
+            if args.ckpt_every and step % args.ckpt_every == 0:
+                checkpoint(last)
+            if step >= total_steps:
+                break
+        if step % steps_per_epoch == 0:
+            held = end_of_epoch_artifacts(f"epoch_{step // steps_per_epoch:03d}", last)
+    bar.close()
+    if step % steps_per_epoch or not held:
+        held = end_of_epoch_artifacts(f"step_{step:06d}", last)
+    elapsed = time.perf_counter() - t_start
+    summary = dict(model=args.model, data=args.data, steps=step, epochs=step / steps_per_epoch, parameters=n_params,
+                   world_size=dist.world_size, amp=str(precision.dtype) if args.amp else None,
+                   skipped_steps=precision.skipped_steps, train=last, heldout=held,
+                   wall_time_s=elapsed, images_per_s=(step - start_step) * args.batch_size / max(elapsed, 1e-9),
+                   samples=sorted(os.listdir(log.path("samples"))) if dist.is_main else None)
+    log.write_json("summary.json", summary)
+    if dist.is_main:
+        print(f"genperf: done. held-out {json.dumps(held)}; run directory {args.out}", flush=True)
+    shutdown_distributed()
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    try:
+        return run(args, argv)
+    except GenperfError as e:
+        print(f"genperf: error: {e}", file=sys.stderr, flush=True)
+        shutdown_distributed()
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
