@@ -72,7 +72,7 @@ class GANObjective:
             else:
                 d_loss = d_fake.float().mean() - d_real.float().mean()
                 if self.kind == WGAN_GP:
-                    d_loss = d_loss + gradient_penalty(self.D, real, fake, self.gp_weight)
+                    d_loss = d_loss + gradient_penalty(self.D, real, fake.to(real.dtype), self.gp_weight)
         self.precision.step(d_loss, self.optimizers[self.d_name])
         if self.kind == WGAN_CLIP:
             with torch.no_grad():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -84,13 +83,22 @@ def default_nproc():
 
 
 def launch_workers(nproc: int, module: str, argv: list) -> int:
-    """Re-runs `python -m module argv` under torchrun with `nproc` local workers; returns its exit code."""
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", module, *argv]
-    print(f"genperf: launching {nproc} workers: {' '.join(cmd[2:])}", flush=True)
-    return subprocess.call(cmd, env=env)
+    """Runs `python -m module argv` in `nproc` local workers through torch's elastic launcher (what
+    torchrun uses); returns 0 when all succeed, 1 otherwise."""
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    print(f"genperf: launching {nproc} workers of {module}", flush=True)
+    try:
+        elastic_launch(config, sys.executable)("-u", "-m", module, *argv)
+    except ChildFailedError:
+        return 1
+    return 0
 
 
 def init_distributed(device: str) -> Dist:
@@ -128,6 +136,12 @@ def apply_fsdp(model: torch.nn.Module, units, amp_dtype=None, forward_methods=()
     device_type = "cuda" if torch.cuda.is_available() and dist.get_backend() == "nccl" else "cpu"
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    if amp_dtype is not None:
+        # Batch norm keeps fp32 parameters next to its fp32 running statistics (the kernels need both alike).
+        fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                fully_shard(m, mesh=mesh, mp_policy=fp32)
     for unit in units:
         fully_shard(unit, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
