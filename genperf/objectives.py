@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from genperf.dtypes import at_least_fp32
 from genperf.ops import gradient_penalty
 from genperf.scale import all_reduce_sum, make_adam
 
@@ -20,9 +21,9 @@ def smoothed_real_labels(n, low=0.7, high=0.9, device=None):
 
 
 def vae_terms(logits, x, mu, logvar):
-    """Per-image (BCE summed over pixels, KL(q(z|x) || N(0, I))), in fp32."""
-    bce = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none").flatten(1).sum(1)
-    mu, logvar = mu.float(), logvar.float()
+    """Per-image (BCE summed over pixels, KL(q(z|x) || N(0, I))), in at least fp32."""
+    logits, mu, logvar = at_least_fp32(logits), at_least_fp32(mu), at_least_fp32(logvar)
+    bce = F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none").flatten(1).sum(1)
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
     return bce, kl
 

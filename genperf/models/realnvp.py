@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from genperf.dtypes import at_least_fp32
 from genperf.layers import CHANNEL, CHECKERBOARD, AffineCoupling
 
 # Architecture presets: the shape they are built for and the size of the s/t networks.
@@ -62,11 +63,6 @@ class STResNet(nn.Module):
         return self.out_conv(F.relu(skip))
 
 
-def _full_precision(x):
-    """The flow state is kept in at least fp32 (float64 stays float64 for exact checks)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
 def _coupling(channels, mid_channels, num_blocks, mask_type, flip):
     cond = channels if mask_type == CHECKERBOARD else channels // 2
     changed = channels if mask_type == CHECKERBOARD else channels // 2
@@ -112,7 +108,7 @@ class RealNVP(nn.Module):
 
     def forward(self, x):
         self._check(x, "images")
-        y = self.alpha + (1 - 2 * self.alpha) * _full_precision(x)
+        y = self.alpha + (1 - 2 * self.alpha) * at_least_fp32(x)
         z = torch.log(y) - torch.log1p(-y)
         logdet = (math.log(1 - 2 * self.alpha) - torch.log(y) - torch.log1p(-y)).flatten(1).sum(1)
         factored = []
@@ -134,7 +130,7 @@ class RealNVP(nn.Module):
 
     def inverse(self, z):
         self._check(z, "latents")
-        z = _full_precision(z)
+        z = at_least_fp32(z)
         factored = []
         for scale in self.scales[:-1]:
             z_out, z = F.pixel_unshuffle(z, 2).chunk(2, dim=1)
@@ -152,7 +148,7 @@ class RealNVP(nn.Module):
 
     def log_prob(self, x):
         """log p(x) in nats per image for 8-bit images x in [0, 1] (values k / 255)."""
-        x = _full_precision(x)
+        x = at_least_fp32(x)
         x = (torch.round(x * 255) + torch.rand_like(x)) / 256
         z, logdet = self(x)
         dims = x[0].numel()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from genperf.dtypes import at_least_fp32
+
 
 def _check_args(x, s_raw, t, scale, mask):
     if x.dim() < 2:
@@ -37,14 +39,13 @@ def _check_args(x, s_raw, t, scale, mask):
 def affine_coupling_ref(x, s_raw, t, scale, mask=None, reverse=False):
     """Pure-torch reference. Returns (y, logdet): y in x's dtype, logdet of shape (N,) in the accumulation dtype."""
     _check_args(x, s_raw, t, scale, mask)
-    acc = torch.promote_types(x.dtype, torch.float32)
-    s = scale.to(acc).view(1, -1, *([1] * (x.dim() - 2))) * torch.tanh(s_raw.to(acc))
-    t = t.to(acc)
+    xf = at_least_fp32(x)
+    s = scale.to(xf.dtype).view(1, -1, *([1] * (x.dim() - 2))) * torch.tanh(s_raw.to(xf.dtype))
+    t = t.to(xf.dtype)
     if mask is not None:
-        keep = 1 - mask.to(acc)
+        keep = 1 - mask.to(xf.dtype)
         s = s * keep
         t = t * keep
-    xf = x.to(acc)
     if reverse:
         y = (xf - t) * torch.exp(-s)
         logdet = -s.flatten(1).sum(1)

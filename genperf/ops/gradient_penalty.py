@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from genperf.dtypes import at_least_fp32
+
 # Keeps the norm's derivative finite where the critic's gradient is exactly zero.
 NORM_EPS = 1e-12
 
@@ -31,7 +33,7 @@ def gradient_penalty_ref(critic, real, fake, weight=10.0, eps=None):
     x_hat = (e * real.detach() + (1 - e) * fake.detach()).requires_grad_(True)
     out = critic(x_hat)
     (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
-    norm = torch.sqrt(grad.float().flatten(1).pow(2).sum(1) + NORM_EPS)
+    norm = torch.sqrt(at_least_fp32(grad).flatten(1).pow(2).sum(1) + NORM_EPS)
     return weight * (norm - 1).pow(2).mean()
 
 

@@ -1,0 +1,20 @@
+import os
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_MNIST = os.environ.get("GENPERF_SHARED_MNIST", os.path.join(REPO, "..", "shared", "data", "mnist"))
+
+
+@pytest.fixture
+def mnist_root():
+    """The real MNIST test split beside the checkout (../shared/data/mnist); CI always has it."""
+    if not os.path.exists(os.path.join(SHARED_MNIST, "t10k-images-idx3-ubyte.gz")):
+        pytest.fail(f"the shared MNIST test split is missing at {SHARED_MNIST} (set GENPERF_SHARED_MNIST)")
+    return SHARED_MNIST
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,72 @@
+import math
+
+import pytest
+import torch
+
+from genperf.models import REALNVP_ARCHS, RealNVP
+
+
+def _perturbed(model, std=0.05):
+    """A RealNVP starts as the identity (zero output convs); perturb it so every coupling acts."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(std * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("shape, scales", [((1, 8, 8), 2), ((3, 8, 8), 3), ((2, 4, 4), 1)])
+def test_inverse_of_forward_is_identity(shape, scales):
+    model = _perturbed(RealNVP(shape[0], shape[1], scales, 8, 2).double())
+    x = torch.rand(4, *shape, dtype=torch.float64) * 0.98 + 0.01
+    z, logdet = model(x)
+    assert z.shape == x.shape and logdet.shape == (4,)
+    assert (z - x).abs().max() > 0.1  # the flow is not the identity
+    torch.testing.assert_close(model.inverse(z), x, rtol=1e-10, atol=1e-10)
+
+
+def test_logdet_equals_explicit_jacobian():
+    model = _perturbed(RealNVP(1, 4, 2, 4, 1).double(), std=0.2)
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    _, logdet = model(x)
+    for n in range(2):
+        jac = torch.autograd.functional.jacobian(lambda v: model(v.view(1, 1, 4, 4))[0].flatten(), x[n].flatten())
+        sign, logabs = torch.linalg.slogdet(jac)
+        assert sign != 0
+        torch.testing.assert_close(logdet[n], logabs, rtol=1e-9, atol=1e-9)
+
+
+def test_log_prob_of_the_initial_identity_flow():
+    """At initialisation every coupling is the identity, so log p(x) is the logit transform's
+    change of variables under a standard normal; compare with torch.distributions."""
+    model, alpha = RealNVP(1, 4, 2, 4, 1).double(), 0.05
+    x = torch.randint(0, 256, (3, 1, 4, 4)).double() / 255
+    torch.manual_seed(1)
+    got = model.log_prob(x)
+    torch.manual_seed(1)
+    u = torch.rand_like(x)
+    y = alpha + (1 - 2 * alpha) * (torch.round(x * 255) + u) / 256
+    z = torch.log(y / (1 - y))
+    density = torch.distributions.Normal(0.0, 1.0).log_prob(z) + math.log(1 - 2 * alpha) - torch.log(y * (1 - y))
+    expected = density.flatten(1).sum(1) - 16 * math.log(256)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(model.bits_per_dim(x * 0 + 0.5).shape, torch.Size([3]))
+
+
+def test_presets_have_the_studys_sizes():
+    celeba = RealNVP(**REALNVP_ARCHS["celeba64"])
+    n = sum(p.numel() for p in celeba.parameters())
+    assert 85e6 < n < 90e6, n  # "about 88M parameters"
+    assert len(celeba.couplings()) == 2 * 6 + 4  # scales 1-2: 3 checkerboard + 3 channel-wise; last: 4
+
+
+def test_sample_is_an_image_batch():
+    model = _perturbed(RealNVP(1, 8, 2, 4, 1))
+    x = model.sample(5, temperature=0.7)
+    assert x.shape == (5, 1, 8, 8) and x.min() >= 0 and x.max() <= 1
+
+
+def test_image_size_it_cannot_take():
+    with pytest.raises(ValueError, match="not divisible by 4"):
+        RealNVP(1, 14, 3, 4, 1)
+    with pytest.raises(ValueError, match="built for images of shape"):
+        RealNVP(1, 8, 2, 4, 1)(torch.rand(2, 1, 16, 16))
