@@ -1,0 +1,130 @@
+"""The CLI end to end: every model, resume, bad input, NaN, FSDP on CPU."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from genperf import objectives, train
+
+SMALL = {  # per model: options that keep a CPU smoke run to a few seconds
+    "realnvp": ["--mid-channels", "8", "--num-blocks", "1"],
+    "dcgan": ["--latent-dim", "10"],
+    "wgan-gp": ["--latent-dim", "10", "--critic-iters", "2"],
+    "wgan": ["--latent-dim", "10", "--critic-iters", "2"],
+    "vae": [],
+    "beta-vae": ["--beta", "10"],
+}
+
+
+def _run(model, out, *extra):
+    argv = [model, "--data", "digits", "--image-size", "16", "--batch-size", "32", "--out", str(out),
+            "--log-every", "2", *SMALL[model], *extra]
+    return train.main(argv)
+
+
+def _lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("model", list(SMALL))
+def test_every_model_trains_and_writes_its_run_directory(model, tmp_path):
+    assert _run(model, tmp_path, "--steps", "6") == 0
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "loss.png"):
+        assert (tmp_path / name).exists(), name
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["samples"] == ["step_000006.png"]
+    assert all(math.isfinite(v) for v in summary["train"].values())
+    if model == "realnvp":
+        assert 0 < summary["heldout"]["bits_per_dim"] < 12
+    if model in ("vae", "beta-vae"):
+        assert summary["heldout"]["elbo"] < 0
+    records = _lines(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records if r["split"] == "train"] == [2, 4, 6]
+
+
+def test_main_command_as_a_subprocess(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "genperf.train", "vae", "--data", "digits", "--epochs", "1",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "samples" / "epoch_001.png").exists()
+    assert "held-out" in proc.stdout
+
+
+@pytest.mark.parametrize("model, extra", [("realnvp", []), ("dcgan", ["--label-smoothing"]), ("wgan", [])])
+def test_resumed_run_ends_where_an_uninterrupted_one_does(model, extra, tmp_path):
+    # 49 steps per epoch at batch 32: the stop at step 30 is mid-epoch, the end (60) in the next epoch.
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert _run(model, whole, "--steps", "60", *extra) == 0
+    assert _run(model, parts, "--steps", "30", *extra) == 0
+    assert _run(model, parts, "--steps", "60", "--resume", *extra) == 0
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)
+    b = torch.load(parts / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 60
+    for name in a["models"]:
+        for key, value in a["models"][name].items():
+            assert torch.equal(value, b["models"][name][key]), f"{name}.{key}"
+    steps = [r["step"] for r in _lines(parts / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 60  # no duplicated lines after the resume
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    real_step = objectives.FlowObjective.train_step
+
+    def diverging(self, x, step):
+        out = real_step(self, x, step)
+        return {k: v * float("nan") for k, v in out.items()} if step >= 6 else out
+
+    monkeypatch.setattr(objectives.FlowObjective, "train_step", diverging)
+    assert _run("realnvp", tmp_path, "--steps", "20", "--ckpt-every", "4") == 2
+    assert "non-finite loss at step 8" in capsys.readouterr().err
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["dcgan", "--data", "digits", "--image-size", "30"], "cannot take image size 30"),
+    (["realnvp", "--data", "digits", "--arch", "mnist"], "pass --image-size 28"),
+    (["realnvp", "--data", "digits", "--num-scales", "5"], "not divisible by 16"),
+    (["beta-vae", "--data", "digits", "--beta", "1"], "needs --beta > 1"),
+    (["vae", "--data", "ring8"], "needs image data"),
+    (["vae", "--data", "cifar"], "unknown data set"),
+    (["vae", "--data", "mnist", "--data-root", "/nonexistent", "--no-download"], "no IDX files"),
+])
+def test_bad_input_stops_with_one_clear_line(argv, message, tmp_path, capsys):
+    assert train.main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genperf: error:") and message in err and "\n" not in err
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, capsys):
+    assert _run("vae", tmp_path, "--steps", "2") == 0
+    assert _run("vae", tmp_path, "--steps", "2") == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert _run("vae", tmp_path, "--steps", "4", "--resume", "--lr", "0.1") == 2
+    assert "--lr 0.001 -> 0.1" in capsys.readouterr().err
+
+
+def test_unknown_model_is_an_argparse_error():
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["gan3000"])
+    assert exit_.value.code == 2
+
+
+def test_fsdp_self_launches_two_cpu_ranks_that_train_and_resume(tmp_path):
+    base = [sys.executable, "-m", "genperf.train", "realnvp", "--amp", "--fsdp", "--nproc", "2", "--data", "digits",
+            "--batch-size", "32", "--mid-channels", "8", "--num-blocks", "1", "--log-every", "5", "--out", str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.run(base + ["--steps", "40"], capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["world_size"] == 2
+    bpd = [r["bits_per_dim"] for r in _lines(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert bpd[-1] < bpd[0] - 0.5, bpd  # the sharded parameters really are being optimised
+    second = subprocess.run(base + ["--steps", "50", "--resume"], capture_output=True, text=True, timeout=300, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming at step 40" in second.stdout
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 50
