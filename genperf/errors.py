@@ -4,3 +4,7 @@ class GenperfError(Exception):
 
 class DataError(GenperfError):
     pass
+
+
+class BackendError(GenperfError, RuntimeError):
+    """A fused-op backend was asked for where it cannot run."""

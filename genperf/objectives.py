@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from genperf.dtypes import at_least_fp32
-from genperf.ops import gradient_penalty
+from genperf.layers import GradientPenalty
 from genperf.scale import all_reduce_sum, make_adam
 
 DCGAN, WGAN_GP, WGAN_CLIP = "dcgan", "wgan-gp", "wgan"
@@ -42,7 +42,8 @@ class GANObjective:
     def __init__(self, kind, generator, critic, precision, lr, device_type, label_smoothing=False,
                  critic_iters=5, gp_weight=10.0, clip=0.01, image_data=True):
         self.kind, self.precision, self.image_data = kind, precision, image_data
-        self.label_smoothing, self.gp_weight, self.clip = label_smoothing, gp_weight, clip
+        self.label_smoothing, self.clip = label_smoothing, clip
+        self.penalty = GradientPenalty(gp_weight)
         self.critic_iters = 1 if kind == DCGAN else critic_iters
         d_name = "discriminator" if kind == DCGAN else "critic"
         self.G, self.D = generator, critic
@@ -73,7 +74,7 @@ class GANObjective:
             else:
                 d_loss = d_fake.float().mean() - d_real.float().mean()
                 if self.kind == WGAN_GP:
-                    d_loss = d_loss + gradient_penalty(self.D, real, fake.to(real.dtype), self.gp_weight)
+                    d_loss = d_loss + self.penalty(self.D, real, fake.to(real.dtype))
         self.precision.step(d_loss, self.optimizers[self.d_name])
         if self.kind == WGAN_CLIP:
             with torch.no_grad():

@@ -6,6 +6,7 @@ atomically written checkpoint.pt that --resume continues from, and summary.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import torch
 from genperf import models, objectives
 from genperf.data import DATASETS, Batches, load_dataset
 from genperf.errors import GenperfError
+from genperf.ops.backends import NAMES, use_backend
 from genperf.runlog import CHECKPOINT, RunLog, atomic_save
 from genperf.scale import (Precision, apply_fsdp, default_nproc, gather_objects, init_distributed, launch_workers,
                            load_model_state, load_optimizer_state, model_state, optimizer_state,
@@ -66,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true", help="bf16 autocast where supported, else fp16 with a GradScaler")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 over --nproc processes (self-launched unless under torchrun)")
     p.add_argument("--nproc", type=int, help="processes for --fsdp (default: the GPU count, 2 on CPU)")
+    p.add_argument("--backend", choices=NAMES, help="fused-op backend (default: the fastest available; "
+                                                   "reference is pure torch, for comparison)")
     p.add_argument("--log-every", type=int, default=10, help="steps between metric lines")
     p.add_argument("--ckpt-every", type=int, default=0, help="steps between checkpoints (0: at epoch ends only)")
     p.add_argument("--workers", type=int, default=2, help="loader processes for file-based data (celeba)")
@@ -163,8 +167,7 @@ def save_checkpoint(path, objective, precision, step, args, is_main):
         "step": step,
         "config": vars(args),
         "models": {k: model_state(m) for k, m in objective.modules.items()},
-        "optimizers": {k: optimizer_state(objective.modules.get(k, next(iter(objective.modules.values()))), o)
-                       for k, o in objective.optimizers.items()},
+        "optimizers": {k: optimizer_state(objective.modules[k], o) for k, o in objective.optimizers.items()},
         "precision": precision.state_dict(),
         "rng": gather_objects(rng_state()),
         "last_g_loss": getattr(objective, "last_g_loss", None),
@@ -173,7 +176,7 @@ def save_checkpoint(path, objective, precision, step, args, is_main):
         atomic_save(state, path)
 
 
-def load_checkpoint(path, objective, precision, args, rank, world_size):
+def load_checkpoint(path, objective, precision, args, rank, world_size, device):
     state = torch.load(path, map_location="cpu", weights_only=True)
     changed = {k: (v, getattr(args, k, None)) for k, v in state["config"].items()
                if k not in RESUMABLE_CHANGES and getattr(args, k, None) != v}
@@ -183,19 +186,15 @@ def load_checkpoint(path, objective, precision, args, rank, world_size):
     for k, m in objective.modules.items():
         load_model_state(m, state["models"][k])
     for k, o in objective.optimizers.items():
-        load_optimizer_state(objective.modules.get(k, next(iter(objective.modules.values()))), o, state["optimizers"][k])
+        load_optimizer_state(objective.modules[k], o, state["optimizers"][k])
     precision.load_state_dict(state["precision"])
     if len(state["rng"]) == world_size:
         set_rng_state(state["rng"][rank])
     else:  # another number of ranks: fresh, still deterministic, streams
         torch.manual_seed(args.seed * 1000 + rank + state["step"])
     if state["last_g_loss"] is not None:
-        objective.last_g_loss = state["last_g_loss"].to(precision_device(objective))
+        objective.last_g_loss = state["last_g_loss"].to(device)
     return state["step"]
-
-
-def precision_device(objective):
-    return next(next(iter(objective.modules.values())).parameters()).device
 
 
 def evaluate(objective, batches, seed):
@@ -230,7 +229,7 @@ def run(args, argv):
     if args.resume:
         if not os.path.exists(ckpt):
             raise GenperfError(f"--resume: no checkpoint at {ckpt}")
-        step = load_checkpoint(ckpt, objective, precision, args, dist.rank, dist.world_size)
+        step = load_checkpoint(ckpt, objective, precision, args, dist.rank, dist.world_size, device)
     elif os.path.exists(ckpt):
         raise GenperfError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
     log = RunLog(args.out, dist.is_main, resume_step=step if args.resume else None)
@@ -244,28 +243,43 @@ def run(args, argv):
               f"{dist.world_size} rank(s) on {device.type}, {steps_per_epoch} steps/epoch, {total_steps} steps"
               + (f", resuming at step {step}" if step else ""), flush=True)
 
-    def checkpoint(metrics):
-        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-        if bad:  # never let a diverged model overwrite the last good checkpoint
-            raise GenperfError(f"non-finite loss at step {step} ({bad}); stopping. The last good checkpoint, "
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, dynamic_ncols=True, unit="step")
+    window, window_start, t_start, start_step = {}, time.perf_counter(), time.perf_counter(), step
+    last, held, artifacts_step = {}, {}, None
+
+    def flush_window():
+        """Logs the mean of every metric since the last flush; stops on a non-finite one."""
+        nonlocal window, window_start, last
+        if not window:
+            return
+        elapsed = time.perf_counter() - window_start
+        last = {k: torch.stack(v).float().mean().item() for k, v in window.items()}
+        bad = {k: v for k, v in last.items() if not math.isfinite(v)}
+        if bad:  # before any checkpoint is written, so the last good one stays
+            raise GenperfError(f"non-finite loss by step {step} ({bad}); stopping. The last good checkpoint, "
                                f"if any, is kept at {ckpt}")
+        ips = len(next(iter(window.values()))) * args.batch_size / max(elapsed, 1e-9)
+        log.log(dict(step=step, epoch=step / steps_per_epoch, split="train", images_per_s=ips, **last))
+        bar.set_postfix({**{k: f"{v:.4g}" for k, v in last.items()}, "img/s": f"{ips:.0f}"})
+        window, window_start = {}, time.perf_counter()
+
+    def checkpoint():
+        flush_window()
         save_checkpoint(ckpt, objective, precision, step, args, dist.is_main)
 
-    def end_of_epoch_artifacts(name, metrics):
+    def epoch_artifacts(name):
+        """Sample grid, held-out metrics, checkpoint and plot."""
         samples = objective.sample(fixed_noise)  # all ranks: sharded modules gather parameters collectively
         log.save_samples(samples, name, real=None if data.is_image else data.heldout[:2000])
         held = evaluate(objective, heldout, args.seed)
         if held:
             log.log(dict(step=step, epoch=step / steps_per_epoch, split="heldout", **held))
-        checkpoint(metrics)
+        checkpoint()
         log.plot_losses()
         return held
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, dynamic_ncols=True, unit="step")
-    window, window_start, t_start, start_step = {}, time.perf_counter(), time.perf_counter(), step
-    last, held = {}, {}
     while step < total_steps:
         epoch = step // steps_per_epoch
         for x in train.epoch(epoch, start=step % steps_per_epoch):
@@ -275,23 +289,16 @@ def run(args, argv):
             for k, v in metrics.items():
                 window.setdefault(k, []).append(v)
             if step % args.log_every == 0 or step == total_steps:
-                elapsed = time.perf_counter() - window_start
-                last = {k: torch.stack(v).float().mean().item() for k, v in window.items()}
-                ips = len(window[next(iter(window))]) * args.batch_size / max(elapsed, 1e-9)
-                if not all(math.isfinite(v) for v in last.values()):
-                    checkpoint(last)  # raises
-                log.log(dict(step=step, epoch=step / steps_per_epoch, split="train", images_per_s=ips, **last))
-                bar.set_postfix({**{k: f"{v:.4g}" for k, v in last.items()}, "img/s": f"{ips:.0f}"})
-                window, window_start = {}, time.perf_counter()
+                flush_window()
             if args.ckpt_every and step % args.ckpt_every == 0:
-                checkpoint(last)
+                checkpoint()
             if step >= total_steps:
                 break
         if step % steps_per_epoch == 0:
-            held = end_of_epoch_artifacts(f"epoch_{step // steps_per_epoch:03d}", last)
+            held, artifacts_step = epoch_artifacts(f"epoch_{step // steps_per_epoch:03d}"), step
     bar.close()
-    if step % steps_per_epoch or not held:
-        held = end_of_epoch_artifacts(f"step_{step:06d}", last)
+    if artifacts_step != step:
+        held = epoch_artifacts(f"step_{step:06d}")
     elapsed = time.perf_counter() - t_start
     summary = dict(model=args.model, data=args.data, steps=step, epochs=step / steps_per_epoch, parameters=n_params,
                    world_size=dist.world_size, amp=str(precision.dtype) if args.amp else None,
@@ -309,7 +316,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
-        return run(args, argv)
+        with use_backend(args.backend) if args.backend else contextlib.nullcontext():
+            return run(args, argv)
     except GenperfError as e:
         print(f"genperf: error: {e}", file=sys.stderr, flush=True)
         shutdown_distributed()

@@ -1,7 +1,12 @@
 import os
 
-import pytest
 import torch
+
+# Triton kernels run on CPU tensors through the interpreter; it must be chosen before triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.environ.get("GENPERF_SHARED_MNIST", os.path.join(REPO, "..", "shared", "data", "mnist"))

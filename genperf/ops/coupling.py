@@ -4,14 +4,20 @@
     forward: y = x * exp(s) + t,     logdet =  sum of s over (C, H, W)
     reverse: y = (x - t) * exp(-s),  logdet = -sum of s over (C, H, W)
 
-The math runs in fp32 (float64 for float64 x) (bf16/fp16 s_raw and t from an autocast network are
-upcast) and y keeps x's dtype, so the flow state stays in full precision under AMP.
+The math runs in fp32 (float64 for float64 x) whatever the input dtype: bf16/fp16 s_raw and t from
+an autocast network are upcast, and y keeps x's dtype, so the flow state stays in full precision
+under AMP. The fused backends (genperf.ops.backends) make one pass forward and one pass backward,
+recomputing tanh and exp instead of saving them; their y and gradients are contiguous.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+from torch import Tensor
 
 from genperf.dtypes import at_least_fp32
+from genperf.ops.backends import select
 
 
 def _check_args(x, s_raw, t, scale, mask):
@@ -20,20 +26,20 @@ def _check_args(x, s_raw, t, scale, mask):
     for name, v in (("s_raw", s_raw), ("t", t)):
         if v.shape != x.shape:
             raise ValueError(f"affine_coupling: {name} has shape {tuple(v.shape)}, expected x's shape {tuple(x.shape)}")
-        if v.device != x.device:
-            raise ValueError(f"affine_coupling: {name} is on {v.device}, x on {x.device}")
     if scale.shape != (x.shape[1],):
         raise ValueError(f"affine_coupling: scale has shape {tuple(scale.shape)}, expected ({x.shape[1]},)")
     for name, v in (("x", x), ("s_raw", s_raw), ("t", t), ("scale", scale)):
         if not v.is_floating_point():
             raise TypeError(f"affine_coupling: {name} must be a floating tensor, got {v.dtype}")
+        if v.device != x.device:
+            raise ValueError(f"affine_coupling: {name} is on {v.device}, x on {x.device}")
+    if t.dtype != s_raw.dtype:
+        raise TypeError(f"affine_coupling: t is {t.dtype} but s_raw is {s_raw.dtype}; they come from one network")
     if mask is not None:
-        try:
-            torch.broadcast_shapes(mask.shape, x.shape)
-        except RuntimeError:
-            raise ValueError(f"affine_coupling: mask of shape {tuple(mask.shape)} does not broadcast to x's {tuple(x.shape)}") from None
-        if torch.broadcast_shapes(mask.shape, x.shape) != x.shape:
-            raise ValueError(f"affine_coupling: mask of shape {tuple(mask.shape)} would broadcast x beyond {tuple(x.shape)}")
+        if mask.device != x.device:
+            raise ValueError(f"affine_coupling: mask is on {mask.device}, x on {x.device}")
+        if mask.dim() > x.dim() or any(m not in (1, d) for m, d in zip(mask.shape[::-1], x.shape[::-1])):
+            raise ValueError(f"affine_coupling: mask of shape {tuple(mask.shape)} does not broadcast to x's {tuple(x.shape)}")
 
 
 def affine_coupling_ref(x, s_raw, t, scale, mask=None, reverse=False):
@@ -56,5 +62,82 @@ def affine_coupling_ref(x, s_raw, t, scale, mask=None, reverse=False):
 
 
 def affine_coupling(x, s_raw, t, scale, mask=None, reverse=False):
-    """The op the models call. Only the reference backend exists so far."""
-    return affine_coupling_ref(x, s_raw, t, scale, mask, reverse)
+    """Affine coupling on the selected backend (see genperf.ops.backends). Differentiable in x,
+    s_raw, t and scale; works under autocast, torch.compile and FSDP."""
+    _check_args(x, s_raw, t, scale, mask)
+    backend = select(x.device)
+    if backend == "reference":
+        return affine_coupling_ref(x, s_raw, t, scale, mask, reverse)
+    return torch.ops.genperf.affine_coupling(x, s_raw, t, scale, mask, reverse, backend)
+
+
+# ---- the fused op: schema, kernels, fake (meta) implementation, autograd ----
+
+def _kernels(backend):
+    if backend == "triton":
+        from genperf.kernels import coupling
+
+        return coupling.coupling_forward, coupling.coupling_backward
+    return torch.ops.genperf_kernels.coupling_forward, torch.ops.genperf_kernels.coupling_backward
+
+
+def _flat(x, s_raw, t, scale, mask):
+    """(N, C, L) contiguous views, the scale in the accumulation dtype, and the mask as (1|N, 1|C, L) fp32
+    (a shared mask stays shared: N and C are not broadcast)."""
+    n, c = x.shape[:2]
+    flat = [v.reshape(n, c, -1).contiguous() for v in (x, s_raw, t)]
+    if mask is not None:
+        m = mask.view(*([1] * (x.dim() - mask.dim())), *mask.shape)
+        m = m.expand(m.shape[0], m.shape[1], *x.shape[2:])
+        mask = m.reshape(m.shape[0], m.shape[1], -1).to(torch.float32).contiguous()
+    return (*flat, scale.to(_acc_dtype(x)).contiguous(), mask)
+
+
+def _acc_dtype(x):
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+@torch.library.custom_op("genperf::affine_coupling", mutates_args=())
+def _fused_forward(x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor, mask: Optional[Tensor], reverse: bool,
+                   backend: str) -> tuple[Tensor, Tensor]:
+    forward, _ = _kernels(backend)
+    y, logdet = forward(*_flat(x, s_raw, t, scale, mask), reverse)
+    return y.view(x.shape), logdet.to(_acc_dtype(x))
+
+
+@_fused_forward.register_fake
+def _(x, s_raw, t, scale, mask, reverse, backend):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty(x.shape[0], dtype=_acc_dtype(x))
+
+
+@torch.library.custom_op("genperf::affine_coupling_backward", mutates_args=())
+def _fused_backward(grad_y: Tensor, grad_logdet: Tensor, x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor,
+                    mask: Optional[Tensor], reverse: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _, backward = _kernels(backend)
+    n, c = x.shape[:2]
+    x3, r3, t3, scale32, mask3 = _flat(x, s_raw, t, scale, mask)
+    gy = grad_y.to(x.dtype).reshape(n, c, -1).contiguous()
+    dx, dr, dt, dscale = backward(gy, grad_logdet.to(_acc_dtype(x)).contiguous(), x3, r3, t3, scale32, mask3, reverse)
+    return dx.view(x.shape), dr.view(x.shape), dt.view(x.shape), dscale.to(scale.dtype)
+
+
+@_fused_backward.register_fake
+def _(grad_y, grad_logdet, x, s_raw, t, scale, mask, reverse, backend):
+    empty = lambda v: torch.empty(v.shape, dtype=v.dtype, device=v.device)  # noqa: E731
+    return empty(x), empty(s_raw), empty(t), empty(scale)
+
+
+def _setup_context(ctx, inputs, output):
+    x, s_raw, t, scale, mask, reverse, backend = inputs
+    ctx.save_for_backward(x, s_raw, t, scale, mask)
+    ctx.reverse, ctx.backend = reverse, backend
+
+
+def _backward(ctx, grad_y, grad_logdet):
+    x, s_raw, t, scale, mask = ctx.saved_tensors
+    dx, dr, dt, dscale = torch.ops.genperf.affine_coupling_backward(grad_y, grad_logdet, x, s_raw, t, scale, mask,
+                                                                     ctx.reverse, ctx.backend)
+    return dx, dr, dt, dscale, None, None, None
+
+
+_fused_forward.register_autograd(_backward, setup_context=_setup_context)

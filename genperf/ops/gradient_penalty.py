@@ -8,8 +8,10 @@ differentiable with respect to the critic's parameters (the gradient is taken wi
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from genperf.dtypes import at_least_fp32
+from genperf.ops.backends import select
 
 # Keeps the norm's derivative finite where the critic's gradient is exactly zero.
 NORM_EPS = 1e-12
@@ -38,5 +40,86 @@ def gradient_penalty_ref(critic, real, fake, weight=10.0, eps=None):
 
 
 def gradient_penalty(critic, real, fake, weight=10.0, eps=None):
-    """The op the objectives call. Only the reference backend exists so far."""
-    return gradient_penalty_ref(critic, real, fake, weight, eps)
+    """The penalty on the selected backend (see genperf.ops.backends): the interpolation and the
+    norm/penalty (forward and backward) are fused kernels; the critic's double backward is torch's."""
+    _check_args(real, fake, eps)
+    backend = select(real.device)
+    if backend == "reference":
+        return gradient_penalty_ref(critic, real, fake, weight, eps)
+    n = real.shape[0]
+    if eps is None:
+        eps = torch.rand(n, device=real.device, dtype=real.dtype)
+    x_hat = torch.ops.genperf.gp_interpolate(real.detach(), fake.detach(), eps, backend).requires_grad_(True)
+    out = critic(x_hat)
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    penalty, _ = torch.ops.genperf.gp_penalty(grad, float(weight), backend)
+    return penalty
+
+
+# ---- the fused ops: schema, kernels, fake (meta) implementation, autograd ----
+
+def _kernels(backend):
+    if backend == "triton":
+        from genperf.kernels import gradient_penalty as k
+
+        return k.interpolate, k.sum_squares, k.penalty_backward
+    ops = torch.ops.genperf_kernels
+    return ops.gp_interpolate, ops.gp_sum_squares, ops.gp_penalty_backward
+
+
+@torch.library.custom_op("genperf::gp_interpolate", mutates_args=())
+def _interpolate(real: Tensor, fake: Tensor, eps: Tensor, backend: str) -> Tensor:
+    """eps * real + (1 - eps) * fake with one eps per sample. No autograd: the penalty detaches both."""
+    interpolate, _, _ = _kernels(backend)
+    n = real.shape[0]
+    out = interpolate(real.reshape(n, -1).contiguous(), fake.reshape(n, -1).contiguous(),
+                      eps.to(real.dtype).contiguous())
+    return out.view(real.shape)
+
+
+@_interpolate.register_fake
+def _(real, fake, eps, backend):
+    return torch.empty(real.shape, dtype=real.dtype, device=real.device)
+
+
+@torch.library.custom_op("genperf::gp_penalty", mutates_args=())
+def _penalty(grad: Tensor, weight: float, backend: str) -> tuple[Tensor, Tensor]:
+    """(weight * mean_n (||grad_n|| - 1)^2, per-sample sum of squares kept for the backward)."""
+    _, sum_squares, _ = _kernels(backend)
+    sumsq = sum_squares(grad.reshape(grad.shape[0], -1).contiguous())
+    penalty = weight * (torch.sqrt(sumsq + NORM_EPS) - 1).pow(2).mean()
+    return penalty.to(at_least_fp32(grad).dtype), sumsq
+
+
+@_penalty.register_fake
+def _(grad, weight, backend):
+    acc = at_least_fp32(grad).dtype
+    return grad.new_empty((), dtype=acc), grad.new_empty(grad.shape[0], dtype=acc)
+
+
+@torch.library.custom_op("genperf::gp_penalty_backward", mutates_args=())
+def _penalty_backward(grad_out: Tensor, grad: Tensor, sumsq: Tensor, weight: float, backend: str) -> Tensor:
+    _, _, backward = _kernels(backend)
+    n = grad.shape[0]
+    dg = backward(grad_out.to(torch.float32).reshape(1).contiguous(), grad.reshape(n, -1).contiguous(), sumsq,
+                  weight, NORM_EPS)
+    return dg.view(grad.shape)
+
+
+@_penalty_backward.register_fake
+def _(grad_out, grad, sumsq, weight, backend):
+    return torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
+
+
+def _setup_context(ctx, inputs, output):
+    grad, weight, backend = inputs
+    ctx.save_for_backward(grad, output[1])
+    ctx.weight, ctx.backend = weight, backend
+
+
+def _backward(ctx, grad_penalty, grad_sumsq):
+    grad, sumsq = ctx.saved_tensors
+    return torch.ops.genperf.gp_penalty_backward(grad_penalty, grad, sumsq, ctx.weight, ctx.backend), None, None
+
+
+_penalty.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,198 @@
+"""Fused-kernel microbenchmarks: every provider on the same inputs, in one run.
+
+    python benchmarks/bench_kernels.py [--batches 64 256] [--reps 20] [--csv benchmarks/results/kernels.csv]
+
+Providers: the pure-torch reference (eager), torch.compile of the reference, and every genperf
+backend that runs on this device (Triton only on a GPU: its CPU interpreter is a correctness tool).
+Coupling shapes are those of the RealNVP presets (mnist, celeba64); the penalty runs on critic-input
+gradients of MNIST and CelebA size. Prints median, p20-p80 spread and speedups; on a GPU also GB/s
+and the fraction of peak bandwidth. Appends one CSV row per measurement.
+"""
+import argparse
+import csv
+import datetime
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from genperf.layers import AffineCoupling, checkerboard_mask
+from genperf.models import REALNVP_ARCHS, RealNVP
+from genperf.ops import affine_coupling, affine_coupling_ref, available_backends, use_backend
+from genperf.ops.gradient_penalty import NORM_EPS
+
+PEAK_GBPS = {"H100": 3350, "H200": 4800, "A100": 2039}  # HBM bandwidth by device name
+
+
+def coupling_shapes(arch, batch):
+    """(shape, masked) of every coupling call in a RealNVP preset, found by running a thin copy of it."""
+    cfg = dict(REALNVP_ARCHS[arch], mid_channels=1, num_blocks=1)
+    model, seen = RealNVP(**cfg), []
+    for c in model.couplings():
+        c.register_forward_hook(lambda mod, inp, out: seen.append(
+            ((batch, mod.channels if mod.mask_type == "checkerboard" else mod.channels // 2, *inp[0].shape[2:]),
+             mod.mask_type == "checkerboard")))
+    with torch.no_grad():
+        model(torch.rand(1, cfg["in_channels"], cfg["image_size"], cfg["image_size"]))
+    return sorted(set(seen))
+
+
+def timeit(fn, reps, device):
+    """p20, p50, p80 of `reps` timed calls (after warm-up), in milliseconds."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=10)
+    return q[1], statistics.median(times), q[7]
+
+
+def providers(device):
+    out = {"eager": None, "compile": None}
+    fused = [b for b in available_backends() if b != "reference"]
+    if device.type == "cpu" or not torch.cuda.is_available():
+        fused = [b for b in fused if b == "cpu"]
+    else:
+        fused = [b for b in fused if b in ("cuda", "triton")]
+    return list(out) + fused
+
+
+def bench_coupling(device, batches, reps, dtype, rows):
+    compiled_ref = torch.compile(affine_coupling_ref)
+    for arch in ("mnist", "celeba64"):
+        for batch in batches:
+            for shape, masked in coupling_shapes(arch, batch):
+                x, r, t = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
+                scale = torch.rand(shape[1], device=device) + 0.5
+                mask = checkerboard_mask(shape[2], shape[3], False, device) if masked else None
+                leaves = [v.requires_grad_(True) for v in (x, r, t, scale)]
+                gy = torch.randn(shape, device=device, dtype=dtype)
+                for mode in ("fwd", "fwd+bwd"):
+                    results = {}
+                    for prov in providers(device):
+                        fn = {"eager": affine_coupling_ref, "compile": compiled_ref}.get(prov, affine_coupling)
+
+                        def run():
+                            if mode == "fwd":
+                                with torch.no_grad():
+                                    return fn(*leaves, mask)
+                            y, ld = fn(*leaves, mask)
+                            torch.autograd.backward([y, ld], [gy, torch.ones_like(ld)])
+
+                        with use_backend(prov) if prov not in ("eager", "compile") else use_backend("reference"):
+                            results[prov] = timeit(run, reps, device)
+                    elems = x.numel() * (4 if mode == "fwd" else 11)  # tensors read + written
+                    report(rows, "affine_coupling", f"{arch} {'cb' if masked else 'ch'} {tuple(shape)}", mode,
+                           results, elems * x.element_size(), device, dtype)
+
+
+def bench_penalty(device, batches, reps, dtype, rows):
+    """The fused part of WGAN-GP: interpolation, then the norm/penalty forward and backward on the
+    critic's input gradient (the critic's own double backward is the same torch code for all)."""
+
+    def ref_part(real, fake, eps, grad):
+        e = eps.view(-1, *([1] * (real.dim() - 1)))
+        x_hat = e * real + (1 - e) * fake
+        norm = torch.sqrt(grad.float().flatten(1).pow(2).sum(1) + NORM_EPS)
+        return x_hat, 10.0 * (norm - 1).pow(2).mean()
+
+    compiled = torch.compile(ref_part)
+    for name, shape in (("mnist", (1, 28, 28)), ("celeba64", (3, 64, 64))):
+        for batch in batches:
+            real, fake = (torch.randn(batch, *shape, device=device, dtype=dtype) for _ in range(2))
+            eps = torch.rand(batch, device=device, dtype=dtype)
+            grad = torch.randn(batch, *shape, device=device, dtype=dtype, requires_grad=True)
+            results = {}
+            for prov in providers(device):
+                if prov in ("eager", "compile"):
+                    f = ref_part if prov == "eager" else compiled
+
+                    def run():
+                        _, pen = f(real, fake, eps, grad)
+                        pen.backward()
+                else:
+                    def run(prov=prov):
+                        torch.ops.genperf.gp_interpolate(real, fake, eps, prov)
+                        pen, _ = torch.ops.genperf.gp_penalty(grad, 10.0, prov)
+                        pen.backward()
+                results[prov] = timeit(run, reps, device)
+            elems = real.numel() * 6  # interpolate: 2 read + 1 write; penalty: 1 read fwd, 1 read + 1 write bwd
+            report(rows, "gradient_penalty", f"{name} {(batch, *shape)}", "fwd+bwd", results,
+                   elems * real.element_size(), device, dtype)
+
+
+def bench_train_step(device, reps, rows):
+    """One RealNVP training step (mnist preset, batch 16) with the reference vs fused coupling."""
+    torch.manual_seed(0)
+    model = RealNVP(**REALNVP_ARCHS["mnist"]).to(device)
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    x = torch.rand(16, 1, 28, 28, device=device)
+    results = {}
+    for prov in ["eager"] + [p for p in providers(device) if p not in ("eager", "compile")]:
+        def run():
+            opt.zero_grad()
+            model.bits_per_dim(x).mean().backward()
+            opt.step()
+
+        with use_backend("reference" if prov == "eager" else prov):
+            results[prov] = timeit(run, max(3, reps // 4), device)
+    report(rows, "realnvp_train_step", "mnist preset, batch 16", "step", results, None, device, torch.float32)
+
+
+def report(rows, op, x, mode, results, nbytes, device, dtype):
+    eager, comp = results["eager"][1], results.get("compile", (None, None))[1]
+    peak = next((v for k, v in PEAK_GBPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
+    for prov, (p20, p50, p80) in results.items():
+        line = f"{op:18s} {x:38s} {mode:7s} {prov:8s} {p50:9.3f} ms [{p20:.3f}-{p80:.3f}]  x{eager / p50:5.2f} vs eager"
+        if comp:
+            line += f"  x{comp / p50:5.2f} vs compile"
+        if nbytes and device.type == "cuda":
+            gbps = nbytes / p50 / 1e6
+            line += f"  {gbps:7.1f} GB/s" + (f" ({100 * gbps / peak:.0f}% of peak)" if peak else "")
+        print(line, flush=True)
+        rows.append(dict(op=op, provider=prov, mode=mode, metric="ms", x=x, dtype=str(dtype).replace("torch.", ""),
+                         p50=p50, p20=p20, p80=p80, device=torch.cuda.get_device_name() if device.type == "cuda"
+                         else f"cpu x{torch.get_num_threads()}", version=torch.__version__,
+                         time=datetime.datetime.now().isoformat(timespec="seconds")))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--only", choices=["coupling", "penalty", "step"], help="run one part only")
+    p.add_argument("--csv", default=os.path.join(os.path.dirname(__file__), "results", "kernels.csv"))
+    args = p.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    print(f"# {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+          f"torch {torch.__version__}, {args.dtype}, providers: {', '.join(providers(device))}", flush=True)
+    rows = []
+    if args.only in (None, "coupling"):
+        bench_coupling(device, args.batches, args.reps, dtype, rows)
+    if args.only in (None, "penalty"):
+        bench_penalty(device, args.batches, args.reps, dtype, rows)
+    if args.only in (None, "step"):
+        bench_train_step(device, args.reps, rows)
+    os.makedirs(os.path.dirname(args.csv), exist_ok=True)
+    new = not os.path.exists(args.csv)
+    with open(args.csv, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+    print(f"# {len(rows)} rows appended to {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+// Input validation shared by the CPU and CUDA kernels: messages name the argument.
+#pragma once
+#include <torch/extension.h>
+
+namespace genperf {
+
+inline void check_coupling_inputs(const at::Tensor& x, const at::Tensor& s_raw, const at::Tensor& t,
+                                  const at::Tensor& scale, const c10::optional<at::Tensor>& mask,
+                                  c10::DeviceType device) {
+  TORCH_CHECK(x.dim() == 3, "coupling: x must be (N, C, L), got ", x.sizes());
+  TORCH_CHECK(x.device().type() == device, "coupling: x is on ", x.device(), ", this kernel runs on ", device);
+  for (const auto& [name, v] : {std::pair<const char*, const at::Tensor*>{"s_raw", &s_raw}, {"t", &t}}) {
+    TORCH_CHECK(v->sizes() == x.sizes(), "coupling: ", name, " has shape ", v->sizes(), ", expected ", x.sizes());
+    TORCH_CHECK(v->device() == x.device(), "coupling: ", name, " is on ", v->device(), ", x on ", x.device());
+    TORCH_CHECK(v->is_contiguous(), "coupling: ", name, " must be contiguous");
+  }
+  TORCH_CHECK(x.is_contiguous(), "coupling: x must be contiguous");
+  TORCH_CHECK(s_raw.scalar_type() == t.scalar_type(), "coupling: t is ", t.scalar_type(), " but s_raw is ",
+              s_raw.scalar_type());
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == x.size(1), "coupling: scale must be (", x.size(1), ",), got ",
+              scale.sizes());
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(scale.scalar_type() == acc && scale.is_contiguous() && scale.device() == x.device(),
+              "coupling: scale must be a contiguous ", acc, " tensor on x's device, got ", scale.scalar_type());
+  if (mask.has_value()) {
+    const auto& m = *mask;
+    TORCH_CHECK(m.dim() == 3 && (m.size(0) == 1 || m.size(0) == x.size(0)) &&
+                    (m.size(1) == 1 || m.size(1) == x.size(1)) && m.size(2) == x.size(2),
+                "coupling: mask must be (1|N, 1|C, L), got ", m.sizes(), " for x of ", x.sizes());
+    TORCH_CHECK(m.scalar_type() == at::kFloat && m.is_contiguous() && m.device() == x.device(),
+                "coupling: mask must be a contiguous float32 tensor on x's device");
+  }
+}
+
+inline void check_rows(const char* op, const char* name, const at::Tensor& v, const at::Tensor& like,
+                       c10::DeviceType device) {
+  TORCH_CHECK(v.dim() == 2, op, ": ", name, " must be (N, L), got ", v.sizes());
+  TORCH_CHECK(v.device().type() == device, op, ": ", name, " is on ", v.device(), ", this kernel runs on ", device);
+  TORCH_CHECK(v.sizes() == like.sizes(), op, ": ", name, " has shape ", v.sizes(), ", expected ", like.sizes());
+  TORCH_CHECK(v.scalar_type() == like.scalar_type(), op, ": ", name, " is ", v.scalar_type(), ", expected ",
+              like.scalar_type());
+  TORCH_CHECK(v.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+// Offsets of one (n, c) plane of the mask, which may be shared over N and/or C.
+inline int64_t mask_plane(const at::Tensor& m, int64_t n, int64_t c) {
+  return ((m.size(0) > 1 ? n : 0) * m.size(1) + (m.size(1) > 1 ? c : 0)) * m.size(2);
+}
+
+}  // namespace genperf

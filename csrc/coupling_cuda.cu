@@ -1,0 +1,169 @@
+// RealNVP affine coupling + log-det on CUDA: one pass forward, one pass backward. Grid: x = the
+// (n, c) plane, y = blocks along it; per-sample log-det and per-channel scale gradient are one
+// block reduction and one atomic add per block. tanh/exp are recomputed in the backward.
+#include "checks.h"
+#include "cuda_common.cuh"
+
+namespace genperf {
+namespace {
+
+template <typename x_t, typename st_t, bool HAS_MASK, bool REVERSE>
+__global__ void coupling_fwd_kernel(const x_t* __restrict__ x, const st_t* __restrict__ r, const st_t* __restrict__ t,
+                                    const at::opmath_type<x_t>* __restrict__ scale, const float* __restrict__ mask,
+                                    x_t* __restrict__ y, at::opmath_type<x_t>* __restrict__ logdet, int64_t C,
+                                    int64_t L, int64_t mask_sn, int64_t mask_sc) {
+  using acc_t = at::opmath_type<x_t>;
+  const int64_t plane = blockIdx.x, n = plane / C, c = plane % C, base = plane * L;
+  const acc_t sc = scale[c];
+  const float* m = HAS_MASK ? mask + n * mask_sn + c * mask_sc : nullptr;
+  acc_t sum = 0;
+  for (int64_t i = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; i < L; i += (int64_t)gridDim.y * blockDim.x) {
+    acc_t s = sc * dtanh(static_cast<acc_t>(r[base + i]));
+    acc_t tt = static_cast<acc_t>(t[base + i]);
+    if (HAS_MASK) {
+      const acc_t keep = acc_t(1) - static_cast<acc_t>(m[i]);
+      s *= keep;
+      tt *= keep;
+    }
+    const acc_t xv = static_cast<acc_t>(x[base + i]);
+    y[base + i] = static_cast<x_t>(REVERSE ? (xv - tt) * dexp(-s) : xv * dexp(s) + tt);
+    sum += s;
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) atomicAdd(logdet + n, REVERSE ? -sum : sum);
+}
+
+template <typename x_t, typename st_t, bool HAS_MASK, bool REVERSE>
+__global__ void coupling_bwd_kernel(const x_t* __restrict__ gy, const at::opmath_type<x_t>* __restrict__ gl,
+                                    const x_t* __restrict__ x, const st_t* __restrict__ r, const st_t* __restrict__ t,
+                                    const at::opmath_type<x_t>* __restrict__ scale, const float* __restrict__ mask,
+                                    x_t* __restrict__ dx, st_t* __restrict__ dr, st_t* __restrict__ dt,
+                                    at::opmath_type<x_t>* __restrict__ dscale, int64_t C, int64_t L, int64_t mask_sn,
+                                    int64_t mask_sc) {
+  using acc_t = at::opmath_type<x_t>;
+  const int64_t plane = blockIdx.x, n = plane / C, c = plane % C, base = plane * L;
+  const acc_t sc = scale[c], gln = gl[n];
+  const float* m = HAS_MASK ? mask + n * mask_sn + c * mask_sc : nullptr;
+  acc_t sum = 0;
+  for (int64_t i = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; i < L; i += (int64_t)gridDim.y * blockDim.x) {
+    const acc_t th = dtanh(static_cast<acc_t>(r[base + i]));
+    const acc_t keep = HAS_MASK ? acc_t(1) - static_cast<acc_t>(m[i]) : acc_t(1);
+    const acc_t s = sc * th * keep, g = static_cast<acc_t>(gy[base + i]), xv = static_cast<acc_t>(x[base + i]);
+    acc_t dxv, dtv, ds;
+    if (REVERSE) {
+      const acc_t e = dexp(-s);
+      dxv = g * e;
+      dtv = -dxv * keep;
+      ds = -(g * (xv - static_cast<acc_t>(t[base + i]) * keep) * e + gln) * keep;
+    } else {
+      const acc_t e = dexp(s);
+      dxv = g * e;
+      dtv = g * keep;
+      ds = (g * xv * e + gln) * keep;
+    }
+    dx[base + i] = static_cast<x_t>(dxv);
+    dt[base + i] = static_cast<st_t>(dtv);
+    dr[base + i] = static_cast<st_t>(ds * sc * (acc_t(1) - th * th));
+    sum += ds * th;
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) atomicAdd(dscale + c, sum);
+}
+
+struct MaskStrides {
+  const float* ptr = nullptr;
+  int64_t sn = 0, sc = 0;
+};
+
+MaskStrides mask_strides(const c10::optional<at::Tensor>& mask) {
+  MaskStrides out;
+  if (!mask.has_value()) return out;
+  const auto& m = *mask;
+  out.ptr = m.data_ptr<float>();
+  out.sn = m.size(0) > 1 ? m.size(1) * m.size(2) : 0;
+  out.sc = m.size(1) > 1 ? m.size(2) : 0;
+  return out;
+}
+
+// Runs launch.template operator()<HAS_MASK, REVERSE>() for the runtime flags.
+template <typename F>
+void with_flags(bool has_mask, bool reverse, const F& launch) {
+  if (has_mask) {
+    reverse ? launch.template operator()<true, true>() : launch.template operator()<true, false>();
+  } else {
+    reverse ? launch.template operator()<false, true>() : launch.template operator()<false, false>();
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> coupling_forward_cuda(const at::Tensor& x, const at::Tensor& s_raw,
+                                                         const at::Tensor& t, const at::Tensor& scale,
+                                                         const c10::optional<at::Tensor>& mask, bool reverse) {
+  check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CUDA);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
+  auto y = at::empty_like(x);
+  auto logdet = at::zeros({N}, x.options().dtype(scale.scalar_type()));
+  if (x.numel() == 0) return {y, logdet};
+  const auto ms = mask_strides(mask);
+  const dim3 grid(static_cast<unsigned>(N * C), row_blocks(L));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  GENPERF_DISPATCH_FLOATS(x.scalar_type(), "coupling_forward_cuda", [&] {
+    using x_t = scalar_t;
+    using acc_t = at::opmath_type<x_t>;
+    GENPERF_DISPATCH_FLOATS(s_raw.scalar_type(), "coupling_forward_cuda", [&] {
+      using st_t = scalar_t;
+      with_flags(ms.ptr != nullptr, reverse, [&]<bool HAS_MASK, bool REVERSE>() {
+        coupling_fwd_kernel<x_t, st_t, HAS_MASK, REVERSE><<<grid, kThreads, 0, stream>>>(
+            x.data_ptr<x_t>(), s_raw.data_ptr<st_t>(), t.data_ptr<st_t>(), scale.data_ptr<acc_t>(), ms.ptr,
+            y.data_ptr<x_t>(), logdet.data_ptr<acc_t>(), C, L, ms.sn, ms.sc);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  });
+  return {y, logdet};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_backward_cuda(
+    const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& s_raw,
+    const at::Tensor& t, const at::Tensor& scale, const c10::optional<at::Tensor>& mask, bool reverse) {
+  check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CUDA);
+  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() && grad_y.is_contiguous() &&
+                  grad_y.device() == x.device(),
+              "coupling_backward: grad_y must match x (shape, dtype, device, contiguous)");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
+  TORCH_CHECK(grad_logdet.dim() == 1 && grad_logdet.size(0) == N && grad_logdet.scalar_type() == scale.scalar_type() &&
+                  grad_logdet.device() == x.device(),
+              "coupling_backward: grad_logdet must be (", N, ",) of ", scale.scalar_type(), " on x's device");
+  auto dx = at::empty_like(x), dr = at::empty_like(s_raw), dt = at::empty_like(t);
+  auto dscale = at::zeros({C}, scale.options());
+  if (x.numel() == 0) return {dx, dr, dt, dscale};
+  auto gl = grad_logdet.contiguous();
+  const auto ms = mask_strides(mask);
+  const dim3 grid(static_cast<unsigned>(N * C), row_blocks(L));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  GENPERF_DISPATCH_FLOATS(x.scalar_type(), "coupling_backward_cuda", [&] {
+    using x_t = scalar_t;
+    using acc_t = at::opmath_type<x_t>;
+    GENPERF_DISPATCH_FLOATS(s_raw.scalar_type(), "coupling_backward_cuda", [&] {
+      using st_t = scalar_t;
+      with_flags(ms.ptr != nullptr, reverse, [&]<bool HAS_MASK, bool REVERSE>() {
+        coupling_bwd_kernel<x_t, st_t, HAS_MASK, REVERSE><<<grid, kThreads, 0, stream>>>(
+            grad_y.data_ptr<x_t>(), gl.data_ptr<acc_t>(), x.data_ptr<x_t>(), s_raw.data_ptr<st_t>(),
+            t.data_ptr<st_t>(), scale.data_ptr<acc_t>(), ms.ptr, dx.data_ptr<x_t>(), dr.data_ptr<st_t>(),
+            dt.data_ptr<st_t>(), dscale.data_ptr<acc_t>(), C, L, ms.sn, ms.sc);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  });
+  return {dx, dr, dt, dscale};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genperf_kernels, CUDA, m) {
+  m.impl("coupling_forward", &coupling_forward_cuda);
+  m.impl("coupling_backward", &coupling_backward_cuda);
+}
+
+}  // namespace genperf

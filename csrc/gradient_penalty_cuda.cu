@@ -1,0 +1,115 @@
+// WGAN-GP pieces on CUDA: per-sample interpolation, per-sample sum of squares of the critic's input
+// gradient (block reduction + one atomic per block), and the penalty's backward in one pass.
+#include "checks.h"
+#include "cuda_common.cuh"
+
+namespace genperf {
+namespace {
+
+template <typename scalar_t>
+__global__ void interpolate_kernel(const scalar_t* __restrict__ real, const scalar_t* __restrict__ fake,
+                                   const scalar_t* __restrict__ eps, scalar_t* __restrict__ out, int64_t L) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n = blockIdx.x, base = n * L;
+  const acc_t e = static_cast<acc_t>(eps[n]);
+  for (int64_t i = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; i < L; i += (int64_t)gridDim.y * blockDim.x) {
+    const acc_t f = static_cast<acc_t>(fake[base + i]);
+    out[base + i] = static_cast<scalar_t>(f + e * (static_cast<acc_t>(real[base + i]) - f));
+  }
+}
+
+template <typename scalar_t>
+__global__ void sum_squares_kernel(const scalar_t* __restrict__ grad, at::opmath_type<scalar_t>* __restrict__ out,
+                                   int64_t L) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n = blockIdx.x, base = n * L;
+  acc_t sum = 0;
+  for (int64_t i = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; i < L; i += (int64_t)gridDim.y * blockDim.x) {
+    const acc_t g = static_cast<acc_t>(grad[base + i]);
+    sum += g * g;
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) atomicAdd(out + n, sum);
+}
+
+template <typename scalar_t>
+__global__ void penalty_bwd_kernel(const float* __restrict__ grad_out, const scalar_t* __restrict__ grad,
+                                   const at::opmath_type<scalar_t>* __restrict__ sumsq, scalar_t* __restrict__ dg,
+                                   int64_t N, int64_t L, double weight, double norm_eps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n = blockIdx.x, base = n * L;
+  // d/dg of weight * mean_n (||g_n|| - 1)^2 = weight * 2 (norm - 1) / (N norm) * g
+  const acc_t norm = sqrt(sumsq[n] + static_cast<acc_t>(norm_eps));
+  const acc_t coef = static_cast<acc_t>(grad_out[0]) * static_cast<acc_t>(weight) * acc_t(2) * (norm - acc_t(1)) /
+                     (static_cast<acc_t>(N) * norm);
+  for (int64_t i = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; i < L; i += (int64_t)gridDim.y * blockDim.x)
+    dg[base + i] = static_cast<scalar_t>(coef * static_cast<acc_t>(grad[base + i]));
+}
+
+at::Tensor gp_interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
+  check_rows("gp_interpolate", "real", real, real, c10::DeviceType::CUDA);
+  check_rows("gp_interpolate", "fake", fake, real, c10::DeviceType::CUDA);
+  TORCH_CHECK(eps.dim() == 1 && eps.size(0) == real.size(0) && eps.scalar_type() == real.scalar_type() &&
+                  eps.is_contiguous() && eps.device() == real.device(),
+              "gp_interpolate: eps must be a contiguous (", real.size(0), ",) tensor of real's dtype and device");
+  const c10::cuda::CUDAGuard guard(real.device());
+  auto out = at::empty_like(real);
+  if (real.numel() == 0) return out;
+  const dim3 grid(static_cast<unsigned>(real.size(0)), row_blocks(real.size(1)));
+  GENPERF_DISPATCH_FLOATS(real.scalar_type(), "gp_interpolate_cuda", [&] {
+    interpolate_kernel<scalar_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        real.data_ptr<scalar_t>(), fake.data_ptr<scalar_t>(), eps.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+        real.size(1));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor gp_sum_squares_cuda(const at::Tensor& grad) {
+  check_rows("gp_sum_squares", "grad", grad, grad, c10::DeviceType::CUDA);
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const auto acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto out = at::zeros({grad.size(0)}, grad.options().dtype(acc_type));
+  if (grad.numel() == 0) return out;
+  const dim3 grid(static_cast<unsigned>(grad.size(0)), row_blocks(grad.size(1)));
+  GENPERF_DISPATCH_FLOATS(grad.scalar_type(), "gp_sum_squares_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    sum_squares_kernel<scalar_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        grad.data_ptr<scalar_t>(), out.data_ptr<acc_t>(), grad.size(1));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor gp_penalty_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad, const at::Tensor& sumsq,
+                                    double weight, double norm_eps) {
+  check_rows("gp_penalty_backward", "grad", grad, grad, c10::DeviceType::CUDA);
+  const auto acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(sumsq.dim() == 1 && sumsq.size(0) == grad.size(0) && sumsq.scalar_type() == acc_type &&
+                  sumsq.is_contiguous() && sumsq.device() == grad.device(),
+              "gp_penalty_backward: sumsq must be a contiguous (", grad.size(0), ",) ", acc_type, " tensor");
+  TORCH_CHECK(grad_out.numel() == 1 && grad_out.scalar_type() == at::kFloat && grad_out.device() == grad.device(),
+              "gp_penalty_backward: grad_out must be one float32 value on grad's device");
+  const c10::cuda::CUDAGuard guard(grad.device());
+  auto dg = at::empty_like(grad);
+  if (grad.numel() == 0) return dg;
+  const dim3 grid(static_cast<unsigned>(grad.size(0)), row_blocks(grad.size(1)));
+  GENPERF_DISPATCH_FLOATS(grad.scalar_type(), "gp_penalty_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    penalty_bwd_kernel<scalar_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        grad_out.data_ptr<float>(), grad.data_ptr<scalar_t>(), sumsq.data_ptr<acc_t>(), dg.data_ptr<scalar_t>(),
+        grad.size(0), grad.size(1), weight, norm_eps);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dg;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genperf_kernels, CUDA, m) {
+  m.impl("gp_interpolate", &gp_interpolate_cuda);
+  m.impl("gp_sum_squares", &gp_sum_squares_cuda);
+  m.impl("gp_penalty_backward", &gp_penalty_backward_cuda);
+}
+
+}  // namespace genperf

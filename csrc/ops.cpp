@@ -1,0 +1,26 @@
+// One registration file: the schemas of genperf's kernels (torch.ops.genperf_kernels.*) and the
+// Python module genperf._C. The CPU kernels live in *_cpu.cpp, the CUDA kernels in *_cuda.cu.
+#include <torch/extension.h>
+
+TORCH_LIBRARY(genperf_kernels, m) {
+  // x, s_raw, t: (N, C, L) contiguous; scale: (C,) in the accumulation dtype (fp32, fp64 for fp64 x); mask: None or (1|N, 1|C, L) fp32 contiguous.
+  m.def("coupling_forward(Tensor x, Tensor s_raw, Tensor t, Tensor scale, Tensor? mask, bool reverse) -> (Tensor, Tensor)");
+  m.def("coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor s_raw, Tensor t, Tensor scale, "
+        "Tensor? mask, bool reverse) -> (Tensor, Tensor, Tensor, Tensor)");
+  // real, fake, grad: (N, L) contiguous; eps: (N,).
+  m.def("gp_interpolate(Tensor real, Tensor fake, Tensor eps) -> Tensor");
+  m.def("gp_sum_squares(Tensor grad) -> Tensor");
+  m.def("gp_penalty_backward(Tensor grad_out, Tensor grad, Tensor sumsq, float weight, float norm_eps) -> Tensor");
+}
+
+static bool has_cuda() {
+#ifdef GENPERF_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("has_cuda", &has_cuda, "whether genperf._C was compiled with its CUDA kernels");
+}

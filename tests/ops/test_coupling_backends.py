@@ -1,0 +1,148 @@
+"""Every fused backend of affine_coupling against the pure-torch reference."""
+import pytest
+import torch
+
+from genperf.layers import checkerboard_mask
+from genperf.ops import affine_coupling, affine_coupling_ref, available_backends, use_backend
+
+FUSED = [b for b in available_backends() if b != "reference"]
+ON_CPU = [b for b in FUSED if b in ("cpu", "triton")]
+TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 1e-3}  # atol on top of the error bound
+
+
+def _inputs(shape, dtype, mask_kind, channels_last=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g).to(dtype)
+    s_raw = (torch.randn(shape, generator=g) * 2).to(dtype)  # reach tanh's flat parts too
+    t = torch.randn(shape, generator=g).to(dtype)
+    scale = torch.rand(shape[1], generator=g) + 0.5
+    mask = {"none": None,
+            "checkerboard": checkerboard_mask(shape[2], shape[3], flip=True),
+            "per-element": (torch.rand(shape, generator=g) < 0.5).float()}[mask_kind]
+    if channels_last:
+        x, s_raw, t = (v.contiguous(memory_format=torch.channels_last) for v in (x, s_raw, t))
+    return x, s_raw, t, scale, mask
+
+
+def _run(backend, x, s_raw, t, scale, mask, reverse, grad_y, grad_ld):
+    leaves = [v.detach().clone().requires_grad_(True) for v in (x, s_raw, t, scale)]
+    with use_backend(backend):
+        y, ld = affine_coupling(*leaves, mask=mask, reverse=reverse)
+    (y.float() * grad_y).sum().add((ld.float() * grad_ld).sum()).backward()
+    return [y, ld] + [v.grad for v in leaves]
+
+
+def _assert_within_bound(fused, lowp, exact, atol, name):
+    """flash-attention's rule: |fused - exact| <= 2 |torch_lowp - exact| + atol, elementwise."""
+    err = (fused.double() - exact).abs()
+    bound = 2 * (lowp.double() - exact).abs() + atol * (1 + exact.abs())
+    worst = (err - bound).max().item()
+    assert worst <= 0, f"{name}: error exceeds the bound by {worst:.3g} (max error {err.max().item():.3g})"
+
+
+@pytest.mark.parametrize("backend", ON_CPU)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(2, 4, 8, 8), (3, 5, 7, 9)])
+@pytest.mark.parametrize("mask_kind", ["none", "checkerboard", "per-element"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_outputs_and_all_gradients_match_reference(backend, dtype, shape, mask_kind, reverse):
+    x, s_raw, t, scale, mask = _inputs(shape, dtype, mask_kind)
+    g = torch.Generator().manual_seed(1)
+    grad_y, grad_ld = torch.randn(shape, generator=g), torch.randn(shape[0], generator=g)
+    fused = _run(backend, x, s_raw, t, scale, mask, reverse, grad_y, grad_ld)
+    lowp = _run("reference", x, s_raw, t, scale, mask, reverse, grad_y, grad_ld)
+    exact = _run("reference", *(v.double() for v in (x, s_raw, t, scale)), None if mask is None else mask.double(),
+                 reverse, grad_y.double(), grad_ld.double())
+    assert fused[0].dtype == dtype and fused[1].dtype == torch.float32
+    for name, f, lo, ex in zip(["y", "logdet", "dx", "ds_raw", "dt", "dscale"], fused, lowp, exact):
+        assert f.shape == ex.shape, name
+        _assert_within_bound(f, lo, ex, TOL[dtype], name)
+
+
+@pytest.mark.parametrize("backend", ON_CPU)
+def test_channels_last_and_non_contiguous_inputs(backend):
+    x, s_raw, t, scale, mask = _inputs((2, 6, 8, 8), torch.float32, "checkerboard", channels_last=True)
+    g = torch.Generator().manual_seed(2)
+    grad_y, grad_ld = torch.randn(x.shape, generator=g), torch.randn(2, generator=g)
+    fused = _run(backend, x, s_raw, t, scale, mask, False, grad_y, grad_ld)
+    ref = _run("reference", x.contiguous(), s_raw.contiguous(), t.contiguous(), scale, mask, False, grad_y, grad_ld)
+    for f, r in zip(fused, ref):
+        torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-5)
+    # a strided view (every other channel) is handled too
+    view = [v[:, ::2] for v in (x, s_raw, t)]
+    with use_backend(backend):
+        y, ld = affine_coupling(*view, scale[::2])
+    y_ref, ld_ref = affine_coupling_ref(*view, scale[::2])
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ld, ld_ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif("cpu" not in FUSED, reason="genperf._C is not built")
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_float64_cpu_backend(reverse):
+    x, s_raw, t, scale, mask = (v.double() if v is not None else v
+                                for v in _inputs((2, 3, 3, 4), torch.float32, "checkerboard"))
+    leaves = [v.requires_grad_(True) for v in (x, s_raw, t, scale)]
+    with use_backend("cpu"):
+        assert torch.autograd.gradcheck(lambda *a: affine_coupling(*a, mask=mask.double(), reverse=reverse), leaves)
+        y, ld = affine_coupling(*leaves, mask=mask, reverse=reverse)
+    y_ref, ld_ref = affine_coupling_ref(*leaves, mask=mask, reverse=reverse)
+    assert y.dtype == ld.dtype == torch.float64
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ld, ld_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ON_CPU)
+def test_opcheck(backend):
+    x, s_raw, t, scale, mask = _inputs((2, 3, 4, 4), torch.float32, "checkerboard")
+    args = (x.requires_grad_(), s_raw.requires_grad_(), t.requires_grad_(), scale.requires_grad_(), mask, False, backend)
+    torch.library.opcheck(torch.ops.genperf.affine_coupling.default, args)
+
+
+@pytest.mark.skipif("cpu" not in FUSED, reason="genperf._C is not built")
+def test_torch_compile_fullgraph_matches_eager():
+    x, s_raw, t, scale, mask = _inputs((2, 4, 8, 8), torch.float32, "checkerboard")
+
+    def step(x, s_raw, t, scale):
+        y, ld = affine_coupling(x * 1.5, torch.sin(s_raw), t, scale, mask=mask)
+        return y.square().mean() + ld.mean()
+
+    with use_backend("cpu"):
+        compiled = torch.compile(step, fullgraph=True)
+        leaves = [v.detach().clone().requires_grad_(True) for v in (x, s_raw, t, scale)]
+        out = compiled(*leaves)
+        out.backward()
+    ref_leaves = [v.detach().clone().requires_grad_(True) for v in (x, s_raw, t, scale)]
+    with use_backend("reference"):
+        ref = step(*ref_leaves)
+    ref.backward()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(leaves, ref_leaves):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif("cpu" not in FUSED, reason="genperf._C is not built")
+def test_cpp_boundary_names_the_bad_argument():
+    x = torch.randn(2, 3, 16)
+    with pytest.raises(RuntimeError, match="s_raw has shape"):
+        torch.ops.genperf_kernels.coupling_forward(x, torch.randn(2, 3, 15), x, torch.ones(3), None, False)
+    with pytest.raises(RuntimeError, match="t is .*s_raw is"):
+        torch.ops.genperf_kernels.coupling_forward(x, x, x.double(), torch.ones(3), None, False)
+    with pytest.raises(RuntimeError, match="scale must be"):
+        torch.ops.genperf_kernels.coupling_forward(x, x, x, torch.ones(4), None, False)
+    with pytest.raises(RuntimeError, match="mask must be"):
+        torch.ops.genperf_kernels.coupling_forward(x, x, x, torch.ones(3), torch.ones(1, 1, 8), False)
+
+
+def test_backend_selection_is_explicit():
+    assert "reference" in available_backends()
+    with pytest.raises(ValueError, match="unknown genperf backend"):
+        with use_backend("opencl"):
+            pass
+    if "cuda" not in available_backends():
+        with pytest.raises(RuntimeError, match="'cuda' cannot run here"):
+            with use_backend("cuda"):
+                pass
+    if "cpu" in available_backends():
+        with use_backend("cpu"), pytest.raises(RuntimeError, match="cannot run on meta tensors"):
+            affine_coupling(*(torch.empty(1, 2, 2, 2, device="meta") for _ in range(3)), torch.ones(2, device="meta"))
