@@ -20,16 +20,19 @@ def _flag(name):
     return os.environ.get(name, "0") == "1"
 
 
-def _find_nvcc():
-    """CUDA_HOME for torch's build: $CUDA_HOME, the nvcc on PATH, or /usr/local/cuda*; None if absent."""
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
-        return home
+def _find_cuda_home():
+    """CUDA_HOME for torch's build: the first of $CUDA_HOME, the toolkit of the nvcc on PATH and
+    /usr/local/cuda* that has both bin/nvcc and lib64/libcudart.so (an nvcc wrapper script on PATH,
+    as on this machine, does not count); None if there is none."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
     nvcc = shutil.which("nvcc")
     if nvcc:
-        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    found = sorted(glob.glob("/usr/local/cuda*/bin/nvcc"))
-    return os.path.dirname(os.path.dirname(found[-1])) if found else None
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates += sorted(glob.glob("/usr/local/cuda*"), reverse=True)
+    for home in filter(None, candidates):
+        if os.path.exists(os.path.join(home, "bin", "nvcc")) and glob.glob(os.path.join(home, "lib*", "libcudart.so*")):
+            return home
+    return None
 
 
 def _max_jobs():
@@ -44,7 +47,7 @@ def extensions():
     if _flag("GENPERF_SKIP_EXT"):
         print("genperf: GENPERF_SKIP_EXT=1, building no extension (the cpu and cuda backends will be missing)")
         return [], {}
-    cuda_home = None if _flag("GENPERF_SKIP_CUDA") else _find_nvcc()
+    cuda_home = None if _flag("GENPERF_SKIP_CUDA") else _find_cuda_home()
     if cuda_home:
         os.environ["CUDA_HOME"] = cuda_home  # before torch's build helpers read it
     elif _flag("GENPERF_FORCE_CUDA"):
