@@ -2,15 +2,14 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 namespace genperf {
 
 // exp(x) = 2^k exp(r), r = x - k ln 2 in [-ln2/2, ln2/2], exp(r) by the Cephes polynomial (about 1 ulp).
 // 2^k is built from two exponent fields so that k up to 254 (x up to 88.72) does not overflow early.
 inline float vexp(float x) {
-  x = std::fmin(std::fmax(x, -103.0f), 88.72283f);
-  const float k = std::nearbyint(x * 1.44269504088896341f);
+  x = x < -103.0f ? -103.0f : (x > 88.72283f ? 88.72283f : x);
+  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest: + 1.5 * 2^23
   float r = std::fma(k, -0.693359375f, x);
   r = std::fma(k, 2.12194440e-4f, r);
   float p = 1.9875691500e-4f;
@@ -21,12 +20,8 @@ inline float vexp(float x) {
   p = std::fma(p, r, 5.0000001201e-1f);
   p = std::fma(p, r * r, r) + 1.0f;
   const int32_t ki = static_cast<int32_t>(k);
-  const int32_t k1 = ki / 2, k2 = ki - ki / 2;
-  const int32_t b1 = (k1 + 127) << 23, b2 = (k2 + 127) << 23;
-  float f1, f2;
-  std::memcpy(&f1, &b1, 4);
-  std::memcpy(&f2, &b2, 4);
-  return p * f1 * f2;
+  const int32_t k1 = ki >> 1, k2 = ki - k1;
+  return p * __builtin_bit_cast(float, (k1 + 127) << 23) * __builtin_bit_cast(float, (k2 + 127) << 23);
 }
 
 // tanh(r) = 1 - 2 / (exp(2r) + 1): exact limits +-1, absolute error a few ulp of 1.
