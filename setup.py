@@ -5,7 +5,8 @@ Build switches (environment):
   GENPERF_SKIP_CUDA=1    build the C++ kernels only
   GENPERF_SKIP_EXT=1     build no extension at all (the ops then run Triton or the reference)
   TORCH_CUDA_ARCH_LIST   CUDA architectures (default "8.0;9.0"; CI compiles one)
-  GENPERF_CPU_FLAGS      instruction-set flags of the C++ kernels (default -march=x86-64-v3: AVX2 + FMA)
+  GENPERF_CPU_FLAGS      instruction-set flags of the C++ kernels (default -march=native: the extension is
+                         built where it is installed; use e.g. -march=x86-64-v3 for a wheel that travels)
   MAX_JOBS               parallel compile jobs (default: what free memory allows, 4 GiB a job)
 Install with `pip install --no-build-isolation -e .` so the build uses the torch already installed.
 """
@@ -58,7 +59,7 @@ def extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     # -fno-trapping-math lets GCC if-convert the clamps in cpu_math.h, which is what vectorizes the loops.
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", *os.environ.get("GENPERF_CPU_FLAGS", "-march=x86-64-v3").split()]
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", *os.environ.get("GENPERF_CPU_FLAGS", "-march=native").split()]
     sources = ["csrc/ops.cpp", "csrc/coupling_cpu.cpp", "csrc/gradient_penalty_cpu.cpp"]
     if cuda_home:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")

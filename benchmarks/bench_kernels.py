@@ -22,6 +22,7 @@ from genperf.layers import AffineCoupling, checkerboard_mask
 from genperf.models import REALNVP_ARCHS, RealNVP
 from genperf.ops import affine_coupling, affine_coupling_ref, available_backends, use_backend
 from genperf.ops.gradient_penalty import NORM_EPS
+from genperf.scale import keep_freed_cpu_memory
 
 PEAK_GBPS = {"H100": 3350, "H200": 4800, "A100": 2039}  # HBM bandwidth by device name
 
@@ -174,8 +175,10 @@ def main(argv=None):
     p.add_argument("--csv", default=os.path.join(os.path.dirname(__file__), "results", "kernels.csv"))
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    kept = device.type == "cpu" and keep_freed_cpu_memory()  # as genperf.train does; helps every provider alike
     print(f"# {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"torch {torch.__version__}, {args.dtype}, providers: {', '.join(providers(device))}", flush=True)
+          f"torch {torch.__version__}, {args.dtype}, providers: {', '.join(providers(device))}"
+          + (", freed CPU memory kept for reuse (genperf.scale.keep_freed_cpu_memory)" if kept else ""), flush=True)
     rows = []
     if args.only in (None, "coupling"):
         bench_coupling(device, args.batches, args.reps, dtype, rows)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,21 @@ class Precision:
         self.skipped_steps = state["skipped_steps"]
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
+
+
+def keep_freed_cpu_memory():
+    """Tells glibc to keep freed buffers (up to 32 MiB each) for reuse instead of returning them to
+    the OS: otherwise every large CPU tensor is fresh memory that page-faults on first touch, which on
+    this machine costs more than the arithmetic of a fused coupling backward. Returns whether it applied."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or not name:
+        return False
+    libc = ctypes.CDLL(name)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def make_adam(params, lr, betas, device_type):

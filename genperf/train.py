@@ -20,8 +20,8 @@ from genperf.data import DATASETS, Batches, load_dataset
 from genperf.errors import GenperfError
 from genperf.ops.backends import NAMES, use_backend
 from genperf.runlog import CHECKPOINT, RunLog, atomic_save
-from genperf.scale import (Precision, apply_fsdp, default_nproc, gather_objects, init_distributed, launch_workers,
-                           load_model_state, load_optimizer_state, model_state, optimizer_state,
+from genperf.scale import (Precision, apply_fsdp, default_nproc, gather_objects, init_distributed,
+                           keep_freed_cpu_memory, launch_workers, load_model_state, load_optimizer_state, model_state, optimizer_state,
                            shutdown_distributed, under_torchrun)
 
 MODELS = ("dcgan", "wgan-gp", "wgan", "vae", "beta-vae", "realnvp")
@@ -210,6 +210,8 @@ def run(args, argv):
         return launch_workers(args.nproc, "genperf.train", argv)
     dist = init_distributed(args.device)
     device = dist.device
+    if device.type == "cpu":
+        keep_freed_cpu_memory()
     torch.manual_seed(args.seed * 1000 + dist.rank)
 
     data = load_dataset(args.data, args.data_root, args.image_size, args.channels, args.download, args.seed)
