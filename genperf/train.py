@@ -21,8 +21,8 @@ from genperf.errors import GenperfError
 from genperf.ops.backends import NAMES, use_backend
 from genperf.runlog import CHECKPOINT, RunLog, atomic_save
 from genperf.scale import (Precision, apply_fsdp, default_nproc, gather_objects, init_distributed,
-                           keep_freed_cpu_memory, launch_workers, load_model_state, load_optimizer_state, model_state, optimizer_state,
-                           shutdown_distributed, under_torchrun)
+                           keep_freed_cpu_memory, launch_workers, load_model_state, load_optimizer_state, model_state,
+                           optimizer_state, shutdown_distributed, under_torchrun)
 
 MODELS = ("dcgan", "wgan-gp", "wgan", "vae", "beta-vae", "realnvp")
 DEFAULTS = {  # per model: learning rate, epochs, latent size, beta
@@ -35,7 +35,7 @@ DEFAULTS = {  # per model: learning rate, epochs, latent size, beta
 }
 NUM_SAMPLES = 64
 # Options that may change when a run is resumed; any other difference is an error.
-RESUMABLE_CHANGES = {"epochs", "steps", "resume", "nproc", "log_every", "ckpt_every", "workers", "download"}
+RESUMABLE_CHANGES = {"epochs", "steps", "resume", "nproc", "log_every", "ckpt_every", "workers", "download", "backend"}
 
 
 def parse_args(argv=None):

@@ -17,17 +17,23 @@ def _tanh(r):
 
 
 @triton.jit
+def _block(C, L, BLOCK: tl.constexpr):
+    """This program's sample n, channel c, element offsets into the (N, C, L) tensors and in-plane offsets."""
+    plane = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    return plane // C, plane % C, plane.to(tl.int64) * L + offs, offs, offs < L
+
+
+@triton.jit
+def _load(ptr, idx, inb):
+    return tl.load(ptr + idx, mask=inb, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _coupling_fwd(x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, y_ptr, logdet_ptr, C, L, mask_sn, mask_sc,
                   HAS_MASK: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
-    plane = tl.program_id(0)
-    n = plane // C
-    c = plane % C
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inb = offs < L
-    base = plane.to(tl.int64) * L
-    x = tl.load(x_ptr + base + offs, mask=inb, other=0.0).to(tl.float32)
-    r = tl.load(r_ptr + base + offs, mask=inb, other=0.0).to(tl.float32)
-    t = tl.load(t_ptr + base + offs, mask=inb, other=0.0).to(tl.float32)
+    n, c, idx, offs, inb = _block(C, L, BLOCK)
+    x, r, t = _load(x_ptr, idx, inb), _load(r_ptr, idx, inb), _load(t_ptr, idx, inb)
     s = tl.load(scale_ptr + c).to(tl.float32) * _tanh(r)
     if HAS_MASK:
         keep = 1.0 - tl.load(mask_ptr + n * mask_sn + c * mask_sc + offs, mask=inb, other=1.0)
@@ -37,7 +43,7 @@ def _coupling_fwd(x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, y_ptr, logdet_ptr, C
         y = (x - t) * tl.exp(-s)
     else:
         y = x * tl.exp(s) + t
-    tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inb)
+    tl.store(y_ptr + idx, y.to(y_ptr.dtype.element_ty), mask=inb)
     part = tl.sum(tl.where(inb, s, 0.0), axis=0)
     tl.atomic_add(logdet_ptr + n, -part if REVERSE else part)
 
@@ -45,16 +51,8 @@ def _coupling_fwd(x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, y_ptr, logdet_ptr, C
 @triton.jit
 def _coupling_bwd(gy_ptr, gl_ptr, x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, dx_ptr, dr_ptr, dt_ptr, dscale_ptr,
                   C, L, mask_sn, mask_sc, HAS_MASK: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
-    plane = tl.program_id(0)
-    n = plane // C
-    c = plane % C
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inb = offs < L
-    base = plane.to(tl.int64) * L
-    gy = tl.load(gy_ptr + base + offs, mask=inb, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + base + offs, mask=inb, other=0.0).to(tl.float32)
-    r = tl.load(r_ptr + base + offs, mask=inb, other=0.0).to(tl.float32)
-    t = tl.load(t_ptr + base + offs, mask=inb, other=0.0).to(tl.float32)
+    n, c, idx, offs, inb = _block(C, L, BLOCK)
+    gy, x, r, t = _load(gy_ptr, idx, inb), _load(x_ptr, idx, inb), _load(r_ptr, idx, inb), _load(t_ptr, idx, inb)
     gl = tl.load(gl_ptr + n).to(tl.float32)
     sc = tl.load(scale_ptr + c).to(tl.float32)
     th = _tanh(r)
@@ -73,9 +71,9 @@ def _coupling_bwd(gy_ptr, gl_ptr, x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, dx_p
         dt = gy * keep
         ds = (gy * x * e + gl) * keep
     dr = ds * sc * (1.0 - th * th)
-    tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=inb)
-    tl.store(dr_ptr + base + offs, dr.to(dr_ptr.dtype.element_ty), mask=inb)
-    tl.store(dt_ptr + base + offs, dt.to(dt_ptr.dtype.element_ty), mask=inb)
+    tl.store(dx_ptr + idx, dx.to(dx_ptr.dtype.element_ty), mask=inb)
+    tl.store(dr_ptr + idx, dr.to(dr_ptr.dtype.element_ty), mask=inb)
+    tl.store(dt_ptr + idx, dt.to(dt_ptr.dtype.element_ty), mask=inb)
     tl.atomic_add(dscale_ptr + c, tl.sum(tl.where(inb, ds * th, 0.0), axis=0))
 
 
