@@ -86,7 +86,8 @@ def bench_coupling(device, batches, reps, dtype, rows):
                                 with torch.no_grad():
                                     return fn(*leaves, mask)
                             y, ld = fn(*leaves, mask)
-                            torch.autograd.backward([y, ld], [gy, torch.ones_like(ld)])
+                            # autograd.grad: no accumulation into .grad, as for the non-leaf inputs in a model
+                            torch.autograd.grad([y, ld], leaves, [gy, torch.ones_like(ld)])
 
                         with use_backend(prov) if prov not in ("eager", "compile") else use_backend("reference"):
                             results[prov] = timeit(run, reps, device)
@@ -118,12 +119,12 @@ def bench_penalty(device, batches, reps, dtype, rows):
 
                     def run():
                         _, pen = f(real, fake, eps, grad)
-                        pen.backward()
+                        torch.autograd.grad(pen, grad)
                 else:
                     def run(prov=prov):
                         torch.ops.genperf.gp_interpolate(real, fake, eps, prov)
                         pen, _ = torch.ops.genperf.gp_penalty(grad, 10.0, prov)
-                        pen.backward()
+                        torch.autograd.grad(pen, grad)
                 results[prov] = timeit(run, reps, device)
             elems = real.numel() * 6  # interpolate: 2 read + 1 write; penalty: 1 read fwd, 1 read + 1 write bwd
             report(rows, "gradient_penalty", f"{name} {(batch, *shape)}", "fwd+bwd", results,
