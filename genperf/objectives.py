@@ -64,8 +64,10 @@ class GANObjective:
         real = x * 2 - 1 if self.image_data else x
         n = real.shape[0]
         z = torch.randn(n, self.G.latent_dim, device=real.device)
+        g_step = (step + 1) % self.critic_iters == 0
         with self.precision.autocast():
-            fake = self.G(z)
+            with torch.set_grad_enabled(g_step):  # critic-only steps need no generator graph
+                fake = self.G(z)
             d_real, d_fake = self.D(real), self.D(fake.detach())
             if self.kind == DCGAN:
                 target = smoothed_real_labels(n, device=real.device) if self.label_smoothing else torch.ones_like(d_real)
@@ -81,7 +83,7 @@ class GANObjective:
                 for p in self.D.parameters():
                     p.clamp_(-self.clip, self.clip)
         out = {f"{self.d_name}_loss": d_loss.detach()}
-        if (step + 1) % self.critic_iters == 0:
+        if g_step:
             with self.precision.autocast():
                 g_out = self.D(fake).float()
                 # Non-saturating loss for DCGAN: maximise log D(G(z)).
