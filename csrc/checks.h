@@ -4,10 +4,16 @@
 
 namespace genperf {
 
+// Elements per (n, c) plane of a contiguous (N, C, ...) tensor.
+inline int64_t plane_size(const at::Tensor& x) {
+  const int64_t planes = x.size(0) * x.size(1);
+  return planes == 0 ? 0 : x.numel() / planes;
+}
+
 inline void check_coupling_inputs(const at::Tensor& x, const at::Tensor& s_raw, const at::Tensor& t,
                                   const at::Tensor& scale, const c10::optional<at::Tensor>& mask,
                                   c10::DeviceType device) {
-  TORCH_CHECK(x.dim() == 3, "coupling: x must be (N, C, L), got ", x.sizes());
+  TORCH_CHECK(x.dim() >= 2, "coupling: x must be (N, C, ...), got ", x.sizes());
   TORCH_CHECK(x.device().type() == device, "coupling: x is on ", x.device(), ", this kernel runs on ", device);
   for (const auto& [name, v] : {std::pair<const char*, const at::Tensor*>{"s_raw", &s_raw}, {"t", &t}}) {
     TORCH_CHECK(v->sizes() == x.sizes(), "coupling: ", name, " has shape ", v->sizes(), ", expected ", x.sizes());
@@ -25,7 +31,7 @@ inline void check_coupling_inputs(const at::Tensor& x, const at::Tensor& s_raw, 
   if (mask.has_value()) {
     const auto& m = *mask;
     TORCH_CHECK(m.dim() == 3 && (m.size(0) == 1 || m.size(0) == x.size(0)) &&
-                    (m.size(1) == 1 || m.size(1) == x.size(1)) && m.size(2) == x.size(2),
+                    (m.size(1) == 1 || m.size(1) == x.size(1)) && m.size(2) == plane_size(x),
                 "coupling: mask must be (1|N, 1|C, L), got ", m.sizes(), " for x of ", x.sizes());
     TORCH_CHECK(m.scalar_type() == at::kFloat && m.is_contiguous() && m.device() == x.device(),
                 "coupling: mask must be a contiguous float32 tensor on x's device");

@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward_cpu(const at::Tensor& x, con
                                                         const at::Tensor& t, const at::Tensor& scale,
                                                         const c10::optional<at::Tensor>& mask, bool reverse) {
   check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CPU);
-  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
+  const int64_t N = x.size(0), C = x.size(1), L = plane_size(x);
   auto y = at::empty_like(x);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto partial = at::empty({N * C}, x.options().dtype(acc_type));
@@ -121,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_backward_cpu
   check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CPU);
   TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() && grad_y.is_contiguous(),
               "coupling_backward: grad_y must match x (shape, dtype, contiguous)");
-  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
+  const int64_t N = x.size(0), C = x.size(1), L = plane_size(x);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(grad_logdet.dim() == 1 && grad_logdet.size(0) == N && grad_logdet.scalar_type() == acc_type,
               "coupling_backward: grad_logdet must be (", N, ",) of ", acc_type);

@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward_cuda(const at::Tensor& x, co
                                                          const c10::optional<at::Tensor>& mask, bool reverse) {
   check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
+  const int64_t N = x.size(0), C = x.size(1), L = plane_size(x);
   auto y = at::empty_like(x);
   auto logdet = at::zeros({N}, x.options().dtype(scale.scalar_type()));
   if (x.numel() == 0) return {y, logdet};
@@ -131,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_backward_cud
                   grad_y.device() == x.device(),
               "coupling_backward: grad_y must match x (shape, dtype, device, contiguous)");
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
+  const int64_t N = x.size(0), C = x.size(1), L = plane_size(x);
   TORCH_CHECK(grad_logdet.dim() == 1 && grad_logdet.size(0) == N && grad_logdet.scalar_type() == scale.scalar_type() &&
                   grad_logdet.device() == x.device(),
               "coupling_backward: grad_logdet must be (", N, ",) of ", scale.scalar_type(), " on x's device");

@@ -1,6 +1,6 @@
 """RealNVP affine coupling + log-determinant in Triton: one pass forward, one pass backward.
 
-Tensors are viewed as (N, C, L) contiguous; one program handles BLOCK elements of one (n, c) plane,
+Tensors are (N, C, ...) contiguous, read as (N, C, L); one program handles BLOCK elements of one (n, c) plane,
 so the per-channel scale is a scalar load and the per-sample log-det / per-channel scale gradient
 are one atomic add per program. tanh and exp are recomputed in the backward, nothing is saved.
 """
@@ -84,9 +84,15 @@ def _mask_args(mask, x):
     return mask, (c_m * length if n_m > 1 else 0), (length if c_m > 1 else 0)
 
 
+def _plane(x):
+    n, c = x.shape[:2]
+    return n, c, (x.numel() // (n * c) if n * c else 0)
+
+
 def coupling_forward(x, r, t, scale, mask, reverse):
-    """x, r, t: (N, C, L) contiguous; scale: (C,) fp32; mask: None or (1|N, 1|C, L) fp32 contiguous."""
-    n, c, length = x.shape
+    """x, r, t: (N, C, ...) contiguous (L elements per (n, c) plane); scale: (C,) fp32; mask: None or
+    (1|N, 1|C, L) fp32 contiguous."""
+    n, c, length = _plane(x)
     y = torch.empty_like(x)
     logdet = torch.zeros(n, device=x.device, dtype=torch.float32)
     m, msn, msc = _mask_args(mask, x)
@@ -97,7 +103,7 @@ def coupling_forward(x, r, t, scale, mask, reverse):
 
 
 def coupling_backward(grad_y, grad_logdet, x, r, t, scale, mask, reverse):
-    n, c, length = x.shape
+    n, c, length = _plane(x)
     dx, dr, dt = torch.empty_like(x), torch.empty_like(r), torch.empty_like(t)
     dscale = torch.zeros(c, device=x.device, dtype=torch.float32)
     m, msn, msc = _mask_args(mask, x)

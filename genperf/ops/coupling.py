@@ -81,11 +81,11 @@ def _kernels(backend):
     return torch.ops.genperf_kernels.coupling_forward, torch.ops.genperf_kernels.coupling_backward
 
 
-def _flat(x, s_raw, t, scale, mask):
-    """(N, C, L) contiguous views, the scale in the accumulation dtype, and the mask as (1|N, 1|C, L) fp32
-    (a shared mask stays shared: N and C are not broadcast)."""
-    n, c = x.shape[:2]
-    flat = [v.reshape(n, c, -1).contiguous() for v in (x, s_raw, t)]
+def _kernel_args(x, s_raw, t, scale, mask):
+    """Contiguous x, s_raw, t (the kernels read them as (N, C, L) and return full-shape tensors, not
+    views), the scale in the accumulation dtype, and the mask as (1|N, 1|C, L) fp32 (a shared mask
+    stays shared: N and C are not broadcast)."""
+    flat = [v.contiguous() for v in (x, s_raw, t)]
     if mask is not None:
         m = mask.view(*([1] * (x.dim() - mask.dim())), *mask.shape)
         m = m.expand(m.shape[0], m.shape[1], *x.shape[2:])
@@ -101,8 +101,8 @@ def _acc_dtype(x):
 def _fused_forward(x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor, mask: Optional[Tensor], reverse: bool,
                    backend: str) -> tuple[Tensor, Tensor]:
     forward, _ = _kernels(backend)
-    y, logdet = forward(*_flat(x, s_raw, t, scale, mask), reverse)
-    return y.view(x.shape), logdet.to(_acc_dtype(x))
+    y, logdet = forward(*_kernel_args(x, s_raw, t, scale, mask), reverse)
+    return y, logdet.to(_acc_dtype(x))
 
 
 @_fused_forward.register_fake
@@ -114,11 +114,10 @@ def _(x, s_raw, t, scale, mask, reverse, backend):
 def _fused_backward(grad_y: Tensor, grad_logdet: Tensor, x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor,
                     mask: Optional[Tensor], reverse: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _, backward = _kernels(backend)
-    n, c = x.shape[:2]
-    x3, r3, t3, scale32, mask3 = _flat(x, s_raw, t, scale, mask)
-    gy = grad_y.to(x.dtype).reshape(n, c, -1).contiguous()
-    dx, dr, dt, dscale = backward(gy, grad_logdet.to(_acc_dtype(x)).contiguous(), x3, r3, t3, scale32, mask3, reverse)
-    return dx.view(x.shape), dr.view(x.shape), dt.view(x.shape), dscale.to(scale.dtype)
+    gy = grad_y.to(x.dtype).contiguous()
+    dx, dr, dt, dscale = backward(gy, grad_logdet.to(_acc_dtype(x)).contiguous(), *_kernel_args(x, s_raw, t, scale, mask),
+                                  reverse)
+    return dx, dr, dt, dscale.to(scale.dtype)
 
 
 @_fused_backward.register_fake
