@@ -4,7 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
-#include "checks.h"
+#include "common.h"
 #include "cpu_math.h"
 
 namespace genperf {
@@ -66,19 +66,6 @@ __attribute__((noinline)) at::opmath_type<scalar_t> backward_plane(const scalar_
   }
   return dscale;
 }
-
-// Calls f.template operator()<HAS_MASK, REVERSE>() for the runtime flags.
-template <typename F>
-void with_flags(bool has_mask, bool reverse, F&& f) {
-  if (has_mask) {
-    reverse ? f.template operator()<true, true>() : f.template operator()<true, false>();
-  } else {
-    reverse ? f.template operator()<false, true>() : f.template operator()<false, false>();
-  }
-}
-
-#define GENPERF_DISPATCH_FLOATS(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
 std::tuple<at::Tensor, at::Tensor> coupling_forward_cpu(const at::Tensor& x, const at::Tensor& s_raw,
                                                         const at::Tensor& t, const at::Tensor& scale,

@@ -1,7 +1,7 @@
 // RealNVP affine coupling + log-det on CUDA: one pass forward, one pass backward. Grid: x = the
 // (n, c) plane, y = blocks along it; per-sample log-det and per-channel scale gradient are one
 // block reduction and one atomic add per block. tanh/exp are recomputed in the backward.
-#include "checks.h"
+#include "common.h"
 #include "cuda_common.cuh"
 
 namespace genperf {
@@ -83,16 +83,6 @@ MaskStrides mask_strides(const c10::optional<at::Tensor>& mask) {
   out.sn = m.size(0) > 1 ? m.size(1) * m.size(2) : 0;
   out.sc = m.size(1) > 1 ? m.size(2) : 0;
   return out;
-}
-
-// Runs launch.template operator()<HAS_MASK, REVERSE>() for the runtime flags.
-template <typename F>
-void with_flags(bool has_mask, bool reverse, const F& launch) {
-  if (has_mask) {
-    reverse ? launch.template operator()<true, true>() : launch.template operator()<true, false>();
-  } else {
-    reverse ? launch.template operator()<false, true>() : launch.template operator()<false, false>();
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor> coupling_forward_cuda(const at::Tensor& x, const at::Tensor& s_raw,

@@ -35,7 +35,5 @@ inline unsigned row_blocks(int64_t len) {
   return static_cast<unsigned>(std::min<int64_t>((len + per_block - 1) / per_block, 65535));
 }
 
-#define GENPERF_DISPATCH_FLOATS(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
 }  // namespace genperf

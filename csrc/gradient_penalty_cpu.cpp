@@ -6,15 +6,13 @@
 
 #include <cmath>
 
-#include "checks.h"
+#include "common.h"
 
 // The loops sit inside AT_DISPATCH macro arguments, where only the _Pragma operator can carry a pragma.
 
 namespace genperf {
 namespace {
 
-#define GENPERF_DISPATCH_FLOATS(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
 at::Tensor gp_interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
   check_rows("gp_interpolate", "real", real, real, c10::DeviceType::CPU);

@@ -1,6 +1,6 @@
 // WGAN-GP pieces on CUDA: per-sample interpolation, per-sample sum of squares of the critic's input
 // gradient (block reduction + one atomic per block), and the penalty's backward in one pass.
-#include "checks.h"
+#include "common.h"
 #include "cuda_common.cuh"
 
 namespace genperf {

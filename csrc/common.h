@@ -1,8 +1,21 @@
-// Input validation shared by the CPU and CUDA kernels: messages name the argument.
+// Shared by the CPU and CUDA kernels: input validation (messages name the argument), dtype dispatch.
 #pragma once
 #include <torch/extension.h>
 
 namespace genperf {
+
+#define GENPERF_DISPATCH_FLOATS(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
+
+// Calls f.template operator()<HAS_MASK, REVERSE>() for the runtime flags.
+template <typename F>
+void with_flags(bool has_mask, bool reverse, const F& f) {
+  if (has_mask) {
+    reverse ? f.template operator()<true, true>() : f.template operator()<true, false>();
+  } else {
+    reverse ? f.template operator()<false, true>() : f.template operator()<false, false>();
+  }
+}
 
 // Elements per (n, c) plane of a contiguous (N, C, ...) tensor.
 inline int64_t plane_size(const at::Tensor& x) {
