@@ -85,9 +85,9 @@ class Dist:
     def is_main(self):
         return self.rank == 0
 
-    @property
-    def distributed(self):
-        return dist.is_available() and dist.is_initialized()
+
+def _initialized():
+    return dist.is_available() and dist.is_initialized()
 
 
 def under_torchrun():
@@ -133,12 +133,12 @@ def init_distributed(device: str) -> Dist:
 
 
 def shutdown_distributed():
-    if dist.is_available() and dist.is_initialized():
+    if _initialized():
         dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
+    if _initialized():
         dist.all_reduce(t)
     return t
 
@@ -207,7 +207,7 @@ def load_optimizer_state(model, optimizer, state):
 
 def gather_objects(obj):
     """[obj of rank 0, obj of rank 1, ...] (just [obj] when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _initialized():
         return [obj]
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
