@@ -29,9 +29,9 @@ def vae_terms(logits, x, mu, logvar):
 
 
 def vae_loss(logits, x, mu, logvar, beta=1.0):
-    """The study's loss, BCE (sum) + beta * KL, averaged over the batch."""
+    """The study's loss, BCE (sum) + beta * KL, averaged over the batch; also the per-image terms."""
     bce, kl = vae_terms(logits, x, mu, logvar)
-    return (bce + beta * kl).mean()
+    return (bce + beta * kl).mean(), bce, kl
 
 
 class GANObjective:
@@ -119,8 +119,7 @@ class VAEObjective:
     def train_step(self, x, step):
         with self.precision.autocast():
             logits, mu, logvar = self.model(x)
-        bce, kl = vae_terms(logits, x, mu, logvar)
-        loss = (bce + self.beta * kl).mean()
+        loss, bce, kl = vae_loss(logits, x, mu, logvar, self.beta)
         self.precision.step(loss, self.optimizers["vae"])
         return {"loss": loss.detach(), "recon": bce.mean().detach(), "kl": kl.mean().detach()}
 
