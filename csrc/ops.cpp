@@ -7,6 +7,8 @@ TORCH_LIBRARY(genperf_kernels, m) {
   m.def("coupling_forward(Tensor x, Tensor s_raw, Tensor t, Tensor scale, Tensor? mask, bool reverse) -> (Tensor, Tensor)");
   m.def("coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor s_raw, Tensor t, Tensor scale, "
         "Tensor? mask, bool reverse) -> (Tensor, Tensor, Tensor, Tensor)");
+  // coupling_forward with its gradient (coupling_autograd.cpp): what genperf.ops calls for the cpu and cuda backends.
+  m.def("affine_coupling(Tensor x, Tensor s_raw, Tensor t, Tensor scale, Tensor? mask, bool reverse) -> (Tensor, Tensor)");
   // real, fake, grad: (N, L) contiguous; eps: (N,).
   m.def("gp_interpolate(Tensor real, Tensor fake, Tensor eps) -> Tensor");
   m.def("gp_sum_squares(Tensor grad) -> Tensor");

@@ -68,75 +68,78 @@ def affine_coupling(x, s_raw, t, scale, mask=None, reverse=False):
     backend = select(x.device)
     if backend == "reference":
         return affine_coupling_ref(x, s_raw, t, scale, mask, reverse)
-    return torch.ops.genperf.affine_coupling(x, s_raw, t, scale, mask, reverse, backend)
-
-
-# ---- the fused op: schema, kernels, fake (meta) implementation, autograd ----
-
-def _kernels(backend):
+    args = _kernel_args(x, s_raw, t, scale, mask)
     if backend == "triton":
-        from genperf.kernels import coupling
-
-        return coupling.coupling_forward, coupling.coupling_backward
-    return torch.ops.genperf_kernels.coupling_forward, torch.ops.genperf_kernels.coupling_backward
+        return torch.ops.genperf.affine_coupling_triton(*args, reverse)
+    # cpu and cuda: genperf._C's op, whose gradient is wired in C++ (csrc/coupling_autograd.cpp).
+    return torch.ops.genperf_kernels.affine_coupling(*args, reverse)
 
 
 def _kernel_args(x, s_raw, t, scale, mask):
-    """Contiguous x, s_raw, t (the kernels read them as (N, C, L) and return full-shape tensors, not
-    views), the scale in the accumulation dtype, and the mask as (1|N, 1|C, L) fp32 (a shared mask
-    stays shared: N and C are not broadcast)."""
+    """What the kernels take: contiguous x, s_raw, t (read as (N, C, L)), the scale in the accumulation
+    dtype, and the mask as (1|N, 1|C, L) fp32 (a shared mask stays shared: N and C are not broadcast).
+    The conversions are differentiable, so gradients reach the caller's tensors in their dtypes."""
     flat = [v.contiguous() for v in (x, s_raw, t)]
     if mask is not None:
         m = mask.view(*([1] * (x.dim() - mask.dim())), *mask.shape)
         m = m.expand(m.shape[0], m.shape[1], *x.shape[2:])
         mask = m.reshape(m.shape[0], m.shape[1], -1).to(torch.float32).contiguous()
-    return (*flat, scale.to(_acc_dtype(x)).contiguous(), mask)
+    return (*flat, scale.to(torch.promote_types(x.dtype, torch.float32)).contiguous(), mask)
 
 
-def _acc_dtype(x):
-    return torch.promote_types(x.dtype, torch.float32)
+def _fake_forward(x, s_raw, t, scale, mask, reverse):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[0], dtype=scale.dtype)
 
 
-@torch.library.custom_op("genperf::affine_coupling", mutates_args=())
-def _fused_forward(x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor, mask: Optional[Tensor], reverse: bool,
-                   backend: str) -> tuple[Tensor, Tensor]:
-    forward, _ = _kernels(backend)
-    y, logdet = forward(*_kernel_args(x, s_raw, t, scale, mask), reverse)
-    return y, logdet.to(_acc_dtype(x))
+def _fake_backward(grad_y, grad_logdet, x, s_raw, t, scale, mask, reverse):
+    return tuple(torch.empty_like(v, memory_format=torch.contiguous_format) for v in (x, s_raw, t, scale))
 
 
-@_fused_forward.register_fake
-def _(x, s_raw, t, scale, mask, reverse, backend):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty(x.shape[0], dtype=_acc_dtype(x))
+# Shapes of genperf._C's ops for torch.compile's fake tensors (their kernels and autograd are C++).
+try:
+    from genperf import _C  # noqa: F401  (loads the ops)
+except ImportError:
+    pass
+else:
+    torch.library.register_fake("genperf_kernels::coupling_forward", _fake_forward)
+    torch.library.register_fake("genperf_kernels::coupling_backward", _fake_backward)
+    torch.library.register_fake("genperf_kernels::affine_coupling", _fake_forward)
 
 
-@torch.library.custom_op("genperf::affine_coupling_backward", mutates_args=())
-def _fused_backward(grad_y: Tensor, grad_logdet: Tensor, x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor,
-                    mask: Optional[Tensor], reverse: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    _, backward = _kernels(backend)
-    gy = grad_y.to(x.dtype).contiguous()
-    dx, dr, dt, dscale = backward(gy, grad_logdet.to(_acc_dtype(x)).contiguous(), *_kernel_args(x, s_raw, t, scale, mask),
-                                  reverse)
+# ---- the Triton backend as a torch.library custom op (its kernels are Python) ----
+
+@torch.library.custom_op("genperf::affine_coupling_triton", mutates_args=())
+def _triton_forward(x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor, mask: Optional[Tensor],
+                    reverse: bool) -> tuple[Tensor, Tensor]:
+    from genperf.kernels import coupling
+
+    y, logdet = coupling.coupling_forward(x, s_raw, t, scale, mask, reverse)
+    return y, logdet.to(scale.dtype)  # the kernel accumulates in fp32, also for float64 inputs
+
+
+@torch.library.custom_op("genperf::affine_coupling_triton_backward", mutates_args=())
+def _triton_backward(grad_y: Tensor, grad_logdet: Tensor, x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor,
+                     mask: Optional[Tensor], reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from genperf.kernels import coupling
+
+    dx, dr, dt, dscale = coupling.coupling_backward(grad_y, grad_logdet, x, s_raw, t, scale, mask, reverse)
     return dx, dr, dt, dscale.to(scale.dtype)
 
 
-@_fused_backward.register_fake
-def _(grad_y, grad_logdet, x, s_raw, t, scale, mask, reverse, backend):
-    empty = lambda v: torch.empty(v.shape, dtype=v.dtype, device=v.device)  # noqa: E731
-    return empty(x), empty(s_raw), empty(t), empty(scale)
+_triton_forward.register_fake(_fake_forward)
+_triton_backward.register_fake(_fake_backward)
 
 
 def _setup_context(ctx, inputs, output):
-    x, s_raw, t, scale, mask, reverse, backend = inputs
+    x, s_raw, t, scale, mask, reverse = inputs
     ctx.save_for_backward(x, s_raw, t, scale, mask)
-    ctx.reverse, ctx.backend = reverse, backend
+    ctx.reverse = reverse
 
 
 def _backward(ctx, grad_y, grad_logdet):
-    x, s_raw, t, scale, mask = ctx.saved_tensors
-    dx, dr, dt, dscale = torch.ops.genperf.affine_coupling_backward(grad_y, grad_logdet, x, s_raw, t, scale, mask,
-                                                                     ctx.reverse, ctx.backend)
-    return dx, dr, dt, dscale, None, None, None
+    dx, dr, dt, dscale = torch.ops.genperf.affine_coupling_triton_backward(
+        grad_y.contiguous(), grad_logdet.contiguous(), *ctx.saved_tensors, ctx.reverse)
+    return dx, dr, dt, dscale, None, None
 
 
-_fused_forward.register_autograd(_backward, setup_context=_setup_context)
+_triton_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -95,8 +95,21 @@ def test_gradcheck_float64_cpu_backend(reverse):
 @pytest.mark.parametrize("backend", ON_CPU)
 def test_opcheck(backend):
     x, s_raw, t, scale, mask = _inputs((2, 3, 4, 4), torch.float32, "checkerboard")
-    args = (x.requires_grad_(), s_raw.requires_grad_(), t.requires_grad_(), scale.requires_grad_(), mask, False, backend)
-    torch.library.opcheck(torch.ops.genperf.affine_coupling.default, args)
+    mask = mask.expand(1, 1, 4, 4).reshape(1, 1, 16).contiguous()  # the kernels' (1|N, 1|C, L) layout
+    op = torch.ops.genperf.affine_coupling_triton if backend == "triton" else torch.ops.genperf_kernels.affine_coupling
+    for reverse in (False, True):
+        args = (x.requires_grad_(), s_raw.requires_grad_(), t.requires_grad_(), scale.requires_grad_(), mask, reverse)
+        torch.library.opcheck(op.default, args)
+
+
+@pytest.mark.skipif("cpu" not in FUSED, reason="genperf._C is not built")
+def test_inference_mode_runs_the_kernel_below_autograd():
+    x, s_raw, t, scale, mask = _inputs((2, 3, 4, 4), torch.float32, "checkerboard")
+    with torch.inference_mode(), use_backend("cpu"):
+        y, ld = affine_coupling(x, s_raw, t, scale, mask)
+    y_ref, ld_ref = affine_coupling_ref(x, s_raw, t, scale, mask)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ld, ld_ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif("cpu" not in FUSED, reason="genperf._C is not built")
