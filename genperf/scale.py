@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-import sys
 from dataclasses import dataclass
 
 import torch
