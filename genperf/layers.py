@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from genperf.ops import affine_coupling, gradient_penalty
 
@@ -39,8 +40,14 @@ class AffineCoupling(nn.Module):
         transformed = channels if mask_type == CHECKERBOARD else channels // 2
         # s = scale * tanh(s_raw): tanh bounds the log-scale, the learned scale sets its range.
         self.scale = nn.Parameter(torch.ones(transformed))
+        self.checkpoint = False
 
     def forward(self, x, reverse: bool = False):
+        if self.checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, reverse, use_reentrant=False)
+        return self._forward(x, reverse)
+
+    def _forward(self, x, reverse):
         if x.shape[1] != self.channels:
             raise ValueError(f"AffineCoupling expects {self.channels} channels, got input of shape {tuple(x.shape)}")
         if self.mask_type == CHECKERBOARD:

@@ -144,10 +144,18 @@ class VAEObjective:
 class FlowObjective:
     """RealNVP trained by maximum likelihood on dequantized 8-bit images; the loss is bits/dim."""
 
-    def __init__(self, model, precision, lr, device_type, clip_grad=100.0):
+    def __init__(self, model, precision, lr, device_type, clip_grad=100.0, seed=0, rank=0, world_size=1):
         self.model, self.precision, self.clip_grad = model, precision, clip_grad
         self.modules = {"realnvp": model}
         self.optimizers = {"realnvp": make_adam(model.parameters(), lr, (0.9, 0.999), device_type)}
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+
+    def dequantization_noise(self, x, step):
+        """This rank's slice of the global batch's noise, drawn from (seed, step) alone: every
+        number of ranks trains on the same numbers, and a resumed run on the same as before."""
+        g = torch.Generator(x.device).manual_seed(self.seed * 1_000_003 + step)
+        noise = torch.rand((len(x) * self.world_size, *x.shape[1:]), generator=g, device=x.device)
+        return noise.tensor_split(self.world_size)[self.rank]
 
     def noise(self, n, generator=None):
         m = self.model
@@ -155,7 +163,7 @@ class FlowObjective:
 
     def train_step(self, x, step):
         with self.precision.autocast():
-            bpd = self.model.bits_per_dim(x).mean()
+            bpd = self.model.bits_per_dim(x, self.dequantization_noise(x, step)).mean()
         self.precision.step(bpd, self.optimizers["realnvp"], self.clip_grad)
         return {"bits_per_dim": bpd.detach()}
 

@@ -1,12 +1,34 @@
-"""The run directory: config.json, metrics.jsonl, samples/, loss.png, checkpoint.pt, summary.json."""
+"""The run directory: config.json, metrics.jsonl, samples/, loss.png, checkpoint.pt (or the sharded
+checkpoint/ of --fsdp runs), summary.json."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import torch
 
 CHECKPOINT = "checkpoint.pt"
+SHARDED_CHECKPOINT = "checkpoint"  # a torch.distributed.checkpoint directory
+
+
+def publish_dir(tmp, final):
+    """Puts the finished directory `tmp` in place of `final`. Two renames: a crash between them leaves
+    FINAL.old, which find_sharded_checkpoint falls back to."""
+    old = f"{final}.old"
+    if os.path.exists(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_sharded_checkpoint(out):
+    """The complete sharded checkpoint in `out`, or None."""
+    for path in (os.path.join(out, SHARDED_CHECKPOINT), os.path.join(out, f"{SHARDED_CHECKPOINT}.old")):
+        if os.path.exists(os.path.join(path, "meta.pt")):
+            return path
+    return None
 
 
 def atomic_save(obj, path):

@@ -211,3 +211,37 @@ def gather_objects(obj):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def save_sharded(states, path):
+    """Each rank writes its shards of `states` (sharded model/optimizer state dicts) to the
+    torch.distributed.checkpoint directory `path`; a collective."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(states, checkpoint_id=path)
+
+
+def sharded_states(modules, optimizers):
+    """Sharded (per-rank) state dicts of FSDP modules and their optimizers, the layout DCP saves
+    and loads; DCP reshards them on load, so a run resumes on another number of ranks."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {"models": {k: get_model_state_dict(m) for k, m in modules.items()},
+            "optimizers": {k: get_optimizer_state_dict(modules[k], o) for k, o in optimizers.items()}}
+
+
+def load_sharded(modules, optimizers, path):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    states = sharded_states(modules, optimizers)
+    dcp.load(states, checkpoint_id=path)
+    for k, m in modules.items():
+        set_model_state_dict(m, states["models"][k])
+    for k, o in optimizers.items():
+        set_optimizer_state_dict(modules[k], o, states["optimizers"][k])
+
+
+def barrier():
+    if _initialized():
+        dist.barrier()

@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -19,10 +20,11 @@ from genperf import models, objectives
 from genperf.data import DATASETS, Batches, load_dataset
 from genperf.errors import GenperfError
 from genperf.ops.backends import NAMES, use_backend
-from genperf.runlog import CHECKPOINT, RunLog, atomic_save
-from genperf.scale import (Precision, apply_fsdp, default_nproc, gather_objects, init_distributed,
-                           keep_freed_cpu_memory, launch_workers, load_model_state, load_optimizer_state, model_state,
-                           optimizer_state, shutdown_distributed, under_torchrun)
+from genperf.runlog import CHECKPOINT, SHARDED_CHECKPOINT, RunLog, atomic_save, find_sharded_checkpoint, publish_dir
+from genperf.scale import (Precision, all_reduce_sum, apply_fsdp, barrier, default_nproc, gather_objects, init_distributed,
+                           keep_freed_cpu_memory, launch_workers, load_model_state, load_optimizer_state, load_sharded,
+                           model_state, optimizer_state, save_sharded, sharded_states, shutdown_distributed,
+                           under_torchrun)
 
 MODELS = ("dcgan", "wgan-gp", "wgan", "vae", "beta-vae", "realnvp")
 DEFAULTS = {  # per model: learning rate, epochs, latent size, beta
@@ -34,8 +36,10 @@ DEFAULTS = {  # per model: learning rate, epochs, latent size, beta
     "realnvp": dict(lr=1e-3, epochs=5),
 }
 NUM_SAMPLES = 64
-# Options that may change when a run is resumed; any other difference is an error.
-RESUMABLE_CHANGES = {"epochs", "steps", "resume", "nproc", "log_every", "ckpt_every", "workers", "download", "backend"}
+# Options that may change when a run is resumed (they change neither the math nor the data order);
+# any other difference is an error. --nproc may change: the sharded checkpoint is resharded on load.
+RESUMABLE_CHANGES = {"epochs", "steps", "resume", "nproc", "log_every", "ckpt_every", "workers", "download", "backend",
+                     "checkpointing", "invertible"}
 
 
 def parse_args(argv=None):
@@ -67,6 +71,11 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--amp", action="store_true", help="bf16 autocast where supported, else fp16 with a GradScaler")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 over --nproc processes (self-launched unless under torchrun)")
+    p.add_argument("--checkpointing", nargs="?", const="coupling", default="none", choices=models.CHECKPOINTING,
+                   help="realnvp: recompute activations in backward per coupling or per residual block "
+                        "(bare --checkpointing: coupling, the best time/memory trade measured by bench_memory.py)")
+    p.add_argument("--invertible", action="store_true",
+                   help="realnvp: backprop through the couplings by inverting them instead of keeping activations")
     p.add_argument("--nproc", type=int, help="processes for --fsdp (default: the GPU count, 2 on CPU)")
     p.add_argument("--backend", choices=NAMES, help="fused-op backend (default: the fastest available; "
                                                    "reference is pure torch, for comparison)")
@@ -90,6 +99,8 @@ def check_args(args, data):
     if args.fsdp and args.model == "wgan-gp":
         raise GenperfError("wgan-gp does not run under --fsdp yet: FSDP2 frees the critic's gathered parameters "
                            "before the gradient penalty's double backward; train wgan-gp without --fsdp")
+    if (args.checkpointing != "none" or args.invertible) and args.model != "realnvp":
+        raise GenperfError("--checkpointing and --invertible apply to realnvp only")
     if args.label_smoothing and args.model != "dcgan":
         raise GenperfError("--label-smoothing applies to dcgan only")
     for name in ("batch_size", "critic_iters", "log_every"):
@@ -118,16 +129,18 @@ def realnvp_config(args, shape):
     return cfg
 
 
-def build_objective(args, data, precision, device):
+def build_objective(args, data, precision, device, rank=0, world_size=1):
     """The model of `args.model` for data of `data.shape`, sharded under --fsdp, wrapped in its
     training objective (which builds the optimizers, so after sharding)."""
     dt = device.type
     try:
         if args.model == "realnvp":
-            model = models.RealNVP(**realnvp_config(args, data.shape)).to(device)
+            model = models.RealNVP(**realnvp_config(args, data.shape), checkpointing=args.checkpointing,
+                                   invertible=args.invertible).to(device)
             if args.fsdp:
                 apply_fsdp(model, model.couplings(), precision.dtype, ("inverse", "bits_per_dim"))
-            return objectives.FlowObjective(model, precision, args.lr, dt)
+            return objectives.FlowObjective(model, precision, args.lr, dt, seed=args.seed, rank=rank,
+                                            world_size=world_size)
         if args.model in ("vae", "beta-vae"):
             c, s, _ = data.shape
             arch = args.arch or ("mlp" if s <= 32 else "conv")
@@ -161,40 +174,63 @@ def set_rng_state(state):
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_checkpoint(path, objective, precision, step, args, is_main):
-    """Gathers full states (a collective under FSDP) and has the main rank write them atomically."""
-    state = {
-        "step": step,
-        "config": vars(args),
-        "models": {k: model_state(m) for k, m in objective.modules.items()},
-        "optimizers": {k: optimizer_state(objective.modules[k], o) for k, o in objective.optimizers.items()},
-        "precision": precision.state_dict(),
-        "rng": gather_objects(rng_state()),
-        "last_g_loss": getattr(objective, "last_g_loss", None),
-    }
+def checkpoint_meta(objective, precision, step, args):
+    """Everything but the model and optimizer tensors: small, written by the main rank."""
+    return {"step": step, "config": vars(args), "precision": precision.state_dict(),
+            "rng": gather_objects(rng_state()),  # every rank's generators, so a resume is bit-identical
+            "last_g_loss": getattr(objective, "last_g_loss", None)}
+
+
+def save_checkpoint(out, objective, precision, step, args, is_main):
+    """Writes the run's checkpoint atomically (a collective under FSDP). --fsdp: every rank writes its
+    own shards through torch.distributed.checkpoint into OUT/checkpoint/; otherwise OUT/checkpoint.pt."""
+    meta = checkpoint_meta(objective, precision, step, args)
+    if not args.fsdp:
+        state = dict(meta, models={k: model_state(m) for k, m in objective.modules.items()},
+                     optimizers={k: optimizer_state(objective.modules[k], o) for k, o in objective.optimizers.items()})
+        if is_main:
+            atomic_save(state, os.path.join(out, CHECKPOINT))
+        return
+    tmp = os.path.join(out, f"{SHARDED_CHECKPOINT}.tmp")
     if is_main:
-        atomic_save(state, path)
+        shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of a crashed save
+    barrier()
+    save_sharded(sharded_states(objective.modules, objective.optimizers), tmp)
+    if is_main:
+        atomic_save(meta, os.path.join(tmp, "meta.pt"))  # last: its presence marks the directory complete
+        publish_dir(tmp, os.path.join(out, SHARDED_CHECKPOINT))
+    barrier()
+
+
+def find_checkpoint(args):
+    if args.fsdp:
+        return find_sharded_checkpoint(args.out)
+    path = os.path.join(args.out, CHECKPOINT)
+    return path if os.path.exists(path) else None
 
 
 def load_checkpoint(path, objective, precision, args, rank, world_size, device):
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    changed = {k: (v, getattr(args, k, None)) for k, v in state["config"].items()
+    meta = torch.load(os.path.join(path, "meta.pt") if args.fsdp else path, map_location="cpu", weights_only=True)
+    changed = {k: (v, getattr(args, k, None)) for k, v in meta["config"].items()
                if k not in RESUMABLE_CHANGES and getattr(args, k, None) != v}
     if changed:
         diff = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
         raise GenperfError(f"{path} was written with other options ({diff}); resume with the same options")
-    for k, m in objective.modules.items():
-        load_model_state(m, state["models"][k])
-    for k, o in objective.optimizers.items():
-        load_optimizer_state(objective.modules[k], o, state["optimizers"][k])
-    precision.load_state_dict(state["precision"])
-    if len(state["rng"]) == world_size:
-        set_rng_state(state["rng"][rank])
+    if args.fsdp:
+        load_sharded(objective.modules, objective.optimizers, path)
+    else:
+        for k, m in objective.modules.items():
+            load_model_state(m, meta["models"][k])
+        for k, o in objective.optimizers.items():
+            load_optimizer_state(objective.modules[k], o, meta["optimizers"][k])
+    precision.load_state_dict(meta["precision"])
+    if len(meta["rng"]) == world_size:
+        set_rng_state(meta["rng"][rank])
     else:  # another number of ranks: fresh, still deterministic, streams
-        torch.manual_seed(args.seed * 1000 + rank + state["step"])
-    if state["last_g_loss"] is not None:
-        objective.last_g_loss = state["last_g_loss"].to(device)
-    return state["step"]
+        torch.manual_seed(args.seed * 1000 + rank + meta["step"])
+    if meta["last_g_loss"] is not None:
+        objective.last_g_loss = meta["last_g_loss"].to(device)
+    return meta["step"]
 
 
 def evaluate(objective, batches, seed):
@@ -212,12 +248,12 @@ def run(args, argv):
     device = dist.device
     if device.type == "cpu":
         keep_freed_cpu_memory()
-    torch.manual_seed(args.seed * 1000 + dist.rank)
-
     data = load_dataset(args.data, args.data_root, args.image_size, args.channels, args.download, args.seed)
     check_args(args, data)
     precision = Precision(device.type, args.amp)
-    objective = build_objective(args, data, precision, device)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank (FSDP2 keeps each rank's own shard)
+    objective = build_objective(args, data, precision, device, dist.rank, dist.world_size)
+    torch.manual_seed(args.seed * 1000 + dist.rank)  # then a stream of its own per rank
 
     train = Batches(data.train, args.batch_size, args.seed, dist.rank, dist.world_size, device, workers=args.workers)
     heldout = Batches(data.heldout, args.batch_size, 0, dist.rank, dist.world_size, device, shuffle=False,
@@ -226,13 +262,14 @@ def run(args, argv):
     total_steps = args.steps or args.epochs * steps_per_epoch
     fixed_noise = objective.noise(NUM_SAMPLES, torch.Generator().manual_seed(args.seed)).to(device)
 
-    ckpt = os.path.join(args.out, CHECKPOINT)
+    ckpt = os.path.join(args.out, SHARDED_CHECKPOINT if args.fsdp else CHECKPOINT)
+    found = find_checkpoint(args)
     step = 0
     if args.resume:
-        if not os.path.exists(ckpt):
+        if found is None:
             raise GenperfError(f"--resume: no checkpoint at {ckpt}")
-        step = load_checkpoint(ckpt, objective, precision, args, dist.rank, dist.world_size, device)
-    elif os.path.exists(ckpt):
+        step = load_checkpoint(found, objective, precision, args, dist.rank, dist.world_size, device)
+    elif found or os.path.exists(os.path.join(args.out, CHECKPOINT)) or find_sharded_checkpoint(args.out):
         raise GenperfError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
     log = RunLog(args.out, dist.is_main, resume_step=step if args.resume else None)
     n_params = sum(p.numel() for m in objective.modules.values() for p in m.parameters())
@@ -257,7 +294,9 @@ def run(args, argv):
         if not window:
             return
         elapsed = time.perf_counter() - window_start
-        last = {k: torch.stack(v).float().mean().item() for k, v in window.items()}
+        # The mean over all ranks, so the log shows the global batch's loss whatever the number of ranks.
+        means = all_reduce_sum(torch.stack([torch.stack(v).float().mean() for v in window.values()]))
+        last = dict(zip(window, (means / dist.world_size).tolist()))
         bad = {k: v for k, v in last.items() if not math.isfinite(v)}
         if bad:  # before any checkpoint is written, so the last good one stays
             raise GenperfError(f"non-finite loss by step {step} ({bad}); stopping. The last good checkpoint, "
@@ -269,7 +308,7 @@ def run(args, argv):
 
     def checkpoint():
         flush_window()
-        save_checkpoint(ckpt, objective, precision, step, args, dist.is_main)
+        save_checkpoint(args.out, objective, precision, step, args, dist.is_main)
 
     def epoch_artifacts(name):
         """Sample grid, held-out metrics, checkpoint and plot."""

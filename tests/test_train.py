@@ -116,19 +116,44 @@ def test_unknown_model_is_an_argparse_error():
     assert exit_.value.code == 2
 
 
-def test_fsdp_self_launches_two_cpu_ranks_that_train_and_resume(tmp_path):
-    base = [sys.executable, "-m", "genperf.train", "realnvp", "--amp", "--fsdp", "--nproc", "2", "--data", "digits",
-            "--batch-size", "32", "--mid-channels", "8", "--num-blocks", "1", "--log-every", "5", "--out", str(tmp_path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    first = subprocess.run(base + ["--steps", "40"], capture_output=True, text=True, timeout=300, env=env)
-    assert first.returncode == 0, first.stderr[-3000:]
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert config["world_size"] == 2
-    bpd = [r["bits_per_dim"] for r in _lines(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+def _cli(*argv, out):
+    """python -m genperf.train realnvp in a subprocess (--fsdp runs launch their own workers)."""
+    cmd = [sys.executable, "-m", "genperf.train", "realnvp", "--data", "digits", "--batch-size", "32",
+           "--mid-channels", "8", "--num-blocks", "1", "--out", str(out), *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _train_curve(out):
+    return {r["step"]: r["bits_per_dim"] for r in _lines(out / "metrics.jsonl") if r["split"] == "train"}
+
+
+def test_fsdp_two_ranks_follow_one_rank_and_resume_onto_another_rank_count(tmp_path):
+    """Same global batch: the 2-rank FSDP loss curve is the 1-rank one; a sharded checkpoint written by 2
+    ranks resumes on 1 (switching on invertible backprop and checkpointing, which change no gradient)."""
+    _cli("--steps", "20", "--log-every", "2", out=tmp_path / "one")
+    _cli("--fsdp", "--nproc", "2", "--steps", "20", "--log-every", "2", out=tmp_path / "two")
+    _cli("--fsdp", "--nproc", "2", "--steps", "10", "--log-every", "2", out=tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "checkpoint" / "meta.pt").exists()
+    proc = _cli("--fsdp", "--nproc", "1", "--steps", "20", "--log-every", "2", "--resume", "--invertible",
+                "--checkpointing", "block", out=tmp_path / "resumed")
+    assert "resuming at step 10" in proc.stdout
+    one, two, resumed = (_train_curve(tmp_path / n) for n in ("one", "two", "resumed"))
+    assert sorted(one) == sorted(two) == sorted(resumed) == list(range(2, 21, 2))
+    assert one[20] < one[2] - 1.0  # it trains
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5), step
+        assert resumed[step] == pytest.approx(two[step], rel=1e-4), step
+
+
+def test_main_command_shape_amp_fsdp_trains_and_resumes(tmp_path):
+    _cli("--amp", "--fsdp", "--nproc", "2", "--steps", "40", "--log-every", "5", out=tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["world_size"] == 2
+    bpd = list(_train_curve(tmp_path).values())
     assert bpd[-1] < bpd[0] - 0.5, bpd  # the sharded parameters really are being optimised
-    second = subprocess.run(base + ["--steps", "50", "--resume"], capture_output=True, text=True, timeout=300, env=env)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming at step 40" in second.stdout
+    proc = _cli("--amp", "--fsdp", "--nproc", "2", "--steps", "50", "--resume", out=tmp_path)
+    assert "resuming at step 40" in proc.stdout
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 50
 
 

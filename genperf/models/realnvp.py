@@ -13,10 +13,16 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torch.nn.utils.parametrizations import weight_norm
 
 from genperf.dtypes import at_least_fp32
+from genperf.invertible import chain, invertible_chain
 from genperf.layers import CHANNEL, CHECKERBOARD, AffineCoupling
+
+# Activation checkpointing granularity: none, each coupling (keeps its input), each residual block of
+# the s/t networks (keeps block inputs). Recomputation is non-reentrant torch.utils.checkpoint.
+CHECKPOINTING = ("none", "coupling", "block")
 
 # Architecture presets: the shape they are built for and the size of the s/t networks.
 ARCHS = {
@@ -53,12 +59,14 @@ class STResNet(nn.Module):
         self.out_conv = nn.Conv2d(mid_channels, out_channels, 1)
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
+        self.checkpoint_blocks = False
 
     def forward(self, x):
         x = self.in_conv(x)
         skip = self.in_skip(x)
+        recompute = self.checkpoint_blocks and torch.is_grad_enabled()
         for block, to_skip in zip(self.blocks, self.skips):
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
             skip = skip + to_skip(x)
         return self.out_conv(F.relu(skip))
 
@@ -82,9 +90,14 @@ class Scale(nn.Module):
 class RealNVP(nn.Module):
     """`model(x) -> (z, logdet)`: the bijection from images x in [0, 1] to latents z of x's shape,
     logdet = log|det dz/dx| per sample. `inverse(z) -> x`. `log_prob`/`bits_per_dim` dequantize
-    8-bit data with uniform noise and so are single-sample estimates."""
+    8-bit data with uniform noise and so are single-sample estimates.
 
-    def __init__(self, in_channels=1, image_size=28, num_scales=2, mid_channels=64, num_blocks=8, alpha=0.05):
+    Memory modes (gradients are the same in all of them): `checkpointing` in CHECKPOINTING recomputes
+    activations in backward; `invertible` backpropagates each run of couplings by inversion
+    (genperf.invertible), so activation memory stops growing with depth."""
+
+    def __init__(self, in_channels=1, image_size=28, num_scales=2, mid_channels=64, num_blocks=8, alpha=0.05,
+                 checkpointing="none", invertible=False):
         super().__init__()
         if num_scales < 1:
             raise ValueError(f"num_scales must be >= 1, got {num_scales}")
@@ -97,6 +110,18 @@ class RealNVP(nn.Module):
         for i in range(num_scales):
             self.scales.append(Scale(channels, mid, num_blocks, last=i == num_scales - 1))
             channels, mid = 2 * channels, 2 * mid
+        self.set_memory_mode(checkpointing, invertible)
+
+    def set_memory_mode(self, checkpointing="none", invertible=False):
+        if checkpointing not in CHECKPOINTING:
+            raise ValueError(f"checkpointing must be one of {', '.join(CHECKPOINTING)}, got {checkpointing!r}")
+        self.checkpointing, self.invertible = checkpointing, bool(invertible)
+        for c in self.couplings():
+            c.checkpoint = checkpointing == "coupling"
+            c.st_net.checkpoint_blocks = checkpointing == "block"
+
+    def _chain(self, couplings, z):
+        return invertible_chain(couplings, z) if self.invertible else chain(couplings, z)
 
     def couplings(self):
         return [c for s in self.scales for c in (*s.in_couplings, *s.out_couplings)]
@@ -113,15 +138,12 @@ class RealNVP(nn.Module):
         logdet = (math.log(1 - 2 * self.alpha) - torch.log(y) - torch.log1p(-y)).flatten(1).sum(1)
         factored = []
         for scale in self.scales:
-            for c in scale.in_couplings:
-                z, ld = c(z)
-                logdet = logdet + ld
+            z, ld = self._chain(scale.in_couplings, z)
+            logdet = logdet + ld
             if len(scale.out_couplings) == 0:
                 break
-            z = F.pixel_unshuffle(z, 2)
-            for c in scale.out_couplings:
-                z, ld = c(z)
-                logdet = logdet + ld
+            z, ld = self._chain(scale.out_couplings, F.pixel_unshuffle(z, 2))
+            logdet = logdet + ld
             z_out, z = z.chunk(2, dim=1)
             factored.append(z_out)
         for z_out in reversed(factored):
@@ -146,17 +168,18 @@ class RealNVP(nn.Module):
                 z, _ = c(z, reverse=True)
         return (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
 
-    def log_prob(self, x):
-        """log p(x) in nats per image for 8-bit images x in [0, 1] (values k / 255)."""
+    def log_prob(self, x, noise=None):
+        """log p(x) in nats per image for 8-bit images x in [0, 1] (values k / 255), dequantized with
+        `noise` (uniform in [0, 1), x's shape; drawn here when None)."""
         x = at_least_fp32(x)
-        x = (torch.round(x * 255) + torch.rand_like(x)) / 256
+        x = (torch.round(x * 255) + (torch.rand_like(x) if noise is None else noise)) / 256
         z, logdet = self(x)
         dims = x[0].numel()
         log_pz = -0.5 * (z.pow(2).flatten(1).sum(1) + dims * math.log(2 * math.pi))
         return log_pz + logdet - dims * math.log(256)
 
-    def bits_per_dim(self, x):
-        return -self.log_prob(x) / (x[0].numel() * math.log(2))
+    def bits_per_dim(self, x, noise=None):
+        return -self.log_prob(x, noise) / (x[0].numel() * math.log(2))
 
     @torch.no_grad()
     def sample(self, n, temperature=1.0, z=None):
