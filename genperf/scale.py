@@ -165,45 +165,6 @@ def apply_fsdp(model: torch.nn.Module, units, amp_dtype=None, forward_methods=()
     return model
 
 
-def is_fsdp(module):
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
-
-
-def model_state(model):
-    """A full (unsharded) state dict on CPU; a collective under FSDP."""
-    if not is_fsdp(model):
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def load_model_state(model, state):
-    if not is_fsdp(model):
-        return model.load_state_dict(state)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    return set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
-
-
-def optimizer_state(model, optimizer):
-    if not is_fsdp(model):
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def load_optimizer_state(model, optimizer, state):
-    if not is_fsdp(model):
-        return optimizer.load_state_dict(state)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    return set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-
-
 def gather_objects(obj):
     """[obj of rank 0, obj of rank 1, ...] (just [obj] when not distributed)."""
     if not _initialized():

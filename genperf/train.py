@@ -21,10 +21,9 @@ from genperf.data import DATASETS, Batches, load_dataset
 from genperf.errors import GenperfError
 from genperf.ops.backends import NAMES, use_backend
 from genperf.runlog import CHECKPOINT, SHARDED_CHECKPOINT, RunLog, atomic_save, find_sharded_checkpoint, publish_dir
-from genperf.scale import (Precision, all_reduce_sum, apply_fsdp, barrier, default_nproc, gather_objects, init_distributed,
-                           keep_freed_cpu_memory, launch_workers, load_model_state, load_optimizer_state, load_sharded,
-                           model_state, optimizer_state, save_sharded, sharded_states, shutdown_distributed,
-                           under_torchrun)
+from genperf.scale import (Precision, all_reduce_sum, apply_fsdp, barrier, default_nproc, gather_objects,
+                           init_distributed, keep_freed_cpu_memory, launch_workers, load_sharded, save_sharded,
+                           sharded_states, shutdown_distributed, under_torchrun)
 
 MODELS = ("dcgan", "wgan-gp", "wgan", "vae", "beta-vae", "realnvp")
 DEFAULTS = {  # per model: learning rate, epochs, latent size, beta
@@ -186,8 +185,9 @@ def save_checkpoint(out, objective, precision, step, args, is_main):
     own shards through torch.distributed.checkpoint into OUT/checkpoint/; otherwise OUT/checkpoint.pt."""
     meta = checkpoint_meta(objective, precision, step, args)
     if not args.fsdp:
-        state = dict(meta, models={k: model_state(m) for k, m in objective.modules.items()},
-                     optimizers={k: optimizer_state(objective.modules[k], o) for k, o in objective.optimizers.items()})
+        state = dict(meta, models={k: {n: v.detach().cpu() for n, v in m.state_dict().items()}
+                                   for k, m in objective.modules.items()},
+                     optimizers={k: o.state_dict() for k, o in objective.optimizers.items()})
         if is_main:
             atomic_save(state, os.path.join(out, CHECKPOINT))
         return
@@ -220,9 +220,9 @@ def load_checkpoint(path, objective, precision, args, rank, world_size, device):
         load_sharded(objective.modules, objective.optimizers, path)
     else:
         for k, m in objective.modules.items():
-            load_model_state(m, meta["models"][k])
+            m.load_state_dict(meta["models"][k])
         for k, o in objective.optimizers.items():
-            load_optimizer_state(objective.modules[k], o, meta["optimizers"][k])
+            o.load_state_dict(meta["optimizers"][k])
     precision.load_state_dict(meta["precision"])
     if len(meta["rng"]) == world_size:
         set_rng_state(meta["rng"][rank])
