@@ -17,7 +17,7 @@ import time
 import torch
 
 from genperf import models, objectives
-from genperf.data import DATASETS, Batches, load_dataset
+from genperf.data import DATASETS, LOADERS, default_loader, load_dataset, make_batches
 from genperf.errors import GenperfError
 from genperf.ops.backends import NAMES, use_backend
 from genperf.runlog import CHECKPOINT, SHARDED_CHECKPOINT, RunLog, atomic_save, find_sharded_checkpoint, publish_dir
@@ -38,7 +38,7 @@ NUM_SAMPLES = 64
 # Options that may change when a run is resumed (they change neither the math nor the data order);
 # any other difference is an error. --nproc may change: the sharded checkpoint is resharded on load.
 RESUMABLE_CHANGES = {"epochs", "steps", "resume", "nproc", "log_every", "ckpt_every", "workers", "download", "backend",
-                     "checkpointing", "invertible"}
+                     "checkpointing", "invertible", "loader"}
 
 
 def parse_args(argv=None):
@@ -80,13 +80,16 @@ def parse_args(argv=None):
                                                    "reference is pure torch, for comparison)")
     p.add_argument("--log-every", type=int, default=10, help="steps between metric lines")
     p.add_argument("--ckpt-every", type=int, default=0, help="steps between checkpoints (0: at epoch ends only)")
-    p.add_argument("--workers", type=int, default=2, help="loader processes for file-based data (celeba)")
+    p.add_argument("--workers", type=int, default=2, help="loader threads (dali) or processes (torch) for celeba")
+    p.add_argument("--loader", choices=LOADERS, help="celeba: NVIDIA DALI or the torchvision DataLoader "
+                                                     "(default: dali where it is installed)")
     args = p.parse_args(argv)
     for key, value in DEFAULTS[args.model].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.out = args.out or os.path.join("runs", args.model)
     args.nproc = args.nproc or default_nproc()
+    args.loader = args.loader or default_loader()
     return args
 
 
@@ -255,9 +258,10 @@ def run(args, argv):
     objective = build_objective(args, data, precision, device, dist.rank, dist.world_size)
     torch.manual_seed(args.seed * 1000 + dist.rank)  # then a stream of its own per rank
 
-    train = Batches(data.train, args.batch_size, args.seed, dist.rank, dist.world_size, device, workers=args.workers)
-    heldout = Batches(data.heldout, args.batch_size, 0, dist.rank, dist.world_size, device, shuffle=False,
-                      drop_last=False, workers=args.workers)
+    train = make_batches(data.train, args.batch_size, args.seed, dist.rank, dist.world_size, device,
+                         loader=args.loader, workers=args.workers)
+    heldout = make_batches(data.heldout, args.batch_size, 0, dist.rank, dist.world_size, device, shuffle=False,
+                           drop_last=False, loader=args.loader, workers=args.workers)
     steps_per_epoch = len(train)
     total_steps = args.steps or args.epochs * steps_per_epoch
     fixed_noise = objective.noise(NUM_SAMPLES, torch.Generator().manual_seed(args.seed)).to(device)
@@ -341,9 +345,12 @@ def run(args, argv):
     if artifacts_step != step:
         held = epoch_artifacts(f"step_{step:06d}")
     elapsed = time.perf_counter() - t_start
+    skipped_images = sum(gather_objects(train.skipped + heldout.skipped))  # found while decoding, on any rank
+    if skipped_images and dist.is_main:
+        print(f"genperf: skipped {skipped_images} images that failed to decode (named above)", flush=True)
     summary = dict(model=args.model, data=args.data, steps=step, epochs=step / steps_per_epoch, parameters=n_params,
                    world_size=dist.world_size, amp=str(precision.dtype) if args.amp else None,
-                   skipped_steps=precision.skipped_steps, train=last, heldout=held,
+                   skipped_steps=precision.skipped_steps, skipped_images=skipped_images, train=last, heldout=held,
                    wall_time_s=elapsed, images_per_s=(step - start_step) * args.batch_size / max(elapsed, 1e-9),
                    samples=sorted(os.listdir(log.path("samples"))) if dist.is_main else None)
     log.write_json("summary.json", summary)

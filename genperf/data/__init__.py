@@ -64,6 +64,26 @@ def _digits():
     return images[perm[200:]], images[perm[:200]]
 
 
+LOADERS = ("dali", "torch")
+
+
+def default_loader():
+    return "dali" if celeba.dali_available() else "torch"
+
+
+def make_batches(source, batch_size, seed=0, rank=0, world_size=1, device="cpu", shuffle=True, drop_last=True,
+                 loader="torch", workers=2):
+    """Batches of `source` on `device`. File-based sources (CelebA) go through `loader`: "dali" (a DALI
+    pipeline with `workers` threads) or "torch" (a DataLoader with `workers` processes); the two give
+    the same global batches. In-memory tensors always take the plain path."""
+    if loader not in LOADERS:
+        raise DataError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
+    if loader == "dali" and isinstance(source, celeba.CelebAFolder):
+        return celeba.DALIBatches(source, batch_size, seed, rank, world_size, device, shuffle, drop_last,
+                                  threads=max(1, workers))
+    return Batches(source, batch_size, seed, rank, world_size, device, shuffle, drop_last, workers)
+
+
 def load_dataset(name, root="data", image_size=None, channels=3, download=True, seed=0, flip=True) -> Data:
     """`image_size` resizes image sets (None keeps the native size; CelebA defaults to 64)."""
     if name not in DATASETS:
@@ -73,8 +93,9 @@ def load_dataset(name, root="data", image_size=None, channels=3, download=True, 
         return Data(name, toy.sample_toy(name, 50_000, g), toy.sample_toy(name, 5_000, g), (2,))
     if name == "celeba":
         size = image_size or 64
-        return Data(name, celeba.CelebAFolder(root, "train", size, flip=flip),
-                    celeba.CelebAFolder(root, "test", size), (3, size, size))
+        train, heldout = celeba.CelebAFolder(root, "train", size, flip=flip), celeba.CelebAFolder(root, "test", size)
+        notes = [celeba.skip_note(split.split, split.skipped) for split in (train, heldout) if split.skipped]
+        return Data(name, train, heldout, (3, size, size), notes)
     notes = []
     if name == "synthetic":
         size = image_size or 32
@@ -90,4 +111,4 @@ def load_dataset(name, root="data", image_size=None, channels=3, download=True, 
     return Data(name, train, heldout, tuple(train.shape[1:]), notes)
 
 
-__all__ = ["Batches", "Data", "DataError", "DATASETS", "load_dataset"]
+__all__ = ["Batches", "Data", "DataError", "DATASETS", "LOADERS", "default_loader", "load_dataset", "make_batches"]

@@ -20,6 +20,7 @@ class Batches:
         self.source, self.batch_size, self.seed = source, batch_size, seed
         self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
         self.shuffle, self.drop_last, self.workers = shuffle, drop_last, workers
+        self.skipped = 0  # images a file-based source could not decode, dropped from their batches
 
     def __len__(self):
         n = len(self.source)
@@ -42,11 +43,20 @@ class Batches:
             for idx in self._rank_slices(epoch, start):
                 yield self._to_float(self.source[idx])
             return
-        loader = torch.utils.data.DataLoader(self.source, batch_sampler=list(self._rank_slices(epoch, start)),
-                                             num_workers=self.workers, pin_memory=self.device.type == "cuda")
-        for batch in loader:
-            yield self._to_float(batch)
+        slices = list(self._rank_slices(epoch, start))
+        loader = torch.utils.data.DataLoader(self.source, batch_sampler=slices, num_workers=self.workers,
+                                             collate_fn=_stack_readable, pin_memory=self.device.type == "cuda")
+        for idx, batch in zip(slices, loader):
+            self.skipped += len(idx) - len(batch)
+            if len(batch):
+                yield self._to_float(batch)
 
     def _to_float(self, batch):
         batch = batch.to(self.device, non_blocking=True)
         return batch.float() / 255 if batch.dtype == torch.uint8 else batch.float()
+
+
+def _stack_readable(items):
+    """Default collation of the items a dataset could read (it returns None for the others)."""
+    items = [x for x in items if x is not None]
+    return torch.stack(items) if items else torch.empty(0)

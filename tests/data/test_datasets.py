@@ -70,11 +70,6 @@ def test_celeba_partition_naming_missing_images(tmp_path):
         CelebAFolder(str(tmp_path), "train")
 
 
-def test_celeba_corrupt_image_is_named(tmp_path):
-    folder = _celeba(tmp_path)
-    (folder / "000001.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(DataError, match="000001.jpg: unreadable image"):
-        CelebAFolder(str(tmp_path), "train")[1]
 
 
 def test_batches_are_deterministic_resumable_and_sharded():
