@@ -38,7 +38,7 @@ NUM_SAMPLES = 64
 # Options that may change when a run is resumed (they change neither the math nor the data order);
 # any other difference is an error. --nproc may change: the sharded checkpoint is resharded on load.
 RESUMABLE_CHANGES = {"epochs", "steps", "resume", "nproc", "log_every", "ckpt_every", "workers", "download", "backend",
-                     "checkpointing", "invertible", "loader"}
+                     "checkpointing", "invertible", "loader", "eval_every"}
 
 
 def parse_args(argv=None):
@@ -79,6 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--backend", choices=NAMES, help="fused-op backend (default: the fastest available; "
                                                    "reference is pure torch, for comparison)")
     p.add_argument("--log-every", type=int, default=10, help="steps between metric lines")
+    p.add_argument("--eval-every", type=int, default=0, help="steps between held-out evaluations (0: epoch ends only)")
     p.add_argument("--ckpt-every", type=int, default=0, help="steps between checkpoints (0: at epoch ends only)")
     p.add_argument("--workers", type=int, default=2, help="loader threads (dali) or processes (torch) for celeba")
     p.add_argument("--loader", choices=LOADERS, help="celeba: NVIDIA DALI or the torchvision DataLoader "
@@ -236,6 +237,24 @@ def load_checkpoint(path, objective, precision, args, rank, world_size, device):
     return meta["step"]
 
 
+def load_run(out, device="cpu", checkpoint=None):
+    """(objective, data, args) of a single-process run directory, its models loaded from
+    `checkpoint` (default OUT/checkpoint.pt) and in eval mode: how the study and other tools reuse a
+    trained model."""
+    path = checkpoint or os.path.join(out, CHECKPOINT)
+    if not os.path.exists(path):
+        raise GenperfError(f"{out} holds no {CHECKPOINT} (runs under --fsdp keep sharded checkpoints, not read here)")
+    state = torch.load(path, map_location=device, weights_only=True)
+    args = parse_args([state["config"]["model"]])
+    vars(args).update(state["config"], device=device, fsdp=False)
+    data = load_dataset(args.data, args.data_root, args.image_size, args.channels, False, args.seed)
+    objective = build_objective(args, data, Precision(torch.device(device).type, args.amp), torch.device(device))
+    for k, m in objective.modules.items():
+        m.load_state_dict(state["models"][k])
+        m.eval()
+    return objective, data, args
+
+
 def evaluate(objective, batches, seed):
     """Held-out metrics with their own fixed random stream, leaving the training stream untouched."""
     devices = [torch.cuda.current_device()] if batches.device.type == "cuda" else []
@@ -335,6 +354,11 @@ def run(args, argv):
                 window.setdefault(k, []).append(v)
             if step % args.log_every == 0 or step == total_steps:
                 flush_window()
+            if args.eval_every and step % args.eval_every == 0 and step % steps_per_epoch:
+                flush_window()
+                held = evaluate(objective, heldout, args.seed)
+                if held:
+                    log.log(dict(step=step, epoch=step / steps_per_epoch, split="heldout", **held))
             if args.ckpt_every and step % args.ckpt_every == 0:
                 checkpoint()
             if step >= total_steps:

@@ -25,6 +25,7 @@ class Data:
     heldout: object
     shape: tuple  # (C, H, W) for images, (D,) for points
     notes: list = field(default_factory=list)  # what the user should know about where the data came from
+    labels: tuple = None  # (train labels, held-out labels) as int64 tensors, for labelled image sets
 
     @property
     def is_image(self):
@@ -47,21 +48,26 @@ def _idx_data(name, root, download):
                         f"{mnist.TORCHVISION_FOLDERS[name]}/raw); pass --data-root to the folder holding them")
     notes = []
     test_images = torch.from_numpy(test[0].copy()).unsqueeze(1)
+    test_labels = torch.from_numpy(test[1].astype("int64"))
     if train is None:
         n = len(test_images)
         notes.append(f"{name}: training split not found under {root}; training on the first {n - CARVED_HELDOUT} "
                      f"images of the test split and holding out its last {CARVED_HELDOUT}")
-        return test_images[:-CARVED_HELDOUT], test_images[-CARVED_HELDOUT:], notes
-    return torch.from_numpy(train[0].copy()).unsqueeze(1), test_images, notes
+        return (test_images[:-CARVED_HELDOUT], test_images[-CARVED_HELDOUT:], notes,
+                (test_labels[:-CARVED_HELDOUT], test_labels[-CARVED_HELDOUT:]))
+    train_labels = torch.from_numpy(train[1].astype("int64"))
+    return torch.from_numpy(train[0].copy()).unsqueeze(1), test_images, notes, (train_labels, test_labels)
 
 
 def _digits():
     from sklearn.datasets import load_digits
 
-    images = torch.from_numpy(load_digits().images).float()  # (1797, 8, 8), values 0..16
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float()  # (1797, 8, 8), values 0..16
     images = (images * 255 / 16).round().to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(digits.target).long()
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    return images[perm[200:]], images[perm[:200]]
+    return images[perm[200:]], images[perm[:200]], (labels[perm[200:]], labels[perm[:200]])
 
 
 LOADERS = ("dali", "torch")
@@ -96,19 +102,19 @@ def load_dataset(name, root="data", image_size=None, channels=3, download=True, 
         train, heldout = celeba.CelebAFolder(root, "train", size, flip=flip), celeba.CelebAFolder(root, "test", size)
         notes = [celeba.skip_note(split.split, split.skipped) for split in (train, heldout) if split.skipped]
         return Data(name, train, heldout, (3, size, size), notes)
-    notes = []
+    notes, labels = [], None
     if name == "synthetic":
         size = image_size or 32
         g = torch.Generator().manual_seed(seed)
         train = torch.randint(0, 256, (2048, channels, size, size), dtype=torch.uint8, generator=g)
         heldout = torch.randint(0, 256, (256, channels, size, size), dtype=torch.uint8, generator=g)
     elif name == "digits":
-        train, heldout = _digits()
+        train, heldout, labels = _digits()
     else:
-        train, heldout, notes = _idx_data(name, root, download)
+        train, heldout, notes, labels = _idx_data(name, root, download)
     if image_size:
         train, heldout = _resize(train, image_size), _resize(heldout, image_size)
-    return Data(name, train, heldout, tuple(train.shape[1:]), notes)
+    return Data(name, train, heldout, tuple(train.shape[1:]), notes, labels)
 
 
 __all__ = ["Batches", "Data", "DataError", "DATASETS", "LOADERS", "default_loader", "load_dataset", "make_batches"]

@@ -1,0 +1,152 @@
+"""The study's metrics: bits/dim (RealNVP), held-out ELBO and importance-sampled NLL (VAE), a Frechet
+distance in the features of a classifier trained on the data set itself, the standard Inception FID
+(through torchmetrics, with local weights only), and mode coverage on the 2-D mixtures.
+
+Images are float tensors (N, C, H, W) in [0, 1]."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genperf.data.toy import toy_mixture
+from genperf.errors import GenperfError
+from genperf.objectives import vae_terms
+
+INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"  # what torchmetrics' FID (torch-fidelity) loads
+
+
+@torch.no_grad()
+def bits_per_dim(model, images, seed=0):
+    """Mean held-out bits/dim of a RealNVP, dequantization noise from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.rand(images.shape, generator=g).to(images.device)
+    return model.bits_per_dim(images, noise).mean().item()
+
+
+@torch.no_grad()
+def vae_elbo(model, images):
+    """Mean held-out ELBO (nats per image, beta = 1) with one posterior sample: -(BCE + KL)."""
+    logits, mu, logvar = model(images)
+    bce, kl = vae_terms(logits, images, mu, logvar)
+    return -(bce + kl).mean().item()
+
+
+@torch.no_grad()
+def vae_nll(model, images, samples=100, chunk=25):
+    """Importance-sampled negative log-likelihood (nats per image; Burda et al.): -log of the mean
+    over `samples` draws z ~ q(z|x) of p(x|z) p(z) / q(z|x). Tighter than -ELBO; equal as samples -> 1."""
+    mu, logvar = model.encode(images)
+    std = torch.exp(0.5 * logvar)
+    log_w = []
+    for start in range(0, samples, chunk):
+        k = min(chunk, samples - start)
+        eps = torch.randn(k, *mu.shape, device=mu.device)
+        z = mu + std * eps  # (k, N, D)
+        logits = model.decode(z.flatten(0, 1)).float()
+        x = images.repeat(k, *([1] * (images.dim() - 1)))
+        log_px = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1).view(k, -1)
+        log_pz = (-0.5 * (z.pow(2) + math.log(2 * math.pi))).sum(-1)
+        log_qz = (-0.5 * (eps.pow(2) + math.log(2 * math.pi)) - 0.5 * logvar).sum(-1)
+        log_w.append(log_px + log_pz - log_qz)
+    log_w = torch.cat(log_w)
+    return -(torch.logsumexp(log_w, 0) - math.log(samples)).mean().item()
+
+
+class FeatureClassifier(nn.Module):
+    """A small CNN classifier; its penultimate layer (128 features) is the space of the Frechet distance."""
+
+    def __init__(self, channels=1, image_size=28, classes=10, features=128):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(True), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(True),
+            nn.AdaptiveAvgPool2d(4 if image_size >= 8 else 2), nn.Flatten())
+        pooled = 64 * (16 if image_size >= 8 else 4)
+        self.features = nn.Sequential(nn.Linear(pooled, features), nn.ReLU(True))
+        self.head = nn.Linear(features, classes)
+
+    def embed(self, x):
+        return self.features(self.body(x * 2 - 1))
+
+    def forward(self, x):
+        return self.head(self.embed(x))
+
+
+def train_classifier(train_images, train_labels, test_images, test_labels, epochs=3, batch_size=128, seed=0):
+    """A FeatureClassifier trained on the data set itself; returns (model, held-out accuracy)."""
+    torch.manual_seed(seed)
+    c, s = train_images.shape[1], train_images.shape[-1]
+    model = FeatureClassifier(c, s, int(max(train_labels.max(), test_labels.max())) + 1)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(train_images), generator=g).split(batch_size):
+            loss = F.cross_entropy(model(train_images[idx]), train_labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x).argmax(1) for x in test_images.split(512)])
+    return model, (pred == test_labels).float().mean().item()
+
+
+@torch.no_grad()
+def embed(classifier, images):
+    return torch.cat([classifier.embed(x) for x in images.split(512)]).double().numpy()
+
+
+def frechet_distance(a, b):
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between feature sets (N, D) as numpy arrays."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
+    if not np.isfinite(covmean).all():  # near-singular products: regularise, as the reference FID code does
+        offset = np.eye(len(s_a)) * 1e-6
+        covmean = linalg.sqrtm((s_a + offset) @ (s_b + offset))
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean.real))
+
+
+def classifier_fid(classifier, real, fake):
+    """Frechet distance of real vs generated images in the classifier's features (not Inception FID:
+    comparable only between runs scored with the same classifier)."""
+    return frechet_distance(embed(classifier, real), embed(classifier, fake))
+
+
+def inception_fid(real, fake, weights=None):
+    """The standard FID (Inception-v3 pool features) through torchmetrics. Offline it needs
+    torchmetrics and torch-fidelity installed and the FID Inception weights file at `weights`."""
+    import os
+
+    if not weights or not os.path.exists(weights):
+        raise GenperfError(f"Inception FID needs the FID Inception weights ({INCEPTION_WEIGHTS}) as a local file: "
+                           f"pass its path (got {weights!r}); genperf never downloads them")
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+    except ImportError:
+        raise GenperfError("Inception FID needs torchmetrics and torch-fidelity: pip install torchmetrics[image]") from None
+    fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=weights)
+    for images, real_flag in ((real, True), (fake, False)):
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        for x in images.split(256):
+            fid.update(x, real=real_flag)
+    return fid.compute().item()
+
+
+def mode_coverage(samples, toy, min_fraction=0.01):
+    """For a 2-D mixture: a sample is high quality when it lies within 3 standard deviations of the
+    nearest mode's center; a mode is covered when at least `min_fraction` of the samples are high-quality
+    samples of it. Returns {"modes_covered", "modes", "high_quality"} (the last a fraction)."""
+    centers, std = toy_mixture(toy)
+    d = torch.cdist(samples.double(), centers.double())
+    nearest, which = d.min(1)
+    good = nearest <= 3 * std
+    counts = torch.bincount(which[good], minlength=len(centers))
+    covered = int((counts >= min_fraction * len(samples)).sum())
+    return {"modes_covered": covered, "modes": len(centers), "high_quality": good.double().mean().item()}
