@@ -86,7 +86,7 @@ class RunLog:
 
             torchvision.utils.save_image(samples.float().cpu(), path, nrow=8, padding=2)
         else:
-            plt = _pyplot()
+            plt = pyplot()
             fig, ax = plt.subplots(figsize=(5, 5))
             if real is not None:
                 ax.scatter(*real.cpu().T, s=2, alpha=0.3, label="real")
@@ -109,7 +109,7 @@ class RunLog:
         keys = [k for k in (train[0] if train else {}) if k not in ("step", "epoch", "split", "images_per_s", "lr")]
         if not keys:
             return
-        plt = _pyplot()
+        plt = pyplot()
         fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.6 * len(keys)), squeeze=False, sharex=True)
         for ax, key in zip(axes[:, 0], keys):
             ax.plot([r["step"] for r in train if key in r], [r[key] for r in train if key in r], label="train")
@@ -124,7 +124,7 @@ class RunLog:
         plt.close(fig)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")

@@ -19,10 +19,8 @@ import torch
 
 from genperf import metrics, train
 from genperf.errors import GenperfError
-from genperf.runlog import _pyplot
+from genperf.runlog import pyplot
 
-EXPERIMENTS = ("evolution", "interpolation", "latent-sweep", "mode-collapse", "label-smoothing", "beta-sweep",
-               "flow-stability")
 # Training budgets per model: (quick on digits, full on MNIST). Epochs unless noted.
 QUICK_EPOCHS, FULL_EPOCHS = 3, 20
 REALNVP_FULL = ["--mid-channels", "16", "--num-blocks", "2", "--amp"]  # 0.32M parameters: CPU-sized
@@ -86,7 +84,7 @@ class Study:
     def figure(self, fig, name, caption):
         path = os.path.join(self.out, name)
         fig.savefig(path, dpi=110, bbox_inches="tight")
-        _pyplot().close(fig)
+        pyplot().close(fig)
         self.say(f"![{caption}]({name})\n\n*{caption}*\n")
         return path
 
@@ -137,7 +135,7 @@ def image_grid(images, nrow):
 
 def show_rows(rows, row_labels, title, col_labels=None):
     """A figure of image rows (each (K, C, H, W)), one labelled row each."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), 1, figsize=(1.1 * rows[0].shape[0] + 1, 1.2 * len(rows) + 0.6), squeeze=False)
     for ax, row, label in zip(axes[:, 0], rows, row_labels):
         ax.imshow(image_grid(row, len(row)), cmap="gray")
@@ -172,7 +170,7 @@ def evolution(s: Study):
     runs = {"DCGAN": s.train("dcgan", "dcgan", *s.epochs()),
             "VAE": s.train("vae-beta1", "vae", "--beta", "1", *s.epochs()),
             "RealNVP": s.train("realnvp", "realnvp", *s.realnvp(), *s.epochs())}
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(runs), len(picks), figsize=(3 * len(picks), 3 * len(runs)), squeeze=False)
     for i, (family, run) in enumerate(runs.items()):
         for j, epoch in enumerate(picks):
@@ -249,7 +247,7 @@ def mode_collapse(s: Study, stages=4):
     generator_steps = 100 if s.quick else 8000
     stages = 2 if s.quick else stages
     s.results = {}
-    plt = _pyplot()
+    plt = pyplot()
     for toy in ("ring8", "grid25"):
         fig, axes = plt.subplots(len(MODE_COLLAPSE_MODELS), stages, figsize=(3 * stages, 3 * len(MODE_COLLAPSE_MODELS)),
                                  squeeze=False)
@@ -287,7 +285,7 @@ def label_smoothing(s: Study):
     runs = {"without": s.train("dcgan", "dcgan", *s.epochs()),
             "with": s.train("dcgan-smoothing", "dcgan", "--label-smoothing", *s.epochs())}
     classifier, accuracy = None, None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     rows = []
     s.results = {"classifier_accuracy": None}
@@ -329,7 +327,7 @@ def beta_sweep(s: Study):
     runs = {1: s.train("vae-beta1", "vae", "--beta", "1", *s.epochs()),
             10: s.train("beta-vae-beta10", "beta-vae", "--beta", "10", *s.epochs()),
             100: s.train("beta-vae-beta100", "beta-vae", "--beta", "100", *s.epochs())}
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
     recon_rows, sample_rows, labels = [], [], []
     s.results = {}
@@ -368,7 +366,7 @@ def flow_stability(s: Study):
     every = 10 if s.quick else 50
     run = s.train("realnvp-stability", "realnvp", *s.realnvp(), *s.epochs(3, 12), "--eval-every", str(every))
     train_log, held = curves(run)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.plot([r["step"] for r in train_log], [r["bits_per_dim"] for r in train_log], label="train")
     ax.plot([r["step"] for r in held], [r["bits_per_dim"] for r in held], "o-", ms=3, label="held-out")
@@ -395,7 +393,7 @@ RUNNERS = {"evolution": evolution, "interpolation": interpolation, "latent-sweep
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m genperf.study", description=__doc__.split("\n")[0])
-    p.add_argument("experiment", choices=EXPERIMENTS)
+    p.add_argument("experiment", choices=list(RUNNERS))
     p.add_argument("--out", required=True, help="report folder: report.md, figures, results.json")
     p.add_argument("--quick", action="store_true", help="a small CPU-sized version on the bundled digits data")
     p.add_argument("--runs", help="folder of the training runs, shared between experiments (default OUT/runs)")

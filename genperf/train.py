@@ -67,7 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--gp-weight", type=float, default=10.0, help="wgan-gp: gradient penalty weight")
     p.add_argument("--clip", type=float, default=0.01, help="wgan: weight clipping bound")
     p.add_argument("--out", help="run directory (default runs/MODEL)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (OUT/checkpoint/ under --fsdp)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast where supported, else fp16 with a GradScaler")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 over --nproc processes (self-launched unless under torchrun)")
     p.add_argument("--checkpointing", nargs="?", const="coupling", default="none", choices=models.CHECKPOINTING,
@@ -292,7 +292,7 @@ def run(args, argv):
         if found is None:
             raise GenperfError(f"--resume: no checkpoint at {ckpt}")
         step = load_checkpoint(found, objective, precision, args, dist.rank, dist.world_size, device)
-    elif found or os.path.exists(os.path.join(args.out, CHECKPOINT)) or find_sharded_checkpoint(args.out):
+    elif os.path.exists(os.path.join(args.out, CHECKPOINT)) or find_sharded_checkpoint(args.out):
         raise GenperfError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
     log = RunLog(args.out, dist.is_main, resume_step=step if args.resume else None)
     n_params = sum(p.numel() for m in objective.modules.values() for p in m.parameters())

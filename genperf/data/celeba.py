@@ -71,17 +71,18 @@ def list_split(root, split, heldout_fraction=0.05):
 
 
 def unreadable_reason(path):
-    """Why `path` cannot be decoded, or None if its header parses and (for JPEG) it ends with the
-    end-of-image marker, which a truncated file lacks."""
+    """Why `path` cannot be decoded, or None if its header parses and (for JPEG) its end holds the
+    end-of-image marker, which a truncated file lacks (entropy-coded data never contains FF D9, and
+    some writers pad after the marker, hence a window)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with open(path, "rb") as f:
             head = f.read(8)
-            f.seek(-2 if os.path.getsize(path) >= 2 else 0, os.SEEK_END)
-            tail = f.read(2)
+            f.seek(-min(64, os.path.getsize(path)), os.SEEK_END)
+            tail = f.read()
         if head[:3] == b"\xff\xd8\xff":
-            if tail != b"\xff\xd9":
+            if b"\xff\xd9" not in tail:
                 return "truncated JPEG (no end-of-image marker)"
         elif head != b"\x89PNG\r\n\x1a\n":
             return "not a JPEG or PNG file"
