@@ -17,6 +17,21 @@ void with_flags(bool has_mask, bool reverse, const F& f) {
   }
 }
 
+// The one dispatch of every coupling kernel: calls f.template operator()<x_t, st_t, HAS_MASK, REVERSE>()
+// for x's dtype, s_raw's (and t's) dtype and the runtime flags.
+template <typename F>
+void dispatch_coupling(const at::Tensor& x, const at::Tensor& s_raw, bool has_mask, bool reverse, const F& f) {
+  GENPERF_DISPATCH_FLOATS(x.scalar_type(), "affine_coupling", [&] {
+    using x_t = scalar_t;
+    GENPERF_DISPATCH_FLOATS(s_raw.scalar_type(), "affine_coupling", [&] {
+      using st_t = scalar_t;
+      with_flags(has_mask, reverse, [&]<bool HAS_MASK, bool REVERSE>() {
+        f.template operator()<x_t, st_t, HAS_MASK, REVERSE>();
+      });
+    });
+  });
+}
+
 // Elements per (n, c) plane of a contiguous (N, C, ...) tensor.
 inline int64_t plane_size(const at::Tensor& x) {
   const int64_t planes = x.size(0) * x.size(1);

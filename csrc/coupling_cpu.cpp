@@ -76,27 +76,21 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward_cpu(const at::Tensor& x, con
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto partial = at::empty({N * C}, x.options().dtype(acc_type));
   const float* mp = mask.has_value() ? mask->data_ptr<float>() : nullptr;
-  GENPERF_DISPATCH_FLOATS(x.scalar_type(), "coupling_forward_cpu", [&] {
-    using x_t = scalar_t;
+  dispatch_coupling(x, s_raw, mp != nullptr, reverse, [&]<typename x_t, typename st_t, bool HAS_MASK, bool REVERSE>() {
     using acc_t = at::opmath_type<x_t>;
     const acc_t* sc = scale.data_ptr<acc_t>();
-    GENPERF_DISPATCH_FLOATS(s_raw.scalar_type(), "coupling_forward_cpu", [&] {
-      using st_t = scalar_t;
-      with_flags(mp != nullptr, reverse, [&]<bool HAS_MASK, bool REVERSE>() {
-        const x_t* xd = x.data_ptr<x_t>();
-        const st_t* rd = s_raw.data_ptr<st_t>();
-        const st_t* td = t.data_ptr<st_t>();
-        x_t* yd = y.data_ptr<x_t>();
-        acc_t* pd = partial.data_ptr<acc_t>();
-        at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t p = begin; p < end; ++p) {
-            const int64_t n = p / C, c = p % C;
-            pd[p] = forward_plane<x_t, st_t, HAS_MASK, REVERSE>(xd + p * L, rd + p * L, td + p * L,
-                                                                HAS_MASK ? mp + mask_plane(*mask, n, c) : nullptr,
-                                                                yd + p * L, L, sc[c]);
-          }
-        });
-      });
+    const x_t* xd = x.data_ptr<x_t>();
+    const st_t* rd = s_raw.data_ptr<st_t>();
+    const st_t* td = t.data_ptr<st_t>();
+    x_t* yd = y.data_ptr<x_t>();
+    acc_t* pd = partial.data_ptr<acc_t>();
+    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t n = p / C, c = p % C;
+        pd[p] = forward_plane<x_t, st_t, HAS_MASK, REVERSE>(xd + p * L, rd + p * L, td + p * L,
+                                                            HAS_MASK ? mp + mask_plane(*mask, n, c) : nullptr,
+                                                            yd + p * L, L, sc[c]);
+      }
     });
   });
   return {y, partial.view({N, C}).sum(1)};
@@ -116,31 +110,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_backward_cpu
   auto partial = at::empty({N * C}, x.options().dtype(acc_type));
   const float* mp = mask.has_value() ? mask->data_ptr<float>() : nullptr;
   auto gl_c = grad_logdet.contiguous();
-  GENPERF_DISPATCH_FLOATS(x.scalar_type(), "coupling_backward_cpu", [&] {
-    using x_t = scalar_t;
+  dispatch_coupling(x, s_raw, mp != nullptr, reverse, [&]<typename x_t, typename st_t, bool HAS_MASK, bool REVERSE>() {
     using acc_t = at::opmath_type<x_t>;
     const acc_t* sc = scale.data_ptr<acc_t>();
-    GENPERF_DISPATCH_FLOATS(s_raw.scalar_type(), "coupling_backward_cpu", [&] {
-      using st_t = scalar_t;
-      with_flags(mp != nullptr, reverse, [&]<bool HAS_MASK, bool REVERSE>() {
-        const x_t* gyd = grad_y.data_ptr<x_t>();
-        const acc_t* gld = gl_c.data_ptr<acc_t>();
-        const x_t* xd = x.data_ptr<x_t>();
-        const st_t* rd = s_raw.data_ptr<st_t>();
-        const st_t* td = t.data_ptr<st_t>();
-        x_t* dxd = dx.data_ptr<x_t>();
-        st_t* drd = dr.data_ptr<st_t>();
-        st_t* dtd = dt.data_ptr<st_t>();
-        acc_t* pd = partial.data_ptr<acc_t>();
-        at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t p = begin; p < end; ++p) {
-            const int64_t n = p / C, c = p % C, o = p * L;
-            pd[p] = backward_plane<x_t, st_t, HAS_MASK, REVERSE>(
-                gyd + o, xd + o, rd + o, td + o, HAS_MASK ? mp + mask_plane(*mask, n, c) : nullptr, dxd + o, drd + o,
-                dtd + o, L, sc[c], gld[n]);
-          }
-        });
-      });
+    const x_t* gyd = grad_y.data_ptr<x_t>();
+    const acc_t* gld = gl_c.data_ptr<acc_t>();
+    const x_t* xd = x.data_ptr<x_t>();
+    const st_t* rd = s_raw.data_ptr<st_t>();
+    const st_t* td = t.data_ptr<st_t>();
+    x_t* dxd = dx.data_ptr<x_t>();
+    st_t* drd = dr.data_ptr<st_t>();
+    st_t* dtd = dt.data_ptr<st_t>();
+    acc_t* pd = partial.data_ptr<acc_t>();
+    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t n = p / C, c = p % C, o = p * L;
+        pd[p] = backward_plane<x_t, st_t, HAS_MASK, REVERSE>(
+            gyd + o, xd + o, rd + o, td + o, HAS_MASK ? mp + mask_plane(*mask, n, c) : nullptr, dxd + o, drd + o,
+            dtd + o, L, sc[c], gld[n]);
+      }
     });
   });
   return {dx, dr, dt, partial.view({N, C}).sum(0)};

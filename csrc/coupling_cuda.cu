@@ -97,18 +97,12 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward_cuda(const at::Tensor& x, co
   const auto ms = mask_strides(mask);
   const dim3 grid(static_cast<unsigned>(N * C), row_blocks(L));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  GENPERF_DISPATCH_FLOATS(x.scalar_type(), "coupling_forward_cuda", [&] {
-    using x_t = scalar_t;
+  dispatch_coupling(x, s_raw, ms.ptr != nullptr, reverse, [&]<typename x_t, typename st_t, bool HAS_MASK, bool REVERSE>() {
     using acc_t = at::opmath_type<x_t>;
-    GENPERF_DISPATCH_FLOATS(s_raw.scalar_type(), "coupling_forward_cuda", [&] {
-      using st_t = scalar_t;
-      with_flags(ms.ptr != nullptr, reverse, [&]<bool HAS_MASK, bool REVERSE>() {
-        coupling_fwd_kernel<x_t, st_t, HAS_MASK, REVERSE><<<grid, kThreads, 0, stream>>>(
-            x.data_ptr<x_t>(), s_raw.data_ptr<st_t>(), t.data_ptr<st_t>(), scale.data_ptr<acc_t>(), ms.ptr,
-            y.data_ptr<x_t>(), logdet.data_ptr<acc_t>(), C, L, ms.sn, ms.sc);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    });
+    coupling_fwd_kernel<x_t, st_t, HAS_MASK, REVERSE><<<grid, kThreads, 0, stream>>>(
+        x.data_ptr<x_t>(), s_raw.data_ptr<st_t>(), t.data_ptr<st_t>(), scale.data_ptr<acc_t>(), ms.ptr,
+        y.data_ptr<x_t>(), logdet.data_ptr<acc_t>(), C, L, ms.sn, ms.sc);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {y, logdet};
 }
@@ -132,19 +126,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_backward_cud
   const auto ms = mask_strides(mask);
   const dim3 grid(static_cast<unsigned>(N * C), row_blocks(L));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  GENPERF_DISPATCH_FLOATS(x.scalar_type(), "coupling_backward_cuda", [&] {
-    using x_t = scalar_t;
+  dispatch_coupling(x, s_raw, ms.ptr != nullptr, reverse, [&]<typename x_t, typename st_t, bool HAS_MASK, bool REVERSE>() {
     using acc_t = at::opmath_type<x_t>;
-    GENPERF_DISPATCH_FLOATS(s_raw.scalar_type(), "coupling_backward_cuda", [&] {
-      using st_t = scalar_t;
-      with_flags(ms.ptr != nullptr, reverse, [&]<bool HAS_MASK, bool REVERSE>() {
-        coupling_bwd_kernel<x_t, st_t, HAS_MASK, REVERSE><<<grid, kThreads, 0, stream>>>(
-            grad_y.data_ptr<x_t>(), gl.data_ptr<acc_t>(), x.data_ptr<x_t>(), s_raw.data_ptr<st_t>(),
-            t.data_ptr<st_t>(), scale.data_ptr<acc_t>(), ms.ptr, dx.data_ptr<x_t>(), dr.data_ptr<st_t>(),
-            dt.data_ptr<st_t>(), dscale.data_ptr<acc_t>(), C, L, ms.sn, ms.sc);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    });
+    coupling_bwd_kernel<x_t, st_t, HAS_MASK, REVERSE><<<grid, kThreads, 0, stream>>>(
+        grad_y.data_ptr<x_t>(), gl.data_ptr<acc_t>(), x.data_ptr<x_t>(), s_raw.data_ptr<st_t>(),
+        t.data_ptr<st_t>(), scale.data_ptr<acc_t>(), ms.ptr, dx.data_ptr<x_t>(), dr.data_ptr<st_t>(),
+        dt.data_ptr<st_t>(), dscale.data_ptr<acc_t>(), C, L, ms.sn, ms.sc);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dx, dr, dt, dscale};
 }
