@@ -52,26 +52,16 @@ def peak_bytes(device):
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))  # KiB
 
 
-def track_cpu_allocations():
-    """Makes the resident set follow live tensor memory: glibc serves every block of 64 KiB or more
-    by mmap and unmaps it on free, instead of keeping freed heap memory that later tensors would
-    reuse unseen by the peak."""
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 64 << 10)
-    libc.mallopt(m_trim_threshold, 64 << 10)
-
-
 def worker(opts):
     """One mode in this process (or this rank): prints a JSON line of measurements."""
-    if opts.device == "cpu":
-        track_cpu_allocations()
     from genperf.models import REALNVP_ARCHS, RealNVP
     from genperf.scale import (Precision, apply_fsdp, init_distributed, keep_freed_cpu_memory, make_adam,
-                               shutdown_distributed)
+                               set_malloc_thresholds, shutdown_distributed)
+
+    if opts.device == "cpu":
+        # The resident set then follows live tensor memory: every block of 64 KiB or more is mmapped and
+        # unmapped on free, instead of freed heap memory that later tensors would reuse unseen by the peak.
+        set_malloc_thresholds(64 << 10, 64 << 10)
 
     dist = init_distributed(opts.device)
     device, world = dist.device, dist.world_size

@@ -54,10 +54,9 @@ class Precision:
             self.scaler.load_state_dict(state["scaler"])
 
 
-def keep_freed_cpu_memory():
-    """Tells glibc to keep freed buffers (up to 32 MiB each) for reuse instead of returning them to
-    the OS: otherwise every large CPU tensor is fresh memory that page-faults on first touch, which on
-    this machine costs more than the arithmetic of a fused coupling backward. Returns whether it applied."""
+def set_malloc_thresholds(mmap_bytes, trim_bytes):
+    """glibc's mallopt: blocks of `mmap_bytes` or more are mmapped (and unmapped on free), and the heap
+    is trimmed back to the OS above `trim_bytes` free. Returns whether it applied (Linux glibc only)."""
     import ctypes
     import ctypes.util
 
@@ -66,7 +65,14 @@ def keep_freed_cpu_memory():
         return False
     libc = ctypes.CDLL(name)
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    return bool(libc.mallopt(m_mmap_threshold, mmap_bytes)) and bool(libc.mallopt(m_trim_threshold, trim_bytes))
+
+
+def keep_freed_cpu_memory():
+    """Tells glibc to keep freed buffers (up to 32 MiB each) for reuse instead of returning them to
+    the OS: otherwise every large CPU tensor is fresh memory that page-faults on first touch, which on
+    this machine costs more than the arithmetic of a fused coupling backward. Returns whether it applied."""
+    return set_malloc_thresholds(32 << 20, 1 << 30)
 
 
 def make_adam(params, lr, betas, device_type):
