@@ -71,6 +71,18 @@ class Study:
     def realnvp(self):
         return REALNVP_QUICK if self.quick else REALNVP_FULL
 
+    # The runs several experiments share, spelled once so that a reused run is the one asked for.
+    def dcgan(self):
+        return self.train("dcgan", "dcgan", *self.epochs())
+
+    def vae(self):
+        return self.train("vae-beta1", "vae", "--beta", "1", *self.epochs())
+
+    def family_runs(self):
+        """A DCGAN, a VAE and a RealNVP."""
+        return {"DCGAN": self.dcgan(), "VAE": self.vae(),
+                "RealNVP": self.train("realnvp", "realnvp", *self.realnvp(), *self.epochs())}
+
     def epochs(self, quick=QUICK_EPOCHS, full=FULL_EPOCHS):
         return ["--epochs", str(quick if self.quick else full)]
 
@@ -105,8 +117,9 @@ class Study:
         if data.labels is None:
             raise GenperfError(f"{data.name} has no labels to train the feature classifier on")
         train_x, test_x = (to_float(v) for v in (data.train, data.heldout))
-        model = metrics.FeatureClassifier(train_x.shape[1], train_x.shape[-1], int(data.labels[0].max()) + 1)
         if os.path.exists(path):
+            classes = int(max(data.labels[0].max(), data.labels[1].max())) + 1  # as train_classifier counts them
+            model = metrics.FeatureClassifier(train_x.shape[1], train_x.shape[-1], classes)
             state = torch.load(path, weights_only=True)
             model.load_state_dict(state["model"])
             model.eval()
@@ -167,9 +180,7 @@ def slerp(a, b, t):
 def evolution(s: Study):
     quick = s.quick
     picks = [1, 2, 3] if quick else [1, 10, 20]
-    runs = {"DCGAN": s.train("dcgan", "dcgan", *s.epochs()),
-            "VAE": s.train("vae-beta1", "vae", "--beta", "1", *s.epochs()),
-            "RealNVP": s.train("realnvp", "realnvp", *s.realnvp(), *s.epochs())}
+    runs = s.family_runs()
     plt = pyplot()
     fig, axes = plt.subplots(len(runs), len(picks), figsize=(3 * len(picks), 3 * len(runs)), squeeze=False)
     for i, (family, run) in enumerate(runs.items()):
@@ -189,8 +200,7 @@ def evolution(s: Study):
 
 
 def interpolation(s: Study, steps=9):
-    runs = {"DCGAN": s.train("dcgan", "dcgan", *s.epochs()), "VAE": s.train("vae-beta1", "vae", "--beta", "1", *s.epochs()),
-            "RealNVP": s.train("realnvp", "realnvp", *s.realnvp(), *s.epochs())}
+    runs = s.family_runs()
     t = torch.linspace(0, 1, steps)
     rows, labels = [], []
     for family, run in runs.items():
@@ -282,13 +292,13 @@ def mode_collapse(s: Study, stages=4):
 
 
 def label_smoothing(s: Study):
-    runs = {"without": s.train("dcgan", "dcgan", *s.epochs()),
+    runs = {"without": s.dcgan(),
             "with": s.train("dcgan-smoothing", "dcgan", "--label-smoothing", *s.epochs())}
     classifier, accuracy = None, None
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     rows = []
-    s.results = {"classifier_accuracy": None}
+    s.results = {}
     for label, run in runs.items():
         objective, data, _ = s.load(run)
         if classifier is None:
@@ -305,6 +315,8 @@ def label_smoothing(s: Study):
             ax.set_xlabel("step")
         rows.append(fake[:16])
         s.results[label] = {"classifier_fid": fid, "run": run}
+        if s.inception_weights:
+            s.results[label]["inception_fid"] = metrics.inception_fid(real, fake, s.inception_weights)
     s.results["classifier_accuracy"] = accuracy
     for ax in axes:
         ax.legend()
@@ -317,14 +329,12 @@ def label_smoothing(s: Study):
     s.say(f"- without smoothing: {s.results['without']['classifier_fid']:.3f}")
     s.say(f"- with smoothing (real labels in [0.7, 0.9]): {s.results['with']['classifier_fid']:.3f}\n")
     if s.inception_weights:
-        for label, run in runs.items():
-            objective, data, _ = s.load(run)
-            s.results[label]["inception_fid"] = metrics.inception_fid(to_float(data.heldout[:1000]),
-                                                                       s.samples(objective, 1000), s.inception_weights)
+        s.say(f"Inception FID: without {s.results['without']['inception_fid']:.3f}, "
+              f"with {s.results['with']['inception_fid']:.3f}\n")
 
 
 def beta_sweep(s: Study):
-    runs = {1: s.train("vae-beta1", "vae", "--beta", "1", *s.epochs()),
+    runs = {1: s.vae(),
             10: s.train("beta-vae-beta10", "beta-vae", "--beta", "10", *s.epochs()),
             100: s.train("beta-vae-beta100", "beta-vae", "--beta", "100", *s.epochs())}
     plt = pyplot()
