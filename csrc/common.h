@@ -38,17 +38,35 @@ inline int64_t plane_size(const at::Tensor& x) {
   return planes == 0 ? 0 : x.numel() / planes;
 }
 
-inline void check_coupling_inputs(const at::Tensor& x, const at::Tensor& s_raw, const at::Tensor& t,
-                                  const at::Tensor& scale, const c10::optional<at::Tensor>& mask,
-                                  c10::DeviceType device) {
+// Elements from one sample to the next of an (N, C, ...) tensor each of whose samples is one contiguous
+// block, as a contiguous tensor or a channel slice of one (st.chunk(2, 1)) is; fails for any other layout.
+inline int64_t sample_stride(const char* name, const at::Tensor& v) {
+  int64_t block = 1;
+  for (int64_t d = v.dim() - 1; d >= 1; --d) {
+    TORCH_CHECK(v.size(d) == 1 || v.stride(d) == block, "coupling: ", name,
+                " must be contiguous within each sample, got strides ", v.strides(), " for shape ", v.sizes());
+    block *= v.size(d);
+  }
+  TORCH_CHECK(v.size(0) <= 1 || v.stride(0) >= block, "coupling: ", name, " has overlapping samples (strides ",
+              v.strides(), ")");
+  return v.size(0) <= 1 ? block : v.stride(0);
+}
+
+// Per-sample strides of x, s_raw and t (their samples may sit inside larger tensors; planes are contiguous).
+struct SampleStrides {
+  int64_t x, r, t;
+};
+
+inline SampleStrides check_coupling_inputs(const at::Tensor& x, const at::Tensor& s_raw, const at::Tensor& t,
+                                           const at::Tensor& scale, const c10::optional<at::Tensor>& mask,
+                                           c10::DeviceType device) {
   TORCH_CHECK(x.dim() >= 2, "coupling: x must be (N, C, ...), got ", x.sizes());
   TORCH_CHECK(x.device().type() == device, "coupling: x is on ", x.device(), ", this kernel runs on ", device);
   for (const auto& [name, v] : {std::pair<const char*, const at::Tensor*>{"s_raw", &s_raw}, {"t", &t}}) {
     TORCH_CHECK(v->sizes() == x.sizes(), "coupling: ", name, " has shape ", v->sizes(), ", expected ", x.sizes());
     TORCH_CHECK(v->device() == x.device(), "coupling: ", name, " is on ", v->device(), ", x on ", x.device());
-    TORCH_CHECK(v->is_contiguous(), "coupling: ", name, " must be contiguous");
   }
-  TORCH_CHECK(x.is_contiguous(), "coupling: x must be contiguous");
+  const SampleStrides strides{sample_stride("x", x), sample_stride("s_raw", s_raw), sample_stride("t", t)};
   TORCH_CHECK(s_raw.scalar_type() == t.scalar_type(), "coupling: t is ", t.scalar_type(), " but s_raw is ",
               s_raw.scalar_type());
   TORCH_CHECK(scale.dim() == 1 && scale.size(0) == x.size(1), "coupling: scale must be (", x.size(1), ",), got ",
@@ -64,6 +82,7 @@ inline void check_coupling_inputs(const at::Tensor& x, const at::Tensor& s_raw, 
     TORCH_CHECK(m.scalar_type() == at::kFloat && m.is_contiguous() && m.device() == x.device(),
                 "coupling: mask must be a contiguous float32 tensor on x's device");
   }
+  return strides;
 }
 
 inline void check_rows(const char* op, const char* name, const at::Tensor& v, const at::Tensor& like,

@@ -70,9 +70,9 @@ __attribute__((noinline)) at::opmath_type<scalar_t> backward_plane(const scalar_
 std::tuple<at::Tensor, at::Tensor> coupling_forward_cpu(const at::Tensor& x, const at::Tensor& s_raw,
                                                         const at::Tensor& t, const at::Tensor& scale,
                                                         const c10::optional<at::Tensor>& mask, bool reverse) {
-  check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CPU);
+  const auto ss = check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CPU);
   const int64_t N = x.size(0), C = x.size(1), L = plane_size(x);
-  auto y = at::empty_like(x);
+  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto partial = at::empty({N * C}, x.options().dtype(acc_type));
   const float* mp = mask.has_value() ? mask->data_ptr<float>() : nullptr;
@@ -87,7 +87,8 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward_cpu(const at::Tensor& x, con
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C;
-        pd[p] = forward_plane<x_t, st_t, HAS_MASK, REVERSE>(xd + p * L, rd + p * L, td + p * L,
+        pd[p] = forward_plane<x_t, st_t, HAS_MASK, REVERSE>(xd + n * ss.x + c * L, rd + n * ss.r + c * L,
+                                                            td + n * ss.t + c * L,
                                                             HAS_MASK ? mp + mask_plane(*mask, n, c) : nullptr,
                                                             yd + p * L, L, sc[c]);
       }
@@ -99,14 +100,15 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward_cpu(const at::Tensor& x, con
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& s_raw,
     const at::Tensor& t, const at::Tensor& scale, const c10::optional<at::Tensor>& mask, bool reverse) {
-  check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CPU);
+  const auto ss = check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CPU);
   TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() && grad_y.is_contiguous(),
               "coupling_backward: grad_y must match x (shape, dtype, contiguous)");
   const int64_t N = x.size(0), C = x.size(1), L = plane_size(x);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(grad_logdet.dim() == 1 && grad_logdet.size(0) == N && grad_logdet.scalar_type() == acc_type,
               "coupling_backward: grad_logdet must be (", N, ",) of ", acc_type);
-  auto dx = at::empty_like(x), dr = at::empty_like(s_raw), dt = at::empty_like(t);
+  const auto contiguous = at::MemoryFormat::Contiguous;
+  auto dx = at::empty_like(x, contiguous), dr = at::empty_like(s_raw, contiguous), dt = at::empty_like(t, contiguous);
   auto partial = at::empty({N * C}, x.options().dtype(acc_type));
   const float* mp = mask.has_value() ? mask->data_ptr<float>() : nullptr;
   auto gl_c = grad_logdet.contiguous();
@@ -126,8 +128,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_backward_cpu
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C, o = p * L;
         pd[p] = backward_plane<x_t, st_t, HAS_MASK, REVERSE>(
-            gyd + o, xd + o, rd + o, td + o, HAS_MASK ? mp + mask_plane(*mask, n, c) : nullptr, dxd + o, drd + o,
-            dtd + o, L, sc[c], gld[n]);
+            gyd + o, xd + n * ss.x + c * L, rd + n * ss.r + c * L, td + n * ss.t + c * L,
+            HAS_MASK ? mp + mask_plane(*mask, n, c) : nullptr, dxd + o, drd + o, dtd + o, L, sc[c], gld[n]);
       }
     });
   });

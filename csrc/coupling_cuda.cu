@@ -11,21 +11,24 @@ template <typename x_t, typename st_t, bool HAS_MASK, bool REVERSE>
 __global__ void coupling_fwd_kernel(const x_t* __restrict__ x, const st_t* __restrict__ r, const st_t* __restrict__ t,
                                     const at::opmath_type<x_t>* __restrict__ scale, const float* __restrict__ mask,
                                     x_t* __restrict__ y, at::opmath_type<x_t>* __restrict__ logdet, int64_t C,
-                                    int64_t L, int64_t mask_sn, int64_t mask_sc) {
+                                    int64_t L, SampleStrides ss, int64_t mask_sn, int64_t mask_sc) {
   using acc_t = at::opmath_type<x_t>;
   const int64_t plane = blockIdx.x, n = plane / C, c = plane % C, base = plane * L;
+  x += n * ss.x + c * L;
+  r += n * ss.r + c * L;
+  t += n * ss.t + c * L;
   const acc_t sc = scale[c];
   const float* m = HAS_MASK ? mask + n * mask_sn + c * mask_sc : nullptr;
   acc_t sum = 0;
   for (int64_t i = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; i < L; i += (int64_t)gridDim.y * blockDim.x) {
-    acc_t s = sc * dtanh(static_cast<acc_t>(r[base + i]));
-    acc_t tt = static_cast<acc_t>(t[base + i]);
+    acc_t s = sc * dtanh(static_cast<acc_t>(r[i]));
+    acc_t tt = static_cast<acc_t>(t[i]);
     if (HAS_MASK) {
       const acc_t keep = acc_t(1) - static_cast<acc_t>(m[i]);
       s *= keep;
       tt *= keep;
     }
-    const acc_t xv = static_cast<acc_t>(x[base + i]);
+    const acc_t xv = static_cast<acc_t>(x[i]);
     y[base + i] = static_cast<x_t>(REVERSE ? (xv - tt) * dexp(-s) : xv * dexp(s) + tt);
     sum += s;
   }
@@ -38,23 +41,26 @@ __global__ void coupling_bwd_kernel(const x_t* __restrict__ gy, const at::opmath
                                     const x_t* __restrict__ x, const st_t* __restrict__ r, const st_t* __restrict__ t,
                                     const at::opmath_type<x_t>* __restrict__ scale, const float* __restrict__ mask,
                                     x_t* __restrict__ dx, st_t* __restrict__ dr, st_t* __restrict__ dt,
-                                    at::opmath_type<x_t>* __restrict__ dscale, int64_t C, int64_t L, int64_t mask_sn,
-                                    int64_t mask_sc) {
+                                    at::opmath_type<x_t>* __restrict__ dscale, int64_t C, int64_t L,
+                                    SampleStrides ss, int64_t mask_sn, int64_t mask_sc) {
   using acc_t = at::opmath_type<x_t>;
   const int64_t plane = blockIdx.x, n = plane / C, c = plane % C, base = plane * L;
+  x += n * ss.x + c * L;
+  r += n * ss.r + c * L;
+  t += n * ss.t + c * L;
   const acc_t sc = scale[c], gln = gl[n];
   const float* m = HAS_MASK ? mask + n * mask_sn + c * mask_sc : nullptr;
   acc_t sum = 0;
   for (int64_t i = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; i < L; i += (int64_t)gridDim.y * blockDim.x) {
-    const acc_t th = dtanh(static_cast<acc_t>(r[base + i]));
+    const acc_t th = dtanh(static_cast<acc_t>(r[i]));
     const acc_t keep = HAS_MASK ? acc_t(1) - static_cast<acc_t>(m[i]) : acc_t(1);
-    const acc_t s = sc * th * keep, g = static_cast<acc_t>(gy[base + i]), xv = static_cast<acc_t>(x[base + i]);
+    const acc_t s = sc * th * keep, g = static_cast<acc_t>(gy[base + i]), xv = static_cast<acc_t>(x[i]);
     acc_t dxv, dtv, ds;
     if (REVERSE) {
       const acc_t e = dexp(-s);
       dxv = g * e;
       dtv = -dxv * keep;
-      ds = -(g * (xv - static_cast<acc_t>(t[base + i]) * keep) * e + gln) * keep;
+      ds = -(g * (xv - static_cast<acc_t>(t[i]) * keep) * e + gln) * keep;
     } else {
       const acc_t e = dexp(s);
       dxv = g * e;
@@ -88,10 +94,10 @@ MaskStrides mask_strides(const c10::optional<at::Tensor>& mask) {
 std::tuple<at::Tensor, at::Tensor> coupling_forward_cuda(const at::Tensor& x, const at::Tensor& s_raw,
                                                          const at::Tensor& t, const at::Tensor& scale,
                                                          const c10::optional<at::Tensor>& mask, bool reverse) {
-  check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CUDA);
+  const auto ss = check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0), C = x.size(1), L = plane_size(x);
-  auto y = at::empty_like(x);
+  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto logdet = at::zeros({N}, x.options().dtype(scale.scalar_type()));
   if (x.numel() == 0) return {y, logdet};
   const auto ms = mask_strides(mask);
@@ -101,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward_cuda(const at::Tensor& x, co
     using acc_t = at::opmath_type<x_t>;
     coupling_fwd_kernel<x_t, st_t, HAS_MASK, REVERSE><<<grid, kThreads, 0, stream>>>(
         x.data_ptr<x_t>(), s_raw.data_ptr<st_t>(), t.data_ptr<st_t>(), scale.data_ptr<acc_t>(), ms.ptr,
-        y.data_ptr<x_t>(), logdet.data_ptr<acc_t>(), C, L, ms.sn, ms.sc);
+        y.data_ptr<x_t>(), logdet.data_ptr<acc_t>(), C, L, ss, ms.sn, ms.sc);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {y, logdet};
@@ -110,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward_cuda(const at::Tensor& x, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& s_raw,
     const at::Tensor& t, const at::Tensor& scale, const c10::optional<at::Tensor>& mask, bool reverse) {
-  check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CUDA);
+  const auto ss = check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CUDA);
   TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() && grad_y.is_contiguous() &&
                   grad_y.device() == x.device(),
               "coupling_backward: grad_y must match x (shape, dtype, device, contiguous)");
@@ -119,7 +125,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_backward_cud
   TORCH_CHECK(grad_logdet.dim() == 1 && grad_logdet.size(0) == N && grad_logdet.scalar_type() == scale.scalar_type() &&
                   grad_logdet.device() == x.device(),
               "coupling_backward: grad_logdet must be (", N, ",) of ", scale.scalar_type(), " on x's device");
-  auto dx = at::empty_like(x), dr = at::empty_like(s_raw), dt = at::empty_like(t);
+  const auto contiguous = at::MemoryFormat::Contiguous;
+  auto dx = at::empty_like(x, contiguous), dr = at::empty_like(s_raw, contiguous), dt = at::empty_like(t, contiguous);
   auto dscale = at::zeros({C}, scale.options());
   if (x.numel() == 0) return {dx, dr, dt, dscale};
   auto gl = grad_logdet.contiguous();
@@ -131,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_backward_cud
     coupling_bwd_kernel<x_t, st_t, HAS_MASK, REVERSE><<<grid, kThreads, 0, stream>>>(
         grad_y.data_ptr<x_t>(), gl.data_ptr<acc_t>(), x.data_ptr<x_t>(), s_raw.data_ptr<st_t>(),
         t.data_ptr<st_t>(), scale.data_ptr<acc_t>(), ms.ptr, dx.data_ptr<x_t>(), dr.data_ptr<st_t>(),
-        dt.data_ptr<st_t>(), dscale.data_ptr<acc_t>(), C, L, ms.sn, ms.sc);
+        dt.data_ptr<st_t>(), dscale.data_ptr<acc_t>(), C, L, ss, ms.sn, ms.sc);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dx, dr, dt, dscale};

@@ -3,7 +3,8 @@
 #include <torch/extension.h>
 
 TORCH_LIBRARY(genperf_kernels, m) {
-  // x, s_raw, t: (N, C, ...) contiguous, L elements per (n, c) plane; scale: (C,) in the accumulation dtype (fp32, fp64 for fp64 x); mask: None or (1|N, 1|C, L) fp32 contiguous.
+  // x, s_raw, t: (N, C, ...), each sample contiguous (a channel slice of a larger tensor will do), L elements per
+  // (n, c) plane; outputs contiguous; scale: (C,) in the accumulation dtype (fp32, fp64 for fp64 x); mask: None or (1|N, 1|C, L) fp32 contiguous.
   m.def("coupling_forward(Tensor x, Tensor s_raw, Tensor t, Tensor scale, Tensor? mask, bool reverse) -> (Tensor, Tensor)");
   m.def("coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor s_raw, Tensor t, Tensor scale, "
         "Tensor? mask, bool reverse) -> (Tensor, Tensor, Tensor, Tensor)");

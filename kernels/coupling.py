@@ -1,6 +1,7 @@
 """RealNVP affine coupling + log-determinant in Triton: one pass forward, one pass backward.
 
-Tensors are (N, C, ...) contiguous, read as (N, C, L); one program handles BLOCK elements of one (n, c) plane,
+Tensors are (N, C, ...), read as (N, C, L): outputs contiguous, inputs with every sample contiguous but
+samples any stride apart (a channel slice st[:, :C] is read in place); one program handles BLOCK elements of one (n, c) plane,
 so the per-channel scale is a scalar load and the per-sample log-det / per-channel scale gradient
 are one atomic add per program. tanh and exp are recomputed in the backward, nothing is saved.
 """
@@ -30,10 +31,18 @@ def _load(ptr, idx, inb):
 
 
 @triton.jit
-def _coupling_fwd(x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, y_ptr, logdet_ptr, C, L, mask_sn, mask_sc,
+def _load_input(ptr, n, sample_stride, c, L, offs, inb):
+    """Plane (n, c) of an input whose samples are `sample_stride` elements apart."""
+    return _load(ptr + n.to(tl.int64) * sample_stride + c.to(tl.int64) * L, offs, inb)
+
+
+@triton.jit
+def _coupling_fwd(x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, y_ptr, logdet_ptr, C, L, sx, sr, st, mask_sn, mask_sc,
                   HAS_MASK: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
     n, c, idx, offs, inb = _block(C, L, BLOCK)
-    x, r, t = _load(x_ptr, idx, inb), _load(r_ptr, idx, inb), _load(t_ptr, idx, inb)
+    x = _load_input(x_ptr, n, sx, c, L, offs, inb)
+    r = _load_input(r_ptr, n, sr, c, L, offs, inb)
+    t = _load_input(t_ptr, n, st, c, L, offs, inb)
     s = tl.load(scale_ptr + c).to(tl.float32) * _tanh(r)
     if HAS_MASK:
         keep = 1.0 - tl.load(mask_ptr + n * mask_sn + c * mask_sc + offs, mask=inb, other=1.0)
@@ -50,9 +59,13 @@ def _coupling_fwd(x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, y_ptr, logdet_ptr, C
 
 @triton.jit
 def _coupling_bwd(gy_ptr, gl_ptr, x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, dx_ptr, dr_ptr, dt_ptr, dscale_ptr,
-                  C, L, mask_sn, mask_sc, HAS_MASK: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+                  C, L, sx, sr, st, mask_sn, mask_sc, HAS_MASK: tl.constexpr, REVERSE: tl.constexpr,
+                  BLOCK: tl.constexpr):
     n, c, idx, offs, inb = _block(C, L, BLOCK)
-    gy, x, r, t = _load(gy_ptr, idx, inb), _load(x_ptr, idx, inb), _load(r_ptr, idx, inb), _load(t_ptr, idx, inb)
+    gy = _load(gy_ptr, idx, inb)
+    x = _load_input(x_ptr, n, sx, c, L, offs, inb)
+    r = _load_input(r_ptr, n, sr, c, L, offs, inb)
+    t = _load_input(t_ptr, n, st, c, L, offs, inb)
     gl = tl.load(gl_ptr + n).to(tl.float32)
     sc = tl.load(scale_ptr + c).to(tl.float32)
     th = _tanh(r)
@@ -89,25 +102,35 @@ def _plane(x):
     return n, c, (x.numel() // (n * c) if n * c else 0)
 
 
+def _sample_strides(*tensors):
+    """Elements between consecutive samples of each (N, C, ...) input (planes must be contiguous)."""
+    return [v.stride(0) for v in tensors]
+
+
+def _empty(x):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
 def coupling_forward(x, r, t, scale, mask, reverse):
-    """x, r, t: (N, C, ...) contiguous (L elements per (n, c) plane); scale: (C,) fp32; mask: None or
-    (1|N, 1|C, L) fp32 contiguous."""
+    """x, r, t: (N, C, ...), every sample contiguous (L elements per (n, c) plane); scale: (C,) fp32;
+    mask: None or (1|N, 1|C, L) fp32 contiguous. y is contiguous."""
     n, c, length = _plane(x)
-    y = torch.empty_like(x)
+    y = _empty(x)
     logdet = torch.zeros(n, device=x.device, dtype=torch.float32)
     m, msn, msc = _mask_args(mask, x)
     grid = (n * c, triton.cdiv(length, BLOCK))
-    _coupling_fwd[grid](x, r, t, scale, m, y, logdet, c, length, msn, msc,
+    _coupling_fwd[grid](x, r, t, scale, m, y, logdet, c, length, *_sample_strides(x, r, t), msn, msc,
                         HAS_MASK=mask is not None, REVERSE=reverse, BLOCK=BLOCK)
     return y, logdet
 
 
 def coupling_backward(grad_y, grad_logdet, x, r, t, scale, mask, reverse):
+    """grad_y contiguous; the other inputs as in coupling_forward. The gradients are contiguous."""
     n, c, length = _plane(x)
-    dx, dr, dt = torch.empty_like(x), torch.empty_like(r), torch.empty_like(t)
+    dx, dr, dt = _empty(x), _empty(r), _empty(t)
     dscale = torch.zeros(c, device=x.device, dtype=torch.float32)
     m, msn, msc = _mask_args(mask, x)
     grid = (n * c, triton.cdiv(length, BLOCK))
-    _coupling_bwd[grid](grad_y, grad_logdet, x, r, t, scale, m, dx, dr, dt, dscale, c, length, msn, msc,
-                        HAS_MASK=mask is not None, REVERSE=reverse, BLOCK=BLOCK)
+    _coupling_bwd[grid](grad_y, grad_logdet, x, r, t, scale, m, dx, dr, dt, dscale, c, length,
+                        *_sample_strides(x, r, t), msn, msc, HAS_MASK=mask is not None, REVERSE=reverse, BLOCK=BLOCK)
     return dx, dr, dt, dscale

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from torch.nn.utils.parametrizations import weight_norm
 
 from genperf.dtypes import at_least_fp32
 from genperf.invertible import chain, invertible_chain
@@ -31,15 +30,40 @@ ARCHS = {
 }
 
 
-def _wn_conv(cin, cout, k):
-    return weight_norm(nn.Conv2d(cin, cout, k, padding=k // 2))
+class WeightNormConv2d(nn.Conv2d):
+    """A 'same'-padded conv with weight = g * v / ||v|| per output channel (Salimans & Kingma 2016),
+    initialised as torch's weight_norm would (v = the conv's initial weight, g = its norm).
+
+    One plain class for every layer, unlike torch.nn.utils.parametrizations.weight_norm, which makes
+    a class per module and so sends torch.compile into a recompile per layer. State dicts of that
+    parametrization (`parametrizations.weight.original0/1`) load into this one; the parameter order
+    (bias, g, v) is also the same, so old optimizer states line up."""
+
+    OLD_KEYS = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
+
+    def __init__(self, cin, cout, k):
+        super().__init__(cin, cout, k, padding=k // 2)
+        v = self.weight.detach()
+        del self.weight
+        self.weight_g = nn.Parameter(torch.norm_except_dim(v, 2, 0))
+        self.weight_v = nn.Parameter(v.clone())
+        self.register_load_state_dict_pre_hook(WeightNormConv2d._rename_old_keys)
+
+    @staticmethod
+    def _rename_old_keys(module, state_dict, prefix, *args):
+        for old, new in WeightNormConv2d.OLD_KEYS.items():
+            if prefix + old in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+
+    def forward(self, x):
+        return self._conv_forward(x, torch._weight_norm(self.weight_v, self.weight_g, 0), self.bias)
 
 
 class ResidualBlock(nn.Module):
     def __init__(self, channels):
         super().__init__()
-        self.conv1 = _wn_conv(channels, channels, 3)
-        self.conv2 = _wn_conv(channels, channels, 3)
+        self.conv1 = WeightNormConv2d(channels, channels, 3)
+        self.conv2 = WeightNormConv2d(channels, channels, 3)
 
     def forward(self, x):
         return x + self.conv2(F.relu(self.conv1(F.relu(x))))
@@ -52,10 +76,10 @@ class STResNet(nn.Module):
 
     def __init__(self, in_channels, mid_channels, out_channels, num_blocks):
         super().__init__()
-        self.in_conv = _wn_conv(in_channels, mid_channels, 3)
-        self.in_skip = _wn_conv(mid_channels, mid_channels, 1)
+        self.in_conv = WeightNormConv2d(in_channels, mid_channels, 3)
+        self.in_skip = WeightNormConv2d(mid_channels, mid_channels, 1)
         self.blocks = nn.ModuleList(ResidualBlock(mid_channels) for _ in range(num_blocks))
-        self.skips = nn.ModuleList(_wn_conv(mid_channels, mid_channels, 1) for _ in range(num_blocks))
+        self.skips = nn.ModuleList(WeightNormConv2d(mid_channels, mid_channels, 1) for _ in range(num_blocks))
         self.out_conv = nn.Conv2d(mid_channels, out_channels, 1)
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)

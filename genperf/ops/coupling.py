@@ -75,11 +75,23 @@ def affine_coupling(x, s_raw, t, scale, mask=None, reverse=False):
     return torch.ops.genperf_kernels.affine_coupling(*args, reverse)
 
 
+def samples_contiguous(v):
+    """Whether each sample v[n] of an (N, C, ...) tensor is one contiguous block: true of contiguous
+    tensors and of channel slices of them (st.chunk(2, 1)), which the kernels read in place."""
+    block = 1
+    for size, stride in zip(reversed(v.shape[1:]), reversed(v.stride()[1:])):
+        if size != 1 and stride != block:
+            return False
+        block *= size
+    return v.shape[0] <= 1 or v.stride(0) >= block
+
+
 def _kernel_args(x, s_raw, t, scale, mask):
-    """What the kernels take: contiguous x, s_raw, t (read as (N, C, L)), the scale in the accumulation
-    dtype, and the mask as (1|N, 1|C, L) fp32 (a shared mask stays shared: N and C are not broadcast).
-    The conversions are differentiable, so gradients reach the caller's tensors in their dtypes."""
-    flat = [v.contiguous() for v in (x, s_raw, t)]
+    """What the kernels take: x, s_raw, t with contiguous samples (read as (N, C, L); copied only when
+    a sample is not one block), the scale in the accumulation dtype, and the mask as (1|N, 1|C, L) fp32
+    (a shared mask stays shared: N and C are not broadcast). The conversions are differentiable, so
+    gradients reach the caller's tensors in their dtypes."""
+    flat = [v if samples_contiguous(v) else v.contiguous() for v in (x, s_raw, t)]
     if mask is not None:
         m = mask.view(*([1] * (x.dim() - mask.dim())), *mask.shape)
         m = m.expand(m.shape[0], m.shape[1], *x.shape[2:])

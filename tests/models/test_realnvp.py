@@ -70,3 +70,28 @@ def test_image_size_it_cannot_take():
         RealNVP(1, 14, 3, 4, 1)
     with pytest.raises(ValueError, match="built for images of shape"):
         RealNVP(1, 8, 2, 4, 1)(torch.rand(2, 1, 16, 16))
+
+
+def test_weight_norm_conv_loads_checkpoints_of_torchs_parametrization():
+    """Runs written before WeightNormConv2d used torch.nn.utils.parametrizations.weight_norm: its state
+    dict and its Adam state (parameters in the same order) load, and the conv computes the same."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    from genperf.models.realnvp import WeightNormConv2d
+
+    torch.manual_seed(0)
+    old = weight_norm(torch.nn.Conv2d(3, 5, 3, padding=1))
+    torch.manual_seed(0)
+    new = WeightNormConv2d(3, 5, 3)
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(new(x), old(x), rtol=0, atol=0)  # the same initialisation
+    old_opt = torch.optim.Adam(old.parameters(), lr=0.1)
+    old(x).square().mean().backward()
+    old_opt.step()  # now g, v and bias differ from the initial ones, and Adam has state
+    new.load_state_dict(old.state_dict())
+    new_opt = torch.optim.Adam(new.parameters(), lr=0.1)
+    new_opt.load_state_dict(old_opt.state_dict())
+    torch.testing.assert_close(new(x), old(x), rtol=0, atol=0)
+    for p_new, p_old in zip(new.parameters(), old.parameters()):
+        assert p_new.shape == p_old.shape
+        torch.testing.assert_close(new_opt.state[p_new]["exp_avg"], old_opt.state[p_old]["exp_avg"])

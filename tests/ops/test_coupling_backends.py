@@ -77,6 +77,34 @@ def test_channels_last_and_non_contiguous_inputs(backend):
     torch.testing.assert_close(ld, ld_ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ON_CPU)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_channel_slices_of_one_st_tensor_are_read_in_place(backend, dtype, reverse, monkeypatch):
+    """What AffineCoupling passes: s_raw, t = st.chunk(2, 1) and x a channel half of a larger tensor.
+    The kernels read them where they lie (no copy is made) and agree with the reference."""
+    g = torch.Generator().manual_seed(3)
+    st = torch.randn(3, 10, 5, 7, generator=g).to(dtype).requires_grad_(True)
+    whole = torch.randn(3, 10, 5, 7, generator=g).to(dtype).requires_grad_(True)
+    scale = (torch.rand(5, generator=g) + 0.5).requires_grad_(True)
+    grad_y, grad_ld = torch.randn(3, 5, 5, 7, generator=g), torch.randn(3, generator=g)
+    copies = []
+    real_contiguous = torch.Tensor.contiguous
+    monkeypatch.setattr(torch.Tensor, "contiguous", lambda v, *a, **k: copies.append(v.shape) or real_contiguous(v, *a, **k))
+    results = {}
+    for b in (backend, "reference"):
+        copies.clear()
+        with use_backend(b):
+            y, ld = affine_coupling(whole.chunk(2, 1)[1], *st.chunk(2, 1), scale, reverse=reverse)
+        if b == backend:
+            assert not [shape for shape in copies if shape[0] == 3], copies  # no copy of x, s_raw or t
+        grads = torch.autograd.grad((y.float() * grad_y).sum() + (ld * grad_ld).sum(), (st, whole, scale))
+        results[b] = (y, ld, *grads)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    for f, r in zip(results[backend], results["reference"]):
+        torch.testing.assert_close(f.float(), r.float(), rtol=tol, atol=tol)
+
+
 @pytest.mark.skipif("cpu" not in FUSED, reason="genperf._C is not built")
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck_float64_cpu_backend(reverse):
@@ -145,6 +173,8 @@ def test_cpp_boundary_names_the_bad_argument():
         torch.ops.genperf_kernels.coupling_forward(x, x, x, torch.ones(4), None, False)
     with pytest.raises(RuntimeError, match="mask must be"):
         torch.ops.genperf_kernels.coupling_forward(x, x, x, torch.ones(3), torch.ones(1, 1, 8), False)
+    with pytest.raises(RuntimeError, match="s_raw must be contiguous within each sample"):
+        torch.ops.genperf_kernels.coupling_forward(x, torch.randn(2, 16, 3).transpose(1, 2), x, torch.ones(3), None, False)
 
 
 def test_backend_selection_is_explicit():
