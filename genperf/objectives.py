@@ -2,7 +2,11 @@
 
 Every family exposes the same face to train.py: `modules` and `optimizers` (dicts by name),
 `train_step(x, step) -> {metric: tensor}`, `noise(n, generator)` and `sample(noise)` for the sample
-grids, and `evaluate(batches) -> {metric: float}` on held-out data. Images arrive in [0, 1]."""
+grids, `evaluate(batches) -> {metric: float}` on held-out data, and `compile(**options)`, which puts
+the step's forward passes through torch.compile. Images arrive in [0, 1].
+
+Random numbers of a step (latents, dequantization noise, label noise, the VAE's posterior draw) are
+drawn outside the compiled code, so a compiled step sees the numbers an eager one does."""
 from __future__ import annotations
 
 import torch
@@ -56,6 +60,12 @@ class GANObjective:
         self.optimizers = {"generator": opt(generator), d_name: opt(critic)}
         self.d_name = d_name
         self.last_g_loss = None
+        # What the step calls; compile() swaps in compiled versions. The penalty keeps the eager critic:
+        # its double backward (create_graph) cannot go through a compiled graph.
+        self.G_step, self.D_step = generator, critic
+
+    def compile(self, **options):
+        self.G_step, self.D_step = torch.compile(self.G, **options), torch.compile(self.D, **options)
 
     def noise(self, n, generator=None):
         return torch.randn(n, self.G.latent_dim, generator=generator)
@@ -67,8 +77,11 @@ class GANObjective:
         g_step = (step + 1) % self.critic_iters == 0
         with self.precision.autocast():
             with torch.set_grad_enabled(g_step):  # critic-only steps need no generator graph
-                fake = self.G(z)
-            d_real, d_fake = self.D(real), self.D(fake.detach())
+                fake = self.G_step(z)
+            if self.kind == DCGAN:  # batch norm: real and fake batches keep their own statistics
+                d_real, d_fake = self.D_step(real), self.D_step(fake.detach())
+            else:  # the critic has no batch norm: one pass scores both (fewer, larger convolutions)
+                d_real, d_fake = self.D_step(torch.cat([real, fake.detach().to(real.dtype)])).split(n)
             if self.kind == DCGAN:
                 target = smoothed_real_labels(n, device=real.device) if self.label_smoothing else torch.ones_like(d_real)
                 d_loss = (F.binary_cross_entropy_with_logits(d_real.float(), target)
@@ -85,7 +98,7 @@ class GANObjective:
         out = {f"{self.d_name}_loss": d_loss.detach()}
         if g_step:
             with self.precision.autocast():
-                g_out = self.D(fake).float()
+                g_out = self.D_step(fake).float()
                 # Non-saturating loss for DCGAN: maximise log D(G(z)).
                 g_loss = (F.binary_cross_entropy_with_logits(g_out, torch.ones_like(g_out))
                           if self.kind == DCGAN else -g_out.mean())
@@ -112,16 +125,24 @@ class VAEObjective:
         self.model, self.precision, self.beta = model, precision, beta
         self.modules = {"vae": model}
         self.optimizers = {"vae": make_adam(model.parameters(), lr, (0.9, 0.999), device_type)}
+        self.loss = self._loss
+
+    def compile(self, **options):
+        self.loss = torch.compile(self._loss, **options)
 
     def noise(self, n, generator=None):
         return torch.randn(n, self.model.latent_dim, generator=generator)
 
-    def train_step(self, x, step):
+    def _loss(self, x, posterior_noise):
         with self.precision.autocast():
-            logits, mu, logvar = self.model(x)
+            logits, mu, logvar = self.model(x, posterior_noise)
         loss, bce, kl = vae_loss(logits, x, mu, logvar, self.beta)
+        return loss, bce.mean(), kl.mean()
+
+    def train_step(self, x, step):
+        loss, bce, kl = self.loss(x, torch.randn(len(x), self.model.latent_dim, device=x.device))
         self.precision.step(loss, self.optimizers["vae"])
-        return {"loss": loss.detach(), "recon": bce.mean().detach(), "kl": kl.mean().detach()}
+        return {"loss": loss.detach(), "recon": bce.detach(), "kl": kl.detach()}
 
     @torch.no_grad()
     def sample(self, z):
@@ -149,6 +170,10 @@ class FlowObjective:
         self.modules = {"realnvp": model}
         self.optimizers = {"realnvp": make_adam(model.parameters(), lr, (0.9, 0.999), device_type)}
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.loss = self._loss
+
+    def compile(self, **options):
+        self.loss = torch.compile(self._loss, **options)
 
     def dequantization_noise(self, x, step):
         """This rank's slice of the global batch's noise, drawn from (seed, step) alone: every
@@ -161,9 +186,12 @@ class FlowObjective:
         m = self.model
         return torch.randn(n, m.in_channels, m.image_size, m.image_size, generator=generator)
 
-    def train_step(self, x, step):
+    def _loss(self, x, noise):
         with self.precision.autocast():
-            bpd = self.model.bits_per_dim(x, self.dequantization_noise(x, step)).mean()
+            return self.model.bits_per_dim(x, noise).mean()
+
+    def train_step(self, x, step):
+        bpd = self.loss(x, self.dequantization_noise(x, step))
         self.precision.step(bpd, self.optimizers["realnvp"], self.clip_grad)
         return {"bits_per_dim": bpd.detach()}
 

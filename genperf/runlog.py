@@ -106,7 +106,7 @@ class RunLog:
             records = [json.loads(line) for line in f]
         train = [r for r in records if r.get("split") == "train"]
         heldout = [r for r in records if r.get("split") == "heldout"]
-        keys = [k for k in (train[0] if train else {}) if k not in ("step", "epoch", "split", "images_per_s", "lr")]
+        keys = [k for k in (train[0] if train else {}) if k not in ("step", "epoch", "split", "images_per_s", "mfu", "lr")]
         if not keys:
             return
         plt = pyplot()

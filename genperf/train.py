@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from genperf import models, objectives
+from genperf import models, objectives, perf
 from genperf.data import DATASETS, LOADERS, default_loader, load_dataset, make_batches
 from genperf.errors import GenperfError
 from genperf.ops.backends import NAMES, use_backend
@@ -38,7 +38,8 @@ NUM_SAMPLES = 64
 # Options that may change when a run is resumed (they change neither the math nor the data order);
 # any other difference is an error. --nproc may change: the sharded checkpoint is resharded on load.
 RESUMABLE_CHANGES = {"epochs", "steps", "resume", "nproc", "log_every", "ckpt_every", "workers", "download", "backend",
-                     "checkpointing", "invertible", "loader", "eval_every"}
+                     "checkpointing", "invertible", "loader", "eval_every", "compile", "compile_mode", "channels_last"}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def parse_args(argv=None):
@@ -78,6 +79,11 @@ def parse_args(argv=None):
     p.add_argument("--nproc", type=int, help="processes for --fsdp (default: the GPU count, 2 on CPU)")
     p.add_argument("--backend", choices=NAMES, help="fused-op backend (default: the fastest available; "
                                                    "reference is pure torch, for comparison)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the forward passes of the training step (the fused ops compile into the graph); "
+                        "the first steps then include the compilation, reported once")
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES, help="torch.compile mode (default: default)")
+    p.add_argument("--channels-last", action="store_true", help="image models: weights and batches in NHWC layout")
     p.add_argument("--log-every", type=int, default=10, help="steps between metric lines")
     p.add_argument("--eval-every", type=int, default=0, help="steps between held-out evaluations (0: epoch ends only)")
     p.add_argument("--ckpt-every", type=int, default=0, help="steps between checkpoints (0: at epoch ends only)")
@@ -104,6 +110,11 @@ def check_args(args, data):
                            "before the gradient penalty's double backward; train wgan-gp without --fsdp")
     if (args.checkpointing != "none" or args.invertible) and args.model != "realnvp":
         raise GenperfError("--checkpointing and --invertible apply to realnvp only")
+    if args.compile and args.invertible:
+        raise GenperfError("--compile does not combine with --invertible, whose backward runs autograd itself for each "
+                           "coupling; use --checkpointing to save memory under --compile")
+    if args.channels_last and not data.is_image:
+        raise GenperfError(f"--channels-last applies to image data; {args.data} is 2-D points")
     if args.label_smoothing and args.model != "dcgan":
         raise GenperfError("--label-smoothing applies to dcgan only")
     for name in ("batch_size", "critic_iters", "log_every"):
@@ -133,13 +144,16 @@ def realnvp_config(args, shape):
 
 
 def build_objective(args, data, precision, device, rank=0, world_size=1):
-    """The model of `args.model` for data of `data.shape`, sharded under --fsdp, wrapped in its
-    training objective (which builds the optimizers, so after sharding)."""
+    """The model of `args.model` for data of `data.shape`, on `device` in the layout of
+    --channels-last, sharded under --fsdp, wrapped in its training objective (which builds the
+    optimizers, so after sharding)."""
     dt = device.type
+    layout = torch.channels_last if getattr(args, "channels_last", False) else torch.preserve_format
+    place = lambda module: module.to(device, memory_format=layout)  # noqa: E731
     try:
         if args.model == "realnvp":
-            model = models.RealNVP(**realnvp_config(args, data.shape), checkpointing=args.checkpointing,
-                                   invertible=args.invertible).to(device)
+            model = place(models.RealNVP(**realnvp_config(args, data.shape), checkpointing=args.checkpointing,
+                                         invertible=args.invertible))
             if args.fsdp:
                 apply_fsdp(model, model.couplings(), precision.dtype, ("inverse", "bits_per_dim"))
             return objectives.FlowObjective(model, precision, args.lr, dt, seed=args.seed, rank=rank,
@@ -147,17 +161,17 @@ def build_objective(args, data, precision, device, rank=0, world_size=1):
         if args.model in ("vae", "beta-vae"):
             c, s, _ = data.shape
             arch = args.arch or ("mlp" if s <= 32 else "conv")
-            model = models.VAE(c, s, args.latent_dim, arch).to(device)
+            model = place(models.VAE(c, s, args.latent_dim, arch))
             if args.fsdp:
                 apply_fsdp(model, [], precision.dtype, ("sample",))
             return objectives.VAEObjective(model, precision, args.lr, dt, args.beta)
         if data.is_image:
             c, s, _ = data.shape
-            G = models.DCGANGenerator(args.latent_dim, c, s).to(device)
-            D = models.DCGANDiscriminator(c, s, batch_norm=args.model == "dcgan").to(device)
+            G = place(models.DCGANGenerator(args.latent_dim, c, s))
+            D = place(models.DCGANDiscriminator(c, s, batch_norm=args.model == "dcgan"))
         else:
-            G = models.MLPGenerator(args.latent_dim, data.shape[0]).to(device)
-            D = models.MLPDiscriminator(data.shape[0]).to(device)
+            G = place(models.MLPGenerator(args.latent_dim, data.shape[0]))
+            D = place(models.MLPDiscriminator(data.shape[0]))
         if args.fsdp:
             apply_fsdp(G, [], precision.dtype)
             apply_fsdp(D, [], precision.dtype)
@@ -165,6 +179,29 @@ def build_objective(args, data, precision, device, rank=0, world_size=1):
                                        args.critic_iters, args.gp_weight, args.clip, data.is_image)
     except ValueError as e:  # shapes a model cannot take
         raise GenperfError(str(e)) from None
+
+
+def flops_per_image(args, data, device):
+    """Model FLOPs of one training step per image: one step (a whole generator cycle of critic steps
+    for WGANs) of a throwaway eager single-process copy of the model on 2 random images, counted by
+    FlopCounterMode (genperf.perf), with every random stream restored afterwards."""
+    plain = argparse.Namespace(**dict(vars(args), fsdp=False, compile=False))
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        objective = build_objective(plain, data, Precision(device.type, args.amp), device)
+        if data.is_image:
+            x = torch.randint(0, 256, (2, *data.shape), device=device) / 255
+        else:
+            x = torch.randn(2, *data.shape, device=device)
+        steps = getattr(objective, "critic_iters", 1)
+        return perf.step_flops(lambda i: objective.train_step(x, i), steps) / len(x)
+
+
+def compiled_graphs():
+    """Graphs torch.compile has compiled in this process so far (dynamo's own counter)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def rng_state():
@@ -275,7 +312,17 @@ def run(args, argv):
     precision = Precision(device.type, args.amp)
     torch.manual_seed(args.seed)  # the same initial weights on every rank (FSDP2 keeps each rank's own shard)
     objective = build_objective(args, data, precision, device, dist.rank, dist.world_size)
+    if args.compile:  # FSDP2's hooks break the graph at every sharded unit
+        objective.compile(fullgraph=not args.fsdp, dynamic=False, mode=None if args.compile_mode == "default" else args.compile_mode)
     torch.manual_seed(args.seed * 1000 + dist.rank)  # then a stream of its own per rank
+    # MFU: model FLOPs per image against the measured matmul peak of every rank's device.
+    flops, peak = 0.0, 0.0
+    if dist.is_main:
+        try:
+            flops = flops_per_image(args, data, device)
+            peak = perf.peak_flops(device.type, precision.dtype or torch.float32) * dist.world_size
+        except Exception as e:  # accounting must never stop a run
+            print(f"genperf: MFU is not reported: counting the step's FLOPs failed ({type(e).__name__}: {e})", flush=True)
 
     train = make_batches(data.train, args.batch_size, args.seed, dist.rank, dist.world_size, device,
                          loader=args.loader, workers=args.workers)
@@ -310,10 +357,21 @@ def run(args, argv):
     bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, dynamic_ncols=True, unit="step")
     window, window_start, t_start, start_step = {}, time.perf_counter(), time.perf_counter(), step
     last, held, artifacts_step = {}, {}, None
+    compile_s, compile_reported = 0.0, 0.0  # seconds of the steps in which torch.compile compiled something
+
+    def report_compile():
+        """One line when torch.compile first compiled, and one more for each later recompilation."""
+        nonlocal compile_reported
+        if compile_s > compile_reported and dist.is_main:
+            what = "compiled" if compile_reported == 0 else "recompiled (a new input shape, dtype or mode?):"
+            print(f"genperf: torch.compile {what} {compiled_graphs()} graph(s) by step {step}, "
+                  f"{compile_s:.1f} s of steps spent compiling", flush=True)
+        compile_reported = compile_s
 
     def flush_window():
         """Logs the mean of every metric since the last flush; stops on a non-finite one."""
         nonlocal window, window_start, last
+        report_compile()
         if not window:
             return
         elapsed = time.perf_counter() - window_start
@@ -325,8 +383,9 @@ def run(args, argv):
             raise GenperfError(f"non-finite loss by step {step} ({bad}); stopping. The last good checkpoint, "
                                f"if any, is kept at {ckpt}")
         ips = len(next(iter(window.values()))) * args.batch_size / max(elapsed, 1e-9)
-        log.log(dict(step=step, epoch=step / steps_per_epoch, split="train", images_per_s=ips, **last))
-        bar.set_postfix({**{k: f"{v:.4g}" for k, v in last.items()}, "img/s": f"{ips:.0f}"})
+        mfu = ips * flops / peak if peak else 0.0
+        log.log(dict(step=step, epoch=step / steps_per_epoch, split="train", images_per_s=ips, mfu=mfu, **last))
+        bar.set_postfix({**{k: f"{v:.4g}" for k, v in last.items()}, "img/s": f"{ips:.0f}", "mfu": f"{100 * mfu:.1f}%"})
         window, window_start = {}, time.perf_counter()
 
     def checkpoint():
@@ -347,7 +406,12 @@ def run(args, argv):
     while step < total_steps:
         epoch = step // steps_per_epoch
         for x in train.epoch(epoch, start=step % steps_per_epoch):
+            if args.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            graphs, step_start = compiled_graphs() if args.compile else 0, time.perf_counter()
             metrics = objective.train_step(x, step)
+            if args.compile and compiled_graphs() > graphs:
+                compile_s += time.perf_counter() - step_start
             step += 1
             bar.update(1)
             for k, v in metrics.items():
@@ -366,16 +430,19 @@ def run(args, argv):
         if step % steps_per_epoch == 0:
             held, artifacts_step = epoch_artifacts(f"epoch_{step // steps_per_epoch:03d}"), step
     bar.close()
+    report_compile()
     if artifacts_step != step:
         held = epoch_artifacts(f"step_{step:06d}")
     elapsed = time.perf_counter() - t_start
     skipped_images = sum(gather_objects(train.skipped + heldout.skipped))  # found while decoding, on any rank
     if skipped_images and dist.is_main:
         print(f"genperf: skipped {skipped_images} images that failed to decode (named above)", flush=True)
+    images_per_s = (step - start_step) * args.batch_size / max(elapsed, 1e-9)
     summary = dict(model=args.model, data=args.data, steps=step, epochs=step / steps_per_epoch, parameters=n_params,
                    world_size=dist.world_size, amp=str(precision.dtype) if args.amp else None,
                    skipped_steps=precision.skipped_steps, skipped_images=skipped_images, train=last, heldout=held,
-                   wall_time_s=elapsed, images_per_s=(step - start_step) * args.batch_size / max(elapsed, 1e-9),
+                   wall_time_s=elapsed, images_per_s=images_per_s, flops_per_image=flops, peak_flops=peak,
+                   mfu=images_per_s * flops / peak if peak else None, compile_s=compile_s if args.compile else None,
                    samples=sorted(os.listdir(log.path("samples"))) if dist.is_main else None)
     log.write_json("summary.json", summary)
     if dist.is_main:

@@ -2,7 +2,11 @@
 
 Epoch e visits the training set in the order randperm(seed, e), so a run resumed at (epoch, step)
 sees exactly the batches an uninterrupted run would. Each global batch is cut into contiguous
-per-rank slices, so the global batch is the same whatever the number of ranks."""
+per-rank slices, so the global batch is the same whatever the number of ranks.
+
+In-memory data (a uint8 or float tensor: MNIST, digits, the 2-D toys) is copied to the training
+device once and stays there as it is (uint8 images: a quarter of their float size); each batch is
+indexed and dequantized to floats on the device, so a step moves only the batch's indices."""
 from __future__ import annotations
 
 import torch
@@ -17,8 +21,9 @@ class Batches:
             raise DataError(f"batch size {batch_size} is not divisible by the {world_size} ranks")
         if drop_last and len(source) < batch_size:
             raise DataError(f"the data set has {len(source)} examples, fewer than one batch of {batch_size}")
-        self.source, self.batch_size, self.seed = source, batch_size, seed
         self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
+        self.source = source.to(self.device) if torch.is_tensor(source) else source
+        self.batch_size, self.seed = batch_size, seed
         self.shuffle, self.drop_last, self.workers = shuffle, drop_last, workers
         self.skipped = 0  # images a file-based source could not decode, dropped from their batches
 
@@ -41,7 +46,7 @@ class Batches:
         """Yields this rank's float batches of `epoch`, from batch index `start` on."""
         if torch.is_tensor(self.source):
             for idx in self._rank_slices(epoch, start):
-                yield self._to_float(self.source[idx])
+                yield self._to_float(self.source[idx.to(self.device, non_blocking=True)])
             return
         slices = list(self._rank_slices(epoch, start))
         loader = torch.utils.data.DataLoader(self.source, batch_sampler=slices, num_workers=self.workers,

@@ -47,7 +47,15 @@ class DCGANGenerator(nn.Module):
         dcgan_init(self)
 
     def forward(self, z):
-        return self.net(z.view(z.shape[0], self.latent_dim, 1, 1))
+        # The first transposed conv sees a 1x1 input, so it is the matrix product z @ W: computed so,
+        # it runs as one GEMM instead of torch's slowest conv path (2.6 ms of a 30 ms step on CPU).
+        # The weight is read in the layout it has (NCHW or channels_last) without a copy.
+        w, z = self.net[0].weight, z.view(len(z), self.latent_dim)
+        if w.is_contiguous():
+            x = (z @ w.flatten(1)).view(len(z), *w.shape[1:])
+        else:  # channels_last: (latent, k, k, C) in memory, and the product comes out channels_last too
+            x = (z @ w.permute(0, 2, 3, 1).flatten(1)).view(len(z), *w.shape[2:], w.shape[1]).permute(0, 3, 1, 2)
+        return self.net[1:](x)
 
 
 class DCGANDiscriminator(nn.Module):

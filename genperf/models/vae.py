@@ -49,10 +49,13 @@ class VAE(nn.Module):
         """Bernoulli logits of the pixels."""
         return self.decoder(z)
 
-    def forward(self, x):
-        """-> (logits, mu, logvar) with z drawn by the reparameterisation trick."""
+    def forward(self, x, noise=None):
+        """-> (logits, mu, logvar) with z = mu + noise * sigma (the reparameterisation trick); `noise`
+        is standard normal of shape (N, latent_dim), drawn here when None."""
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        if noise is None:
+            noise = torch.randn(mu.shape, device=mu.device)
+        z = mu + noise.to(mu.dtype) * torch.exp(0.5 * logvar)
         return self.decode(z), mu, logvar
 
     @torch.no_grad()

@@ -85,3 +85,19 @@ def test_batches_are_deterministic_resumable_and_sharded():
         assert torch.equal(torch.cat([ranks[0][k], ranks[1][k]]), epoch[k])
     with pytest.raises(DataError, match="not divisible"):
         Batches(source, 9, world_size=2)
+
+
+def test_in_memory_data_moves_to_the_device_once_and_batches_follow_the_seeded_order():
+    """Batch k of epoch e is source[randperm(seed * 100003 + e)[kB:(k+1)B]] / 255, as it always was,
+    now sliced from a copy of the data on the device (meta stands in for a GPU here)."""
+    source = torch.randint(0, 256, (50, 1, 3, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(7 * 100_003 + 4))
+    got = list(Batches(source, 16, seed=7).epoch(4))
+    assert len(got) == 3
+    for k, batch in enumerate(got):
+        assert batch.dtype == torch.float32
+        assert torch.equal(batch, source[order[16 * k:16 * (k + 1)]].float() / 255)
+    on_meta = Batches(source, 16, seed=7, device="meta")
+    assert on_meta.source.device.type == "meta" and on_meta.source.dtype == torch.uint8  # moved once, still uint8
+    batch = next(on_meta.epoch(4))
+    assert batch.device.type == "meta" and batch.shape == (16, 1, 3, 3) and batch.dtype == torch.float32

@@ -1,0 +1,192 @@
+"""Images per second of the whole training step, every model, a plain-PyTorch baseline beside each
+genperf option, measured side by side in one run.
+
+    python benchmarks/bench_train.py [--models realnvp-mnist-b16 dcgan-64 ...] [--rounds 5]
+                                     [--csv benchmarks/results/train.csv]
+
+For each model configuration every variant is built from the same seed (genperf.train's own
+build_objective, so these are the models `python -m genperf.train` trains), warmed up (compiled
+variants compile there), then timed in alternating rounds so that machine noise falls on all of
+them alike; a round is one generator cycle (critic_iters steps for the WGANs, one step otherwise).
+Reported per variant: median step time, images/s, speedup over the baseline, model FLOP/s and MFU.
+FLOPs per image are counted by FlopCounterMode (genperf.perf) on one eager step; the peaks are an
+fp32 and a bf16 matmul timed in the same run on the same device, and each variant's MFU is taken
+against the peak of its own compute dtype (bf16 under --amp, else fp32).
+
+Variants:
+  baseline       plain PyTorch: the pure-torch reference ops (--backend reference), fp32, eager,
+                 torch.optim.Adam with its default (foreach) implementation
+  fused          genperf's default: fused coupling / penalty kernels, fused Adam
+  +amp           fused, bf16 autocast (--amp)
+  +compile       fused, torch.compile (--compile)
+  +channels_last fused, NHWC weights and batches (--channels-last)
+  amp+channels_last  --amp --channels-last
+  amp+compile    --amp --compile
+  all on         --amp --compile --channels-last
+Batches are random 8-bit images of the data set's shape (data loading is not timed: in-memory
+data sets are sliced on the device, see genperf.data.loader).
+"""
+import argparse
+import contextlib
+import csv
+import datetime
+import gc
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from genperf import train
+from genperf.data import Data
+from genperf.ops import use_backend
+from genperf.perf import peak_flops
+from genperf.scale import Precision, keep_freed_cpu_memory
+
+# name -> (model, image shape (C, H, W), batch, extra genperf.train options)
+CONFIGS = {
+    "realnvp-mnist-b16": ("realnvp", (1, 28, 28), 16, []),
+    "realnvp-mnist-b64": ("realnvp", (1, 28, 28), 64, []),
+    "realnvp-celeba64-b8": ("realnvp", (3, 64, 64), 8, []),
+    "dcgan-28": ("dcgan", (1, 28, 28), 64, []),
+    "dcgan-64": ("dcgan", (3, 64, 64), 64, []),
+    "wgan-gp-28": ("wgan-gp", (1, 28, 28), 64, []),
+    "wgan-gp-64": ("wgan-gp", (3, 64, 64), 64, []),
+    "wgan-28": ("wgan", (1, 28, 28), 64, []),
+    "vae-mlp-28": ("vae", (1, 28, 28), 128, []),
+    "vae-conv-64": ("vae", (3, 64, 64), 64, []),
+}
+VARIANTS = {  # name -> genperf.train options
+    "baseline": ["--backend", "reference"],
+    "fused": [],
+    "+amp": ["--amp"],
+    "+compile": ["--compile"],
+    "+channels_last": ["--channels-last"],
+    "amp+channels_last": ["--amp", "--channels-last"],
+    "amp+compile": ["--amp", "--compile"],
+    "all on": ["--amp", "--compile", "--channels-last"],
+}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Variant:
+    """One model configuration trained with one set of options."""
+
+    def __init__(self, name, model, shape, batch, extra, device):
+        self.name = name
+        self.args = train.parse_args([model, "--batch-size", str(batch), *extra, *VARIANTS[name]])
+        data = Data("random", None, None, shape)
+        torch.manual_seed(0)
+        self.objective = train.build_objective(self.args, data, Precision(device.type, self.args.amp), device)
+        if name == "baseline":  # torch.optim.Adam as a plain script would make it (foreach, not fused)
+            for key, opt in self.objective.optimizers.items():
+                if isinstance(opt, torch.optim.Adam):
+                    group = opt.param_groups[0]
+                    self.objective.optimizers[key] = torch.optim.Adam(group["params"], lr=group["lr"], betas=group["betas"])
+        if self.args.compile:
+            self.objective.compile(fullgraph=True, dynamic=False)
+        self.cycle = getattr(self.objective, "critic_iters", 1)
+        g = torch.Generator().manual_seed(1)
+        self.batches = [(torch.randint(0, 256, (batch, *shape), generator=g) / 255).to(device) for _ in range(self.cycle)]
+        if self.args.channels_last:
+            self.batches = [x.contiguous(memory_format=torch.channels_last) for x in self.batches]
+        self.step, self.times, self.device = 0, [], device
+
+    def backend(self):
+        return use_backend(self.args.backend) if self.args.backend else contextlib.nullcontext()
+
+    def run_cycle(self):
+        """One generator cycle of steps; returns its seconds."""
+        sync(self.device)
+        t0 = time.perf_counter()
+        with self.backend():
+            for x in self.batches:
+                self.objective.train_step(x, self.step)
+                self.step += 1
+        sync(self.device)
+        return time.perf_counter() - t0
+
+
+def bench_config(name, device, rounds, variants, peaks, rows):
+    model, shape, batch, extra = CONFIGS[name]
+    built = []
+    for v in variants:
+        t0 = time.perf_counter()
+        variant = Variant(v, model, shape, batch, extra, device)
+        for _ in range(2):  # the first cycle compiles (compiled variants) and fills allocator caches
+            variant.run_cycle()
+        built.append(variant)
+        print(f"  built and warmed up {v:17s} in {time.perf_counter() - t0:6.1f} s", file=sys.stderr, flush=True)
+    for _ in range(rounds):
+        for variant in built:
+            variant.times.append(variant.run_cycle())
+    flops = train.flops_per_image(built[0].args, Data("random", None, None, shape), device)
+    base = statistics.median(built[0].times) / built[0].cycle if built[0].name == "baseline" else None
+    print(f"\n{name}: {model} {'x'.join(map(str, shape))}, batch {batch}, {flops / 1e9:.3f} GFLOP per image "
+          f"(model FLOPs of a step, forward + backward), {rounds} rounds", flush=True)
+    print(f"  {'variant':17s} {'ms/step':>9s} {'spread':>15s} {'images/s':>9s} {'vs base':>8s} {'GFLOP/s':>8s} {'MFU':>6s}")
+    for variant in built:
+        per_step = [t / variant.cycle for t in variant.times]
+        p50 = statistics.median(per_step)
+        ips = batch / p50
+        dtype = torch.bfloat16 if variant.args.amp else torch.float32
+        mfu = ips * flops / peaks[dtype]
+        speedup = base / p50 if base else float("nan")
+        print(f"  {variant.name:17s} {1e3 * p50:9.1f} [{1e3 * min(per_step):6.1f}-{1e3 * max(per_step):6.1f}] "
+              f"{ips:9.1f} {speedup:7.2f}x {ips * flops / 1e9:8.1f} {100 * mfu:5.1f}%", flush=True)
+        rows.append(dict(config=name, model=model, shape="x".join(map(str, shape)), batch=batch, variant=variant.name,
+                         ms_per_step=1e3 * p50, ms_min=1e3 * min(per_step), ms_max=1e3 * max(per_step),
+                         images_per_s=ips, speedup=speedup, gflop_per_image=flops / 1e9, gflops=ips * flops / 1e9,
+                         mfu=mfu, peak_gflops=peaks[dtype] / 1e9, dtype=str(dtype).replace("torch.", ""),
+                         device=device_name(device), version=torch.__version__,
+                         time=datetime.datetime.now().isoformat(timespec="seconds")))
+    del built
+    gc.collect()
+    torch._dynamo.reset()  # the next configuration compiles its own graphs
+
+
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--models", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="the first is the baseline of the speedups when it is 'baseline'")
+    p.add_argument("--rounds", type=int, default=5, help="timed generator cycles per variant (after 2 of warm-up)")
+    p.add_argument("--csv", default=os.path.join(os.path.dirname(__file__), "results", "train.csv"),
+                   help="append one row per measurement here ('' for none)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    # Up to three compiled variants of one model class live side by side here, each with its own graphs
+    # (dtype, layout, grad mode); one training run needs a handful, within dynamo's default limit of 8.
+    torch._dynamo.config.recompile_limit = 64
+    kept = device.type == "cpu" and keep_freed_cpu_memory()  # as genperf.train does
+    peaks = {dtype: peak_flops(device.type, dtype, seconds=1.0) for dtype in (torch.float32, torch.bfloat16)}
+    print(f"# {device_name(device)}, torch {torch.__version__}; measured matmul peak: fp32 "
+          f"{peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s"
+          + ("; freed CPU memory kept for reuse" if kept else ""), flush=True)
+    rows = []
+    for name in args.models:
+        bench_config(name, device, args.rounds, args.variants, peaks, rows)
+    if args.csv and rows:
+        os.makedirs(os.path.dirname(args.csv) or ".", exist_ok=True)
+        new = not os.path.exists(args.csv)
+        with open(args.csv, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+        print(f"# {len(rows)} rows appended to {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Throughput accounting: the model FLOPs of a training step, the device's measured peak, MFU.
+
+FLOPs are counted by torch.utils.flop_counter.FlopCounterMode (matrix multiplies and convolutions,
+forward and backward, the WGAN-GP penalty's double backward included; elementwise work is not
+counted, as usual for MFU). The peak is measured, not looked up: the FLOP/s of a large square
+matmul on the same device in the same dtype, so MFU = achieved model FLOP/s / that peak."""
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+
+class _AllModules:
+    """Stands in for FlopCounterMode's module tracker: every count goes to the total. The tracker's
+    backward hooks fail under torch.autograd.grad of a leaf, which the WGAN-GP penalty runs, and only
+    the total is wanted here."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def step_flops(step, steps=1):
+    """FLOPs of `steps` calls of `step(i)` (i = 0, 1, ...), counted, divided by `steps`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _AllModules()
+    with counter:
+        for i in range(steps):
+            step(i)
+    return counter.get_total_flops() / steps
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@functools.lru_cache(maxsize=None)
+def peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seconds: float = 0.3) -> float:
+    """FLOP/s of an (n x n) @ (n x n) matmul in `dtype` on this device, best of repeated timings over
+    about `seconds` (n = `size`, default 8192 on CUDA and 2048 on CPU). Cached per process."""
+    device = torch.device(device_type)
+    n = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm-up: library initialisation, kernel selection
+    _sync(device)
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+        if time.perf_counter() > deadline:
+            break
+    return 2 * n ** 3 / best
