@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from genperf.layers import AffineCoupling, checkerboard_mask
+from genperf.layers import checkerboard_mask
 from genperf.models import REALNVP_ARCHS, RealNVP
 from genperf.ops import affine_coupling, affine_coupling_ref, available_backends, use_backend
 from genperf.ops.gradient_penalty import NORM_EPS
@@ -131,24 +131,6 @@ def bench_penalty(device, batches, reps, dtype, rows):
                    elems * real.element_size(), device, dtype)
 
 
-def bench_train_step(device, reps, rows):
-    """One RealNVP training step (mnist preset, batch 16) with the reference vs fused coupling."""
-    torch.manual_seed(0)
-    model = RealNVP(**REALNVP_ARCHS["mnist"]).to(device)
-    opt = torch.optim.Adam(model.parameters(), 1e-4)
-    x = torch.rand(16, 1, 28, 28, device=device)
-    results = {}
-    for prov in ["eager"] + [p for p in providers(device) if p not in ("eager", "compile")]:
-        def run():
-            opt.zero_grad()
-            model.bits_per_dim(x).mean().backward()
-            opt.step()
-
-        with use_backend("reference" if prov == "eager" else prov):
-            results[prov] = timeit(run, max(3, reps // 4), device)
-    report(rows, "realnvp_train_step", "mnist preset, batch 16", "step", results, None, device, torch.float32)
-
-
 def report(rows, op, x, mode, results, nbytes, device, dtype):
     eager, comp = results["eager"][1], results.get("compile", (None, None))[1]
     peak = next((v for k, v in PEAK_GBPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
@@ -172,7 +154,7 @@ def main(argv=None):
     p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--only", choices=["coupling", "penalty", "step"], help="run one part only")
+    p.add_argument("--only", choices=["coupling", "penalty"], help="run one part only")
     p.add_argument("--csv", default=os.path.join(os.path.dirname(__file__), "results", "kernels.csv"))
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -185,8 +167,6 @@ def main(argv=None):
         bench_coupling(device, args.batches, args.reps, dtype, rows)
     if args.only in (None, "penalty"):
         bench_penalty(device, args.batches, args.reps, dtype, rows)
-    if args.only in (None, "step"):
-        bench_train_step(device, args.reps, rows)
     os.makedirs(os.path.dirname(args.csv), exist_ok=True)
     new = not os.path.exists(args.csv)
     with open(args.csv, "a", newline="") as f:

@@ -258,7 +258,7 @@ def load_checkpoint(path, objective, precision, args, rank, world_size, device):
         diff = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
         raise GenperfError(f"{path} was written with other options ({diff}); resume with the same options")
     if args.fsdp:
-        load_sharded(objective.modules, objective.optimizers, path)
+        load_sharded(objective.modules, objective.optimizers, path, old_names=models.WeightNormConv2d.OLD_KEYS)
     else:
         for k, m in objective.modules.items():
             m.load_state_dict(meta["models"][k])

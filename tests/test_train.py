@@ -46,6 +46,8 @@ def test_every_model_trains_and_writes_its_run_directory(model, tmp_path):
         assert summary["heldout"]["elbo"] < 0
     records = _lines(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records if r["split"] == "train"] == [2, 4, 6]
+    assert all(r["images_per_s"] > 0 and 0 < r["mfu"] < 1 for r in records if r["split"] == "train")
+    assert summary["flops_per_image"] > 0 and summary["peak_flops"] > 0
 
 
 def test_main_command_as_a_subprocess(tmp_path):

@@ -6,7 +6,8 @@ per-rank slices, so the global batch is the same whatever the number of ranks.
 
 In-memory data (a uint8 or float tensor: MNIST, digits, the 2-D toys) is copied to the training
 device once and stays there as it is (uint8 images: a quarter of their float size); each batch is
-indexed and dequantized to floats on the device, so a step moves only the batch's indices."""
+indexed and dequantized to floats on the device, so a step moves no data (the epoch's order goes
+to the device once)."""
 from __future__ import annotations
 
 import torch
@@ -36,8 +37,8 @@ class Batches:
             return torch.arange(len(self.source))
         return torch.randperm(len(self.source), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
 
-    def _rank_slices(self, epoch, start):
-        order = self._order(epoch)
+    def _rank_slices(self, epoch, start, device="cpu"):
+        order = self._order(epoch).to(device)  # one transfer per epoch, then slices of it
         for b in range(start, len(self)):
             batch = order[b * self.batch_size:(b + 1) * self.batch_size]
             yield batch.tensor_split(self.world_size)[self.rank]
@@ -45,8 +46,8 @@ class Batches:
     def epoch(self, epoch, start=0):
         """Yields this rank's float batches of `epoch`, from batch index `start` on."""
         if torch.is_tensor(self.source):
-            for idx in self._rank_slices(epoch, start):
-                yield self._to_float(self.source[idx.to(self.device, non_blocking=True)])
+            for idx in self._rank_slices(epoch, start, self.device):
+                yield self._to_float(self.source[idx])
             return
         slices = list(self._rank_slices(epoch, start))
         loader = torch.utils.data.DataLoader(self.source, batch_sampler=slices, num_workers=self.workers,

@@ -1,7 +1,7 @@
 from genperf.models.gan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 from genperf.models.realnvp import ARCHS as REALNVP_ARCHS
-from genperf.models.realnvp import CHECKPOINTING, RealNVP
+from genperf.models.realnvp import CHECKPOINTING, RealNVP, WeightNormConv2d
 from genperf.models.vae import VAE
 
 __all__ = ["DCGANGenerator", "DCGANDiscriminator", "MLPGenerator", "MLPDiscriminator", "RealNVP",
-           "REALNVP_ARCHS", "CHECKPOINTING", "VAE"]
+           "REALNVP_ARCHS", "CHECKPOINTING", "VAE", "WeightNormConv2d"]

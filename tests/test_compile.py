@@ -1,0 +1,129 @@
+"""--compile: compiled steps against eager ones for every model, no recompiles after warm-up, and
+runs that switch --compile on or off across a resume."""
+import json
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from genperf import train
+from genperf.data import load_dataset, make_batches
+from genperf.scale import Precision
+
+SMALL = {  # tiny versions of every model family (vae and beta-vae share the model and step)
+    "realnvp": ["--mid-channels", "8", "--num-blocks", "1"],
+    "vae": [],
+    "dcgan": ["--latent-dim", "10", "--label-smoothing"],
+    "wgan-gp": ["--latent-dim", "10", "--critic-iters", "2"],
+    "wgan": ["--latent-dim", "10", "--critic-iters", "2"],
+}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles its own graphs (a new model class layout or dtype would otherwise count
+    against dynamo's per-function recompile limit across tests)."""
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def _objective(model, amp, compiled, extra=()):
+    args = train.parse_args([model, "--data", "digits", "--image-size", "16", "--batch-size", "16", *SMALL[model], *extra])
+    data = load_dataset("digits", image_size=16, download=False)
+    torch.manual_seed(0)
+    objective = train.build_objective(args, data, Precision("cpu", amp), torch.device("cpu"))
+    if compiled:
+        objective.compile(fullgraph=True, dynamic=False)
+    return objective, data
+
+
+def _train(model, amp, compiled, steps):
+    """Metrics of every step and, after the last, every parameter's gradient (of its last backward)."""
+    objective, data = _objective(model, amp, compiled)
+    torch.manual_seed(1)
+    batches = make_batches(data.train, 16, seed=0).epoch(0)
+    metrics = [{k: v.item() for k, v in objective.train_step(next(batches), step).items()} for step in range(steps)]
+    if compiled:
+        assert counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
+    grads = {f"{name}.{p}": q.grad.clone() for name, m in objective.modules.items() for p, q in m.named_parameters()}
+    return metrics, grads
+
+
+@pytest.mark.parametrize("model", list(SMALL))
+def test_compiled_steps_match_eager_steps(model):
+    """fp32: compiled == eager to float rounding. bf16: compiled and eager round at different places
+    (inductor keeps fused intermediates in fp32), so both are held against the fp32 eager run: the
+    compiled error may be at most twice eager bf16's own error plus 1% of the value (the GUIDE's rule
+    for low-precision kernels), for each metric and for each module's whole gradient. (Per tensor the
+    rule is noise for one-element biases, whose gradient is a sum with heavy cancellation: eager bf16
+    may land within 0.3% of fp32 by luck where compiled is 2% off, while both are 6-20% off on the
+    other tensors after two bf16 steps.)"""
+    # Two steps: for the WGANs (--critic-iters 2) a critic-only step and a critic + generator step. Later
+    # steps would mostly test Adam, whose first updates (about lr * sign(g)) amplify rounding differences.
+    steps = 2
+    exact_metrics, exact_grads = _train(model, False, False, steps)
+    compiled_metrics, compiled_grads = _train(model, False, True, steps)
+    for e, c in zip(exact_metrics, compiled_metrics):
+        assert c == pytest.approx(e, rel=1e-4, abs=1e-5)
+    for name, g in exact_grads.items():
+        torch.testing.assert_close(compiled_grads[name], g, rtol=1e-3, atol=1e-5, msg=name)
+
+    bf16_metrics, bf16_grads = _train(model, True, False, steps)
+    bf16c_metrics, bf16c_grads = _train(model, True, True, steps)
+    for e, lo, c in zip(exact_metrics, bf16_metrics, bf16c_metrics):
+        for k in e:
+            assert abs(c[k] - e[k]) <= 2 * abs(lo[k] - e[k]) + 0.01 * abs(e[k]) + 1e-3, (k, e[k], lo[k], c[k])
+    for module in {name.split(".")[0] for name in exact_grads}:
+        names = [name for name in exact_grads if name.startswith(module + ".")]
+        exact, eager, compiled = (torch.cat([grads[n].flatten() for n in names])
+                                  for grads in (exact_grads, bf16_grads, bf16c_grads))
+        err_eager, err_compiled = (eager - exact).norm(), (compiled - exact).norm()
+        assert err_compiled <= 2 * err_eager + 0.01 * exact.norm() + 1e-6, (module, err_eager.item(), err_compiled.item())
+
+
+@pytest.mark.parametrize("model", ["realnvp", "wgan-gp"])
+def test_no_recompiles_after_warm_up(model):
+    objective, data = _objective(model, True, True)
+    batches = make_batches(data.train, 16, seed=0)
+    cycle = getattr(objective, "critic_iters", 1)
+    for step, x in enumerate(batches.epoch(0)):
+        objective.train_step(x, step)
+        if step + 1 == cycle:  # a whole generator cycle: every graph of the step exists now
+            warm = counters["stats"]["unique_graphs"]
+            assert warm >= 1
+    assert step + 1 >= 3 * cycle
+    assert counters["stats"]["unique_graphs"] == warm, "recompiled after warm-up"
+    assert not counters["graph_break"]
+
+
+def _run(out, *extra):
+    argv = ["realnvp", "--data", "digits", "--image-size", "16", "--batch-size", "32", "--out", str(out),
+            "--log-every", "5", *SMALL["realnvp"], *extra]
+    return train.main(argv)
+
+
+def _params(out):
+    return torch.load(out / "checkpoint.pt", weights_only=True)["models"]["realnvp"]
+
+
+def test_a_compiled_run_resumes_with_and_without_compile(tmp_path, capsys):
+    whole, off, on = tmp_path / "whole", tmp_path / "off", tmp_path / "on"
+    assert _run(whole, "--steps", "20") == 0
+    assert _run(off, "--steps", "10", "--compile") == 0
+    assert "genperf: torch.compile compiled" in capsys.readouterr().out  # reported once, with its time
+    assert _run(off, "--steps", "20", "--resume") == 0  # compiled run continued eagerly
+    assert _run(on, "--steps", "10") == 0
+    torch._dynamo.reset()  # as in a new process: the first run's graphs are gone
+    assert _run(on, "--steps", "20", "--resume", "--compile") == 0  # eager run continued compiled
+    summary = json.loads((on / "summary.json").read_text())
+    assert summary["compile_s"] > 0 and summary["steps"] == 20
+    for out in (off, on):
+        for key, value in _params(whole).items():
+            torch.testing.assert_close(_params(out)[key], value, rtol=1e-3, atol=1e-5, msg=key)
+
+
+def test_compile_refuses_invertible(tmp_path, capsys):
+    assert _run(tmp_path, "--steps", "2", "--compile", "--invertible") == 2
+    assert "--compile does not combine with --invertible" in capsys.readouterr().err

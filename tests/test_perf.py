@@ -1,0 +1,51 @@
+"""genperf.perf (FLOPs of a step, measured peak) and benchmarks/bench_train.py end to end."""
+import csv
+import importlib.util
+import math
+import os
+
+import pytest
+import torch
+
+from genperf import perf, train
+from genperf.data import load_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_step_flops_of_a_linear_layer_forward_and_backward():
+    layer = torch.nn.Linear(8, 16, bias=False)
+    x = torch.randn(4, 8, requires_grad=True)
+    # forward x @ W^T, backward dx = g @ W and dW = g^T @ x: three (4 x 8 x 16) products of 2 FLOPs a term
+    assert perf.step_flops(lambda i: layer(x).sum().backward(), steps=2) == 3 * 2 * 4 * 8 * 16
+
+
+def test_the_gradient_penalty_double_backward_is_counted():
+    """WGAN-GP and WGAN train the same networks; WGAN-GP's critic steps add the penalty (one more critic
+    forward, its input gradient, and the backward through both), so it must count more FLOPs."""
+    data = load_dataset("digits", image_size=16, download=False)
+    flops = {}
+    for model in ("wgan", "wgan-gp"):
+        args = train.parse_args([model, "--data", "digits", "--image-size", "16", "--latent-dim", "10"])
+        flops[model] = train.flops_per_image(args, data, torch.device("cpu"))
+    assert flops["wgan-gp"] > 1.3 * flops["wgan"] > 0
+
+
+def test_peak_flops_is_measured_per_dtype():
+    fp32 = perf.peak_flops("cpu", torch.float32, size=256, seconds=0.05)
+    assert math.isfinite(fp32) and fp32 > 1e8
+    assert perf.peak_flops("cpu", torch.float32, size=256, seconds=0.05) == fp32  # cached
+
+
+def test_bench_train_runs_and_appends_its_rows(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_train", os.path.join(REPO, "benchmarks", "bench_train.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "train.csv"
+    assert bench.main(["--models", "dcgan-28", "--variants", "baseline", "fused", "+amp", "--rounds", "1",
+                       "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["variant"] for r in rows] == ["baseline", "fused", "+amp"]
+    assert float(rows[0]["speedup"]) == pytest.approx(1.0)
+    assert all(float(r["images_per_s"]) > 0 and 0 < float(r["mfu"]) < 1 for r in rows)
+    assert rows[2]["dtype"] == "bfloat16" and rows[0]["dtype"] == "float32"

@@ -1,0 +1,51 @@
+"""genperf.scale: sharded checkpoints of FSDP2 modules, in a one-rank process group."""
+import pytest
+import torch
+import torch.distributed as dist
+
+from genperf.models import RealNVP, WeightNormConv2d
+from genperf.scale import _rename_params, _renamer, apply_fsdp, load_sharded, make_adam, save_sharded, sharded_states
+
+
+@pytest.fixture
+def one_rank():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _trained_flow(seed):
+    torch.manual_seed(seed)
+    model = RealNVP(1, 4, 1, 4, 1)
+    apply_fsdp(model, model.couplings())
+    optimizer = make_adam(model.parameters(), 1e-2, (0.9, 0.999), "cpu")
+    model.bits_per_dim(torch.rand(2, 1, 4, 4)).mean().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def _local(states):
+    return {k: v.to_local().clone() if hasattr(v, "to_local") else v for k, v in states.items()}
+
+
+def test_sharded_checkpoints_with_torchs_weight_norm_names_load(one_rank, tmp_path):
+    """Sharded checkpoints written before WeightNormConv2d name its parameters as torch's weight_norm
+    parametrization did; they resume into today's model, Adam state included."""
+    model, optimizer = _trained_flow(0)
+    states = sharded_states({"realnvp": model}, {"realnvp": optimizer})
+    to_old = _renamer({new: old for old, new in WeightNormConv2d.OLD_KEYS.items()})
+    old = _rename_params(states, to_old)
+    assert any(k.endswith("parametrizations.weight.original1") for k in old["models"]["realnvp"])
+    save_sharded(old, str(tmp_path / "ckpt"))  # what the earlier code wrote
+
+    fresh, fresh_optimizer = _trained_flow(1)
+    assert not torch.equal(_local(fresh.state_dict())["scales.0.in_couplings.0.st_net.in_conv.weight_v"],
+                           _local(model.state_dict())["scales.0.in_couplings.0.st_net.in_conv.weight_v"])
+    load_sharded({"realnvp": fresh}, {"realnvp": fresh_optimizer}, str(tmp_path / "ckpt"),
+                 old_names=WeightNormConv2d.OLD_KEYS)
+    want, got = _local(model.state_dict()), _local(fresh.state_dict())
+    assert set(want) == set(got)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+    for p_want, p_got in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(fresh_optimizer.state[p_got]["exp_avg"].to_local(), optimizer.state[p_want]["exp_avg"].to_local())
