@@ -4,7 +4,9 @@ genperf option, measured side by side in one run.
     python benchmarks/bench_train.py [--models realnvp-mnist-b16 dcgan-64 ...] [--rounds 5]
                                      [--csv benchmarks/results/train.csv]
 
-For each model configuration every variant is built from the same seed (genperf.train's own
+Each model configuration runs in a process of its own (a fresh allocator and compile cache: after
+the 87.5M-parameter celeba64 preset, small models ran up to 2x slower in the same process); in it
+every variant is built from the same seed (genperf.train's own
 build_objective, so these are the models `python -m genperf.train` trains), warmed up (compiled
 variants compile there), then timed in alternating rounds so that machine noise falls on all of
 them alike; a round is one generator cycle (critic_iters steps for the WGANs, one step otherwise).
@@ -30,9 +32,9 @@ import argparse
 import contextlib
 import csv
 import datetime
-import gc
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -145,9 +147,6 @@ def bench_config(name, device, rounds, variants, peaks, rows):
                          mfu=mfu, peak_gflops=peaks[dtype] / 1e9, dtype=str(dtype).replace("torch.", ""),
                          device=device_name(device), version=torch.__version__,
                          time=datetime.datetime.now().isoformat(timespec="seconds")))
-    del built
-    gc.collect()
-    torch._dynamo.reset()  # the next configuration compiles its own graphs
 
 
 def device_name(device):
@@ -164,9 +163,16 @@ def main(argv=None):
     p.add_argument("--csv", default=os.path.join(os.path.dirname(__file__), "results", "train.csv"),
                    help="append one row per measurement here ('' for none)")
     args = p.parse_args(argv)
+    if len(args.models) > 1:  # one process per configuration, each appending its own rows
+        failed = [name for name in args.models if subprocess.run(
+            [sys.executable, __file__, "--device", args.device, "--models", name, "--variants", *args.variants,
+             "--rounds", str(args.rounds), "--csv", args.csv]).returncode]
+        if failed:
+            print(f"# failed: {', '.join(failed)}", flush=True)
+        return 1 if failed else 0
     device = torch.device(args.device)
-    # Up to three compiled variants of one model class live side by side here, each with its own graphs
-    # (dtype, layout, grad mode); one training run needs a handful, within dynamo's default limit of 8.
+    # Three compiled variants of one model live side by side here, each with its own graphs (dtype,
+    # layout, grad mode); one training run needs a handful, within dynamo's default limit of 8.
     torch._dynamo.config.recompile_limit = 64
     kept = device.type == "cpu" and keep_freed_cpu_memory()  # as genperf.train does
     peaks = {dtype: peak_flops(device.type, dtype, seconds=1.0) for dtype in (torch.float32, torch.bfloat16)}
@@ -174,8 +180,7 @@ def main(argv=None):
           f"{peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s"
           + ("; freed CPU memory kept for reuse" if kept else ""), flush=True)
     rows = []
-    for name in args.models:
-        bench_config(name, device, args.rounds, args.variants, peaks, rows)
+    bench_config(args.models[0], device, args.rounds, args.variants, peaks, rows)
     if args.csv and rows:
         os.makedirs(os.path.dirname(args.csv) or ".", exist_ok=True)
         new = not os.path.exists(args.csv)

@@ -148,7 +148,7 @@ def build_objective(args, data, precision, device, rank=0, world_size=1):
     --channels-last, sharded under --fsdp, wrapped in its training objective (which builds the
     optimizers, so after sharding)."""
     dt = device.type
-    layout = torch.channels_last if getattr(args, "channels_last", False) else torch.preserve_format
+    layout = torch.channels_last if args.channels_last else torch.preserve_format
     place = lambda module: module.to(device, memory_format=layout)  # noqa: E731
     try:
         if args.model == "realnvp":
@@ -184,8 +184,9 @@ def build_objective(args, data, precision, device, rank=0, world_size=1):
 def flops_per_image(args, data, device):
     """Model FLOPs of one training step per image: one step (a whole generator cycle of critic steps
     for WGANs) of a throwaway eager single-process copy of the model on 2 random images, counted by
-    FlopCounterMode (genperf.perf), with every random stream restored afterwards."""
-    plain = argparse.Namespace(**dict(vars(args), fsdp=False, compile=False))
+    FlopCounterMode (genperf.perf), with every random stream restored afterwards. Recomputation
+    (--checkpointing, --invertible) is not model work, so the copy runs without it."""
+    plain = argparse.Namespace(**dict(vars(args), fsdp=False, compile=False, checkpointing="none", invertible=False))
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         objective = build_objective(plain, data, Precision(device.type, args.amp), device)
@@ -363,7 +364,7 @@ def run(args, argv):
         """One line when torch.compile first compiled, and one more for each later recompilation."""
         nonlocal compile_reported
         if compile_s > compile_reported and dist.is_main:
-            what = "compiled" if compile_reported == 0 else "recompiled (a new input shape, dtype or mode?):"
+            what = "compiled" if compile_reported == 0 else "recompiled: now"
             print(f"genperf: torch.compile {what} {compiled_graphs()} graph(s) by step {step}, "
                   f"{compile_s:.1f} s of steps spent compiling", flush=True)
         compile_reported = compile_s
