@@ -5,8 +5,9 @@
 Providers: the pure-torch reference (eager), torch.compile of the reference, and every genperf
 backend that runs on this device (Triton only on a GPU: its CPU interpreter is a correctness tool).
 Coupling shapes are those of the RealNVP presets (mnist, celeba64); the penalty runs on critic-input
-gradients of MNIST and CelebA size. Prints median, p20-p80 spread and speedups; on a GPU also GB/s
-and the fraction of peak bandwidth. Appends one CSV row per measurement.
+gradients of MNIST and CelebA size. Prints median, p20-p80 spread, speedups, and GB/s with its fraction
+of the peak bandwidth, measured in the same run as a large same-device copy (genperf.perf.copy_bandwidth).
+Appends one CSV row per measurement.
 """
 import argparse
 import csv
@@ -22,9 +23,8 @@ from genperf.layers import checkerboard_mask
 from genperf.models import REALNVP_ARCHS, RealNVP
 from genperf.ops import affine_coupling, affine_coupling_ref, available_backends, use_backend
 from genperf.ops.gradient_penalty import NORM_EPS
+from genperf.perf import copy_bandwidth
 from genperf.scale import keep_freed_cpu_memory
-
-PEAK_GBPS = {"H100": 3350, "H200": 4800, "A100": 2039}  # HBM bandwidth by device name
 
 
 def coupling_shapes(arch, batch):
@@ -133,19 +133,20 @@ def bench_penalty(device, batches, reps, dtype, rows):
 
 def report(rows, op, x, mode, results, nbytes, device, dtype):
     eager, comp = results["eager"][1], results.get("compile", (None, None))[1]
-    peak = next((v for k, v in PEAK_GBPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
+    peak = copy_bandwidth(device.type) / 1e9
     for prov, (p20, p50, p80) in results.items():
         line = f"{op:18s} {x:38s} {mode:7s} {prov:8s} {p50:9.3f} ms [{p20:.3f}-{p80:.3f}]  x{eager / p50:5.2f} vs eager"
         if comp:
             line += f"  x{comp / p50:5.2f} vs compile"
-        if nbytes and device.type == "cuda":
+        if nbytes:
             gbps = nbytes / p50 / 1e6
-            line += f"  {gbps:7.1f} GB/s" + (f" ({100 * gbps / peak:.0f}% of peak)" if peak else "")
+            line += f"  {gbps:7.1f} GB/s ({100 * gbps / peak:.0f}% of the copy)"
         print(line, flush=True)
         rows.append(dict(op=op, provider=prov, mode=mode, metric="ms", x=x, dtype=str(dtype).replace("torch.", ""),
                          p50=p50, p20=p20, p80=p80, device=torch.cuda.get_device_name() if device.type == "cuda"
                          else f"cpu x{torch.get_num_threads()}", version=torch.__version__,
-                         time=datetime.datetime.now().isoformat(timespec="seconds")))
+                         time=datetime.datetime.now().isoformat(timespec="seconds"),
+                         gbps=nbytes / p50 / 1e6 if nbytes else None, peak_gbps=peak))
 
 
 def main(argv=None):
@@ -161,16 +162,18 @@ def main(argv=None):
     kept = device.type == "cpu" and keep_freed_cpu_memory()  # as genperf.train does; helps every provider alike
     print(f"# {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
           f"torch {torch.__version__}, {args.dtype}, providers: {', '.join(providers(device))}"
-          + (", freed CPU memory kept for reuse (genperf.scale.keep_freed_cpu_memory)" if kept else ""), flush=True)
+          + (", freed CPU memory kept for reuse (genperf.scale.keep_freed_cpu_memory)" if kept else "")
+          + f"; copy bandwidth (read + write) {copy_bandwidth(device.type) / 1e9:.0f} GB/s", flush=True)
     rows = []
     if args.only in (None, "coupling"):
         bench_coupling(device, args.batches, args.reps, dtype, rows)
     if args.only in (None, "penalty"):
         bench_penalty(device, args.batches, args.reps, dtype, rows)
-    os.makedirs(os.path.dirname(args.csv), exist_ok=True)
+    os.makedirs(os.path.dirname(args.csv) or ".", exist_ok=True)
     new = not os.path.exists(args.csv)
+    fields = list(rows[0]) if new else next(csv.reader(open(args.csv)))  # an existing file keeps its columns
     with open(args.csv, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerows(rows)

@@ -62,3 +62,24 @@ def peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seconds: flo
         if time.perf_counter() > deadline:
             break
     return 2 * n ** 3 / best
+
+
+@functools.lru_cache(maxsize=None)
+def copy_bandwidth(device_type: str, nbytes: int = 0, seconds: float = 0.3) -> float:
+    """Bytes/s of a large same-device copy, counting the bytes read and the bytes written (the peak a
+    memory-bound kernel can approach): `nbytes` per buffer (default 1 GiB on CUDA, 256 MiB on CPU),
+    best of repeated timings over about `seconds`. Cached per process."""
+    device = torch.device(device_type)
+    n = (nbytes or ((1 << 30) if device.type == "cuda" else (256 << 20))) // 4
+    src, dst = torch.ones(n, device=device), torch.empty(n, device=device)
+    dst.copy_(src)
+    _sync(device)
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+        if time.perf_counter() > deadline:
+            break
+    return 2 * 4 * n / best

@@ -1,12 +1,12 @@
-"""Every fused backend of affine_coupling against the pure-torch reference."""
+"""Every fused backend of affine_coupling against the pure-torch reference, on GENPERF_TEST_DEVICE."""
 import pytest
 import torch
+from _device import BACKENDS, DEVICE, HAS_NATIVE, NATIVE
 
 from genperf.layers import checkerboard_mask
 from genperf.ops import affine_coupling, affine_coupling_ref, available_backends, use_backend
 
-FUSED = [b for b in available_backends() if b != "reference"]
-ON_CPU = [b for b in FUSED if b in ("cpu", "triton")]
+NO_NATIVE = f"genperf._C has no {NATIVE} kernels here"
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 1e-3}  # atol on top of the error bound
 
 
@@ -19,6 +19,8 @@ def _inputs(shape, dtype, mask_kind, channels_last=False, seed=0):
     mask = {"none": None,
             "checkerboard": checkerboard_mask(shape[2], shape[3], flip=True),
             "per-element": (torch.rand(shape, generator=g) < 0.5).float()}[mask_kind]
+    x, s_raw, t, scale = (v.to(DEVICE) for v in (x, s_raw, t, scale))
+    mask = None if mask is None else mask.to(DEVICE)
     if channels_last:
         x, s_raw, t = (v.contiguous(memory_format=torch.channels_last) for v in (x, s_raw, t))
     return x, s_raw, t, scale, mask
@@ -40,7 +42,7 @@ def _assert_within_bound(fused, lowp, exact, atol, name):
     assert worst <= 0, f"{name}: error exceeds the bound by {worst:.3g} (max error {err.max().item():.3g})"
 
 
-@pytest.mark.parametrize("backend", ON_CPU)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(2, 4, 8, 8), (3, 5, 7, 9)])
 @pytest.mark.parametrize("mask_kind", ["none", "checkerboard", "per-element"])
@@ -48,7 +50,7 @@ def _assert_within_bound(fused, lowp, exact, atol, name):
 def test_outputs_and_all_gradients_match_reference(backend, dtype, shape, mask_kind, reverse):
     x, s_raw, t, scale, mask = _inputs(shape, dtype, mask_kind)
     g = torch.Generator().manual_seed(1)
-    grad_y, grad_ld = torch.randn(shape, generator=g), torch.randn(shape[0], generator=g)
+    grad_y, grad_ld = torch.randn(shape, generator=g).to(DEVICE), torch.randn(shape[0], generator=g).to(DEVICE)
     fused = _run(backend, x, s_raw, t, scale, mask, reverse, grad_y, grad_ld)
     lowp = _run("reference", x, s_raw, t, scale, mask, reverse, grad_y, grad_ld)
     exact = _run("reference", *(v.double() for v in (x, s_raw, t, scale)), None if mask is None else mask.double(),
@@ -59,11 +61,11 @@ def test_outputs_and_all_gradients_match_reference(backend, dtype, shape, mask_k
         _assert_within_bound(f, lo, ex, TOL[dtype], name)
 
 
-@pytest.mark.parametrize("backend", ON_CPU)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_channels_last_and_non_contiguous_inputs(backend):
     x, s_raw, t, scale, mask = _inputs((2, 6, 8, 8), torch.float32, "checkerboard", channels_last=True)
     g = torch.Generator().manual_seed(2)
-    grad_y, grad_ld = torch.randn(x.shape, generator=g), torch.randn(2, generator=g)
+    grad_y, grad_ld = torch.randn(x.shape, generator=g).to(DEVICE), torch.randn(2, generator=g).to(DEVICE)
     fused = _run(backend, x, s_raw, t, scale, mask, False, grad_y, grad_ld)
     ref = _run("reference", x.contiguous(), s_raw.contiguous(), t.contiguous(), scale, mask, False, grad_y, grad_ld)
     for f, r in zip(fused, ref):
@@ -77,17 +79,17 @@ def test_channels_last_and_non_contiguous_inputs(backend):
     torch.testing.assert_close(ld, ld_ref, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("backend", ON_CPU)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_channel_slices_of_one_st_tensor_are_read_in_place(backend, dtype, reverse, monkeypatch):
     """What AffineCoupling passes: s_raw, t = st.chunk(2, 1) and x a channel half of a larger tensor.
     The kernels read them where they lie (no copy is made) and agree with the reference."""
     g = torch.Generator().manual_seed(3)
-    st = torch.randn(3, 10, 5, 7, generator=g).to(dtype).requires_grad_(True)
-    whole = torch.randn(3, 10, 5, 7, generator=g).to(dtype).requires_grad_(True)
-    scale = (torch.rand(5, generator=g) + 0.5).requires_grad_(True)
-    grad_y, grad_ld = torch.randn(3, 5, 5, 7, generator=g), torch.randn(3, generator=g)
+    st = torch.randn(3, 10, 5, 7, generator=g).to(DEVICE, dtype).requires_grad_(True)
+    whole = torch.randn(3, 10, 5, 7, generator=g).to(DEVICE, dtype).requires_grad_(True)
+    scale = (torch.rand(5, generator=g) + 0.5).to(DEVICE).requires_grad_(True)
+    grad_y, grad_ld = torch.randn(3, 5, 5, 7, generator=g).to(DEVICE), torch.randn(3, generator=g).to(DEVICE)
     copies = []
     real_contiguous = torch.Tensor.contiguous
     monkeypatch.setattr(torch.Tensor, "contiguous", lambda v, *a, **k: copies.append(v.shape) or real_contiguous(v, *a, **k))
@@ -105,13 +107,13 @@ def test_channel_slices_of_one_st_tensor_are_read_in_place(backend, dtype, rever
         torch.testing.assert_close(f.float(), r.float(), rtol=tol, atol=tol)
 
 
-@pytest.mark.skipif("cpu" not in FUSED, reason="genperf._C is not built")
+@pytest.mark.skipif(not HAS_NATIVE, reason=NO_NATIVE)
 @pytest.mark.parametrize("reverse", [False, True])
-def test_gradcheck_float64_cpu_backend(reverse):
+def test_gradcheck_float64_native_backend(reverse):
     x, s_raw, t, scale, mask = (v.double() if v is not None else v
                                 for v in _inputs((2, 3, 3, 4), torch.float32, "checkerboard"))
     leaves = [v.requires_grad_(True) for v in (x, s_raw, t, scale)]
-    with use_backend("cpu"):
+    with use_backend(NATIVE):
         assert torch.autograd.gradcheck(lambda *a: affine_coupling(*a, mask=mask.double(), reverse=reverse), leaves)
         y, ld = affine_coupling(*leaves, mask=mask, reverse=reverse)
     y_ref, ld_ref = affine_coupling_ref(*leaves, mask=mask, reverse=reverse)
@@ -120,7 +122,7 @@ def test_gradcheck_float64_cpu_backend(reverse):
     torch.testing.assert_close(ld, ld_ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ON_CPU)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck(backend):
     x, s_raw, t, scale, mask = _inputs((2, 3, 4, 4), torch.float32, "checkerboard")
     mask = mask.expand(1, 1, 4, 4).reshape(1, 1, 16).contiguous()  # the kernels' (1|N, 1|C, L) layout
@@ -130,25 +132,27 @@ def test_opcheck(backend):
         torch.library.opcheck(op.default, args)
 
 
-@pytest.mark.skipif("cpu" not in FUSED, reason="genperf._C is not built")
+@pytest.mark.skipif(not HAS_NATIVE, reason=NO_NATIVE)
 def test_inference_mode_runs_the_kernel_below_autograd():
     x, s_raw, t, scale, mask = _inputs((2, 3, 4, 4), torch.float32, "checkerboard")
-    with torch.inference_mode(), use_backend("cpu"):
+    with torch.inference_mode(), use_backend(NATIVE):
         y, ld = affine_coupling(x, s_raw, t, scale, mask)
     y_ref, ld_ref = affine_coupling_ref(x, s_raw, t, scale, mask)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ld, ld_ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif("cpu" not in FUSED, reason="genperf._C is not built")
-def test_torch_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_matches_eager(backend):
+    if backend == "triton" and DEVICE.type == "cpu":
+        pytest.skip("inductor compiles Triton code for GPUs only; the interpreter runs eager Triton")
     x, s_raw, t, scale, mask = _inputs((2, 4, 8, 8), torch.float32, "checkerboard")
 
     def step(x, s_raw, t, scale):
         y, ld = affine_coupling(x * 1.5, torch.sin(s_raw), t, scale, mask=mask)
         return y.square().mean() + ld.mean()
 
-    with use_backend("cpu"):
+    with use_backend(backend):
         compiled = torch.compile(step, fullgraph=True)
         leaves = [v.detach().clone().requires_grad_(True) for v in (x, s_raw, t, scale)]
         out = compiled(*leaves)
@@ -162,19 +166,23 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif("cpu" not in FUSED, reason="genperf._C is not built")
+@pytest.mark.skipif(not HAS_NATIVE, reason=NO_NATIVE)
 def test_cpp_boundary_names_the_bad_argument():
-    x = torch.randn(2, 3, 16)
+    def t(*shape, dtype=torch.float32):
+        return torch.randn(*shape, dtype=dtype, device=DEVICE)
+
+    x, ones = t(2, 3, 16), torch.ones(3, device=DEVICE)
+    forward = torch.ops.genperf_kernels.coupling_forward
     with pytest.raises(RuntimeError, match="s_raw has shape"):
-        torch.ops.genperf_kernels.coupling_forward(x, torch.randn(2, 3, 15), x, torch.ones(3), None, False)
+        forward(x, t(2, 3, 15), x, ones, None, False)
     with pytest.raises(RuntimeError, match="t is .*s_raw is"):
-        torch.ops.genperf_kernels.coupling_forward(x, x, x.double(), torch.ones(3), None, False)
+        forward(x, x, t(2, 3, 16, dtype=torch.float64), ones, None, False)
     with pytest.raises(RuntimeError, match="scale must be"):
-        torch.ops.genperf_kernels.coupling_forward(x, x, x, torch.ones(4), None, False)
+        forward(x, x, x, torch.ones(4, device=DEVICE), None, False)
     with pytest.raises(RuntimeError, match="mask must be"):
-        torch.ops.genperf_kernels.coupling_forward(x, x, x, torch.ones(3), torch.ones(1, 1, 8), False)
+        forward(x, x, x, ones, torch.ones(1, 1, 8, device=DEVICE), False)
     with pytest.raises(RuntimeError, match="s_raw must be contiguous within each sample"):
-        torch.ops.genperf_kernels.coupling_forward(x, torch.randn(2, 16, 3).transpose(1, 2), x, torch.ones(3), None, False)
+        forward(x, t(2, 16, 3).transpose(1, 2), x, ones, None, False)
 
 
 def test_backend_selection_is_explicit():

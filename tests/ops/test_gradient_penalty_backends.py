@@ -1,16 +1,19 @@
-"""Every fused backend of gradient_penalty against the pure-torch reference."""
+"""Every fused backend of gradient_penalty against the pure-torch reference, on GENPERF_TEST_DEVICE."""
 import pytest
 import torch
+from _device import BACKENDS, DEVICE, HAS_NATIVE, NATIVE
 
 from genperf.models import DCGANDiscriminator
-from genperf.ops import available_backends, gradient_penalty, gradient_penalty_ref, use_backend
-
-FUSED = [b for b in available_backends() if b in ("cpu", "triton")]
+from genperf.ops import gradient_penalty, gradient_penalty_ref, use_backend
 
 
 def _critic(dtype):
     torch.manual_seed(0)
-    return DCGANDiscriminator(3, 16, width=8, batch_norm=False).to(dtype)
+    return DCGANDiscriminator(3, 16, width=8, batch_norm=False).to(DEVICE, dtype)
+
+
+def _randn(*shape, generator=None):
+    return torch.randn(*shape, generator=generator).to(DEVICE)
 
 
 def _penalty_and_grads(critic, real, fake, eps, fn):
@@ -21,13 +24,13 @@ def _penalty_and_grads(critic, real, fake, eps, fn):
     return gp.detach(), [None if p.grad is None else p.grad.clone() for p in critic.parameters()]
 
 
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("batch", [4, 3])
 def test_penalty_and_critic_gradients_match_reference(backend, batch):
     critic = _critic(torch.float32)
     g = torch.Generator().manual_seed(batch)
-    real, fake = torch.randn(batch, 3, 16, 16, generator=g), torch.randn(batch, 3, 16, 16, generator=g)
-    eps = torch.rand(batch, generator=g)
+    real, fake = _randn(batch, 3, 16, 16, generator=g), _randn(batch, 3, 16, 16, generator=g)
+    eps = torch.rand(batch, generator=g).to(DEVICE)
     with use_backend(backend):
         gp, grads = _penalty_and_grads(critic, real, fake, eps, gradient_penalty)
     gp_ref, grads_ref = _penalty_and_grads(critic, real, fake, eps, gradient_penalty_ref)
@@ -38,11 +41,11 @@ def test_penalty_and_critic_gradients_match_reference(backend, batch):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_gradient_is_summed_in_fp32(backend, dtype):
     g = torch.Generator().manual_seed(0)
-    grad = (torch.randn(5, 3, 7, 9, generator=g) * 0.1).to(dtype).requires_grad_(True)
+    grad = (_randn(5, 3, 7, 9, generator=g) * 0.1).to(dtype).requires_grad_(True)
     with use_backend(backend):
         penalty, sumsq = torch.ops.genperf.gp_penalty(grad, 10.0, backend)
     penalty.backward()
@@ -54,23 +57,23 @@ def test_low_precision_gradient_is_summed_in_fp32(backend, dtype):
     torch.testing.assert_close(grad.grad.double(), exact.grad, rtol=1e-2, atol=1e-4)
 
 
-@pytest.mark.skipif("cpu" not in FUSED, reason="genperf._C is not built")
-def test_float64_penalty_gradcheck_cpu_backend():
-    grad = torch.randn(3, 10, dtype=torch.float64, requires_grad=True)
-    with use_backend("cpu"):
-        assert torch.autograd.gradcheck(lambda g: torch.ops.genperf.gp_penalty(g, 3.0, "cpu")[0], (grad,))
+@pytest.mark.skipif(not HAS_NATIVE, reason=f"genperf._C has no {NATIVE} kernels here")
+def test_float64_penalty_gradcheck_native_backend():
+    grad = _randn(3, 10).double().requires_grad_(True)
+    with use_backend(NATIVE):
+        assert torch.autograd.gradcheck(lambda g: torch.ops.genperf.gp_penalty(g, 3.0, NATIVE)[0], (grad,))
 
 
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck(backend):
-    real, fake, eps = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.rand(3)
+    real, fake, eps = _randn(3, 2, 4, 4), _randn(3, 2, 4, 4), torch.rand(3).to(DEVICE)
     torch.library.opcheck(torch.ops.genperf.gp_interpolate.default, (real, fake, eps, backend))
-    grad = torch.randn(3, 2, 4, 4, requires_grad=True)
+    grad = _randn(3, 2, 4, 4).requires_grad_(True)
     torch.library.opcheck(torch.ops.genperf.gp_penalty.default, (grad, 10.0, backend))
 
 
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_interpolation_kernel(backend):
-    real, fake, eps = torch.randn(3, 5, 7), torch.randn(3, 5, 7), torch.rand(3)
+    real, fake, eps = _randn(3, 5, 7), _randn(3, 5, 7), torch.rand(3).to(DEVICE)
     out = torch.ops.genperf.gp_interpolate(real, fake, eps, backend)
     torch.testing.assert_close(out, eps.view(3, 1, 1) * real + (1 - eps.view(3, 1, 1)) * fake)

@@ -1,0 +1,363 @@
+"""python -m genperf.selftest --out DIR [--quick] [--device D]: every GPU path of genperf, checked and
+measured in one command, on whatever device is here (the CPU runs the same checks at small sizes).
+
+Stages, in order, under one time budget (--budget-s; a stage that would start past it is skipped and
+says so), most in subprocesses with their own time limit so that a hang cannot stall the suite:
+  build       genperf._C built with CUDA when a GPU is here (built in place by an offline
+              `pip install --no-deps --no-index --no-build-isolation -e .` if missing, timed), Triton
+              importable; lists the backends that run on the device and why the others do not
+  op-tests    tests/ops' backend tests on the device (GENPERF_TEST_DEVICE): coupling and penalty, every
+              backend against the reference, fp32/bf16/fp16, odd shapes, masks, both directions, every
+              gradient, gradcheck, opcheck, torch.compile with the ops inside
+  train       a short --amp run of every model (--compile too; on CPU --quick, the VAE alone compiles):
+              the loss is finite and the flow's and the VAE's loss falls
+  fsdp        --amp --fsdp on this machine (nccl on a GPU, gloo on CPU) with every GPU there (2 CPU ranks)
+  resume      a run stopped and resumed equals an uninterrupted one (bit for bit on CPU; on a GPU
+              within 1e-4 relative, since cuDNN picks algorithms per call)
+  dali        DALI's decoding of CelebA-shaped JPEGs on the device ("mixed" on a GPU)
+  kernels     benchmarks/bench_kernels.py: GB/s against a copy measured in the same run
+  memory      benchmarks/bench_memory.py (max_memory_allocated on a GPU)
+  throughput  benchmarks/bench_train.py on the RealNVP presets: images/s, speedup, MFU
+Writes DIR/selftest.json (every stage: status, seconds, numbers, output tail) and DIR/selftest.md (a
+table), and exits 1 if a correctness stage (build, op-tests, train, fsdp, resume, dali) failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORRECTNESS = ("build", "op-tests", "train", "fsdp", "resume", "dali")
+MODELS = {  # tiny versions of every model for the train stage
+    "realnvp": ["--mid-channels", "8", "--num-blocks", "1"],
+    "dcgan": ["--latent-dim", "16"],
+    "wgan-gp": ["--latent-dim", "16", "--critic-iters", "2"],
+    "wgan": ["--latent-dim", "16", "--critic-iters", "2"],
+    "vae": [],
+    "beta-vae": [],
+}
+
+
+class Suite:
+    def __init__(self, args):
+        self.args, self.stages, self.start = args, [], time.perf_counter()
+        self.device = args.device
+        self.tmp = tempfile.mkdtemp(prefix="genperf-selftest-")
+
+    def left(self):
+        return self.args.budget_s - (time.perf_counter() - self.start)
+
+    def run(self, name, fn, needs_s=10):
+        """Runs one stage: fn() -> (status, summary, data); exceptions and time-outs are failures."""
+        t0 = time.perf_counter()
+        if self.left() < needs_s:
+            status, summary, data = "skip", f"time budget spent ({self.args.budget_s:.0f} s)", {}
+        else:
+            try:
+                status, summary, data = fn()
+            except subprocess.TimeoutExpired as e:
+                status, summary, data = "fail", f"timed out after {e.timeout:.0f} s", {"output": _tail(e.output)}
+            except Exception as e:  # a broken stage is a failed stage, and the suite goes on
+                status, summary, data = "fail", f"{type(e).__name__}: {e}", {}
+        stage = dict(name=name, status=status, summary=summary, seconds=round(time.perf_counter() - t0, 1), **data)
+        self.stages.append(stage)
+        print(f"genperf selftest: {name:10s} {status:4s} {stage['seconds']:6.1f} s  {summary}", flush=True)
+        return stage
+
+    def command(self, cmd, timeout=None, env=None):
+        """Runs cmd from the repository root; returns the finished process (output captured, merged)."""
+        limit = max(5.0, min(timeout or self.left(), self.left()))
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=limit,
+                              env=dict(os.environ, **(env or {})))
+
+
+def _tail(text, n=3000):
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return (text or "")[-n:]
+
+
+def _output(proc):
+    return _tail((proc.stdout or "") + (proc.stderr or ""))
+
+
+# ---- stages ----
+
+def stage_build(suite):
+    """Uses the installed genperf._C, or builds it in place (offline) and re-runs the selftest."""
+    import torch
+
+    want_cuda = suite.device == "cuda"
+    reason = _extension_problem(want_cuda)
+    if reason and not suite.args.built_s:
+        if suite.args.no_build:
+            return "fail", f"{reason}; --no-build given", {}
+        env = dict(os.environ)
+        if want_cuda:  # CUDA for this GPU's architecture only (the default list builds two)
+            major, minor = torch.cuda.get_device_capability()
+            env.update(GENPERF_FORCE_CUDA="1", TORCH_CUDA_ARCH_LIST=env.get("TORCH_CUDA_ARCH_LIST") or f"{major}.{minor}")
+        else:
+            env.update(GENPERF_SKIP_CUDA="1")
+        print(f"genperf selftest: building the extension ({reason}): pip install --no-deps --no-index "
+              f"--no-build-isolation -e . (TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', 'none')})", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                               "--no-build-isolation", "-e", REPO], capture_output=True, text=True, env=env, cwd=REPO)
+        if proc.returncode:
+            return "fail", f"the build failed ({reason})", {"output": _output(proc)}
+        # A fresh interpreter imports the new build; the time budget starts again there.
+        os.execv(sys.executable, [sys.executable, "-m", "genperf.selftest", *sys.argv[1:],
+                                  "--built-s", f"{time.perf_counter() - t0:.1f}"])
+    if reason:
+        return "fail", f"{reason} after building", {}
+    from genperf.ops.backends import _REASONS, available_backends
+
+    data = {"backends": available_backends(), "unavailable": {k: v for k, v in _REASONS.items() if v},
+            "torch": torch.__version__, "python": platform.python_version(),
+            "device_name": torch.cuda.get_device_name() if want_cuda else platform.processor() or "cpu"}
+    try:
+        import triton
+
+        data["triton"] = triton.__version__
+    except ImportError:
+        data["triton"] = None
+    if suite.args.built_s:
+        data["build_s"] = suite.args.built_s
+    built = f"built in {suite.args.built_s:.0f} s, " if suite.args.built_s else "already built, "
+    return "pass", built + "backends: " + ", ".join(data["backends"]), data
+
+
+def _extension_problem(want_cuda):
+    """Why genperf cannot run its fused kernels here (None if it can)."""
+    try:
+        from genperf import _C
+        import genperf.kernels  # noqa: F401  (kernels/ is mapped into the package by the install)
+    except ImportError as e:
+        return f"not installed or not built ({e})"
+    if want_cuda and not _C.has_cuda():
+        return "genperf._C was built without CUDA"
+    return None
+
+
+def stage_op_tests(suite):
+    report = os.path.join(suite.tmp, "ops.xml")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", "tests/ops"]
+    if suite.args.quick and suite.device == "cpu":
+        cmd += ["-k", "not triton"]  # the Triton interpreter is slow; CI runs those tests in full
+    proc = suite.command(cmd, env={"GENPERF_TEST_DEVICE": suite.device})
+    counts = _junit_counts(report)
+    failed = re.findall(r"^FAILED (\S+)", proc.stdout, re.M)
+    status = "pass" if proc.returncode == 0 else "fail"
+    summary = f"{counts.get('tests', 0) - counts.get('failures', 0) - counts.get('errors', 0) - counts.get('skipped', 0)} " \
+              f"passed, {counts.get('failures', 0) + counts.get('errors', 0)} failed, {counts.get('skipped', 0)} skipped"
+    return status, summary, {"counts": counts, "failed": failed, "output": _output(proc) if status == "fail" else ""}
+
+
+def _junit_counts(path):
+    import xml.etree.ElementTree as ET
+
+    if not os.path.exists(path):
+        return {}
+    suite = ET.parse(path).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+
+
+def _train(suite, model, out, *extra, steps=30):
+    cmd = [sys.executable, "-m", "genperf.train", model, "--data", "digits", "--image-size", "16", "--batch-size", "32",
+           "--steps", str(steps), "--log-every", "5", "--out", out, "--device", suite.device, *MODELS[model], *extra]
+    proc = suite.command(cmd, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")} if suite.device == "cpu" else None)
+    if proc.returncode:
+        raise RuntimeError(f"{model} {' '.join(extra)} exited {proc.returncode}: {_tail(proc.stderr, 800)}")
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        train = [r for r in map(json.loads, f) if r["split"] == "train"]
+    with open(os.path.join(out, "summary.json")) as f:
+        return train, json.load(f), proc
+
+
+def stage_train(suite):
+    import math
+
+    compile_all = not (suite.args.quick and suite.device == "cpu")
+    results, problems = {}, []
+    for model in MODELS:
+        extra = ["--amp"] + (["--compile"] if compile_all or model == "vae" else [])
+        train, summary, _ = _train(suite, model, os.path.join(suite.tmp, f"train-{model}"), *extra)
+        key = {"realnvp": "bits_per_dim", "vae": "loss", "beta-vae": "loss"}.get(model)
+        losses = {k: [r[k] for r in train] for k in train[0] if k.endswith("loss") or k == "bits_per_dim"}
+        if not all(math.isfinite(v) for series in losses.values() for v in series):
+            problems.append(f"{model}: non-finite loss")
+        if key and not losses[key][-1] < losses[key][0]:
+            problems.append(f"{model}: {key} did not fall ({losses[key][0]:.4g} -> {losses[key][-1]:.4g})")
+        results[model] = dict(flags=extra, first={k: v[0] for k, v in losses.items()},
+                              last={k: v[-1] for k, v in losses.items()}, images_per_s=summary["images_per_s"],
+                              compile_s=summary.get("compile_s"))
+    summary = "; ".join(problems) or f"{len(results)} models trained with --amp" + \
+        (" --compile" if compile_all else " (--compile: vae)") + ", losses finite, flow and VAE losses fell"
+    return ("fail" if problems else "pass"), summary, {"models": results}
+
+
+def stage_fsdp(suite):
+    import torch
+
+    nproc = max(1, torch.cuda.device_count()) if suite.device == "cuda" else 2
+    train, summary, proc = _train(suite, "realnvp", os.path.join(suite.tmp, "fsdp"), "--amp", "--fsdp", "--nproc",
+                                  str(nproc), steps=20)
+    backend = "nccl" if suite.device == "cuda" else "gloo"
+    note = f"{nproc} rank(s), {backend}" + (" (a 2-rank nccl job needs 2 GPUs; this machine has 1)" if nproc == 1 else "")
+    ok = train[-1]["bits_per_dim"] < train[0]["bits_per_dim"]
+    return ("pass" if ok else "fail"), note + f", bits/dim {train[0]['bits_per_dim']:.3f} -> {train[-1]['bits_per_dim']:.3f}", \
+        {"world_size": summary["world_size"], "backend": backend}
+
+
+def stage_resume(suite):
+    import torch
+
+    whole, parts = os.path.join(suite.tmp, "whole"), os.path.join(suite.tmp, "parts")
+    _train(suite, "realnvp", whole, "--amp", steps=20)
+    _train(suite, "realnvp", parts, "--amp", steps=10)
+    _train(suite, "realnvp", parts, "--amp", "--resume", steps=20)
+    a = torch.load(os.path.join(whole, "checkpoint.pt"), weights_only=True)["models"]["realnvp"]
+    b = torch.load(os.path.join(parts, "checkpoint.pt"), weights_only=True)["models"]["realnvp"]
+    worst = max(((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)).item() for k in a)
+    tolerance = 0.0 if suite.device == "cpu" else 1e-4
+    ok = worst <= tolerance
+    return ("pass" if ok else "fail"), f"largest relative parameter difference {worst:.3g} (allowed {tolerance:g})", \
+        {"max_relative_difference": worst, "tolerance": tolerance}
+
+
+def stage_dali(suite):
+    from genperf.data import celeba
+
+    if not celeba.dali_available():
+        where = "this machine" if suite.device == "cpu" else "the GPU machine (its image has no nvidia-dali)"
+        return "skip", f"nvidia-dali is not installed on {where}: DALI not checked", {}
+    import torch
+
+    from genperf.data import make_batches
+
+    root = os.path.join(suite.tmp, "celeba")
+    celeba.write_fake_celeba(root, 96)
+    folder = celeba.CelebAFolder(root, "train", 64, flip=False)
+    t0 = time.perf_counter()
+    got = torch.cat(list(make_batches(folder, 16, shuffle=False, device=suite.device, loader="dali").epoch(0)))
+    seconds = time.perf_counter() - t0
+    ref = torch.cat(list(make_batches(folder, 16, shuffle=False, loader="torch", workers=0).epoch(0)))
+    diff = (got.cpu() - ref).abs()
+    ok = diff.mean() < 0.5 / 255 and diff.max() <= 3 / 255 + 1e-6
+    mode = "mixed (GPU)" if suite.device == "cuda" else "cpu"
+    return ("pass" if ok else "fail"), f"{mode} decoding of {len(got)} images vs torchvision: mean |diff| " \
+        f"{diff.mean() * 255:.2f}/255, max {diff.max() * 255:.1f}/255", {"images_per_s": len(got) / seconds}
+
+
+def stage_kernels(suite):
+    quick = suite.args.quick
+    cmd = [sys.executable, "benchmarks/bench_kernels.py", "--csv", os.path.join(suite.tmp, "kernels.csv"),
+           "--dtype", "bfloat16" if suite.device == "cuda" else "float32", "--device", suite.device,
+           "--batches", *(["4"] if quick and suite.device == "cpu" else ["64", "256"]), "--reps", "3" if quick else "20"]
+    proc = suite.command(cmd)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("#", "affine_coupling", "gradient_penalty"))]
+    fused = [line for line in lines if re.search(r"\s(cpu|cuda|triton)\s", line)]
+    best = max((float(m.group(1)) for line in fused for m in [re.search(r"\((\d+)% of the copy\)", line)] if m), default=0)
+    status = "pass" if proc.returncode == 0 else "fail"
+    return status, f"{len(fused)} fused measurements, best {best:.0f}% of the measured copy bandwidth", \
+        {"lines": lines, "output": _output(proc) if status == "fail" else ""}
+
+
+def stage_memory(suite):
+    if suite.device == "cpu" and suite.args.quick:
+        return "skip", "takes minutes on CPU; README's Memory section holds the CPU numbers", {}
+    import torch
+
+    single = ["fp32 baseline", "+amp", "+checkpointing", "+checkpointing block", "+invertible", "all on"]
+    modes = single + (["all on + FSDP x2"] if torch.cuda.device_count() >= 2 or suite.device == "cpu" else [])
+    proc = suite.command([sys.executable, "benchmarks/bench_memory.py", "--device", suite.device, "--only", *modes])
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    note = "" if len(modes) == len(single) + 1 else " (FSDP x2 needs 2 GPUs)"
+    return ("pass" if proc.returncode == 0 else "fail"), f"{len(lines) - 2} modes measured{note}", \
+        {"lines": lines, "output": _output(proc) if proc.returncode else ""}
+
+
+def stage_throughput(suite):
+    if suite.device == "cpu" and suite.args.quick:
+        configs, variants = ["dcgan-28"], ["baseline", "+amp"]
+    else:
+        configs = ["realnvp-mnist-b64", "realnvp-celeba64-b64"] if suite.device == "cuda" else ["realnvp-mnist-b16"]
+        variants = ["baseline", "+amp", "amp+compile", "all on"]
+    out = os.path.join(suite.tmp, "train.csv")
+    proc = suite.command([sys.executable, "benchmarks/bench_train.py", "--device", suite.device, "--models", *configs,
+                          "--variants", *variants, "--rounds", "2" if suite.args.quick else "5", "--csv", out])
+    import csv
+
+    rows = list(csv.DictReader(open(out))) if os.path.exists(out) else []
+    table = [{k: r[k] for k in ("config", "variant", "ms_per_step", "images_per_s", "speedup", "mfu", "dtype")} for r in rows]
+    best = {r["config"]: max((x for x in rows if x["config"] == r["config"]), key=lambda x: float(x["images_per_s"]))
+            for r in rows}
+    summary = "; ".join(f"{c}: {float(b['images_per_s']):.0f} img/s ({b['variant']}, {float(b['speedup']):.2f}x, "
+                        f"MFU {100 * float(b['mfu']):.0f}%)" for c, b in best.items())
+    status = "pass" if proc.returncode == 0 and rows else "fail"
+    return status, summary or "no rows", {"rows": table, "output": _output(proc) if status == "fail" else ""}
+
+
+# ---- report ----
+
+def write_report(suite, out):
+    os.makedirs(out, exist_ok=True)
+    failed = [s["name"] for s in suite.stages if s["status"] == "fail" and s["name"] in CORRECTNESS]
+    skipped = [s["name"] for s in suite.stages if s["status"] == "skip"]
+    build = next((s for s in suite.stages if s["name"] == "build"), {})
+    result = dict(device=suite.device, device_name=build.get("device_name"), quick=suite.args.quick,
+                  ok=not failed, failed=failed, skipped=skipped, seconds=round(time.perf_counter() - suite.start, 1),
+                  verdict=(f"FAILED: {', '.join(failed)}" if failed else "all correctness checks run passed")
+                  + (f"; skipped: {', '.join(skipped)}" if skipped else ""), stages=suite.stages)
+    with open(os.path.join(out, "selftest.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    lines = [f"# genperf selftest: {result['device_name'] or suite.device}, {'quick' if suite.args.quick else 'full'}, "
+             f"{result['seconds']:.0f} s, {result['verdict']}",
+             "", "| stage | status | seconds | result |", "| --- | --- | --- | --- |"]
+    lines += [f"| {s['name']} | {s['status']} | {s['seconds']} | {s['summary'].replace('|', chr(92) + '|')} |"
+              for s in suite.stages]
+    with open(os.path.join(out, "selftest.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return result
+
+
+def main(argv=None):
+    import torch
+
+    p = argparse.ArgumentParser(prog="python -m genperf.selftest", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="folder for selftest.json and selftest.md")
+    p.add_argument("--quick", action="store_true", help="small sizes and fewer repetitions")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    p.add_argument("--budget-s", type=float, default=450, help="stages that would start later than this are skipped")
+    p.add_argument("--no-build", action="store_true", help="fail rather than build a missing extension")
+    p.add_argument("--built-s", type=float, default=0, help=argparse.SUPPRESS)  # set by the re-run after a build
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but torch sees no GPU")
+    suite = Suite(args)
+    print(f"genperf selftest: {args.device}, torch {torch.__version__}, {'quick' if args.quick else 'full'}, "
+          f"budget {args.budget_s:.0f} s, results in {args.out}", flush=True)
+    build = suite.run("build", lambda: stage_build(suite))
+    if build["status"] == "fail":
+        write_report(suite, args.out)
+        return 1
+    for name, fn, needs in (("op-tests", stage_op_tests, 20), ("train", stage_train, 30), ("fsdp", stage_fsdp, 20),
+                            ("resume", stage_resume, 15), ("dali", stage_dali, 5), ("kernels", stage_kernels, 20),
+                            ("memory", stage_memory, 30), ("throughput", stage_throughput, 30)):
+        suite.run(name, lambda fn=fn: fn(suite), needs)
+    result = write_report(suite, args.out)
+    print(f"genperf selftest: {result['verdict']} ({result['seconds']:.0f} s); {os.path.join(args.out, 'selftest.md')}",
+          flush=True)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""python -m genperf.selftest: its quick mode end to end on this machine, and its verdict."""
+import json
+import subprocess
+import sys
+
+from genperf import selftest
+
+
+def test_quick_selftest_runs_every_stage_and_reports(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "genperf.selftest", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "selftest.json").read_text())
+    stages = {s["name"]: s for s in result["stages"]}
+    assert list(stages) == ["build", "op-tests", "train", "fsdp", "resume", "dali", "kernels", "memory", "throughput"]
+    assert result["ok"] and result["device"] == "cpu"
+    for name in ("build", "op-tests", "train", "fsdp", "resume", "kernels", "throughput"):
+        assert stages[name]["status"] == "pass", stages[name]
+    assert stages["op-tests"]["counts"]["tests"] > 50 and stages["op-tests"]["counts"]["failures"] == 0
+    assert set(stages["train"]["models"]) == set(selftest.MODELS)
+    assert stages["resume"]["max_relative_difference"] == 0  # bit for bit on CPU
+    assert stages["memory"]["status"] == "skip" and stages["memory"]["summary"]  # skipped, with its reason
+    assert stages["dali"]["status"] in ("pass", "skip") and stages["dali"]["summary"]
+    assert any("% of the copy" in line for line in stages["kernels"]["lines"])
+    table = (tmp_path / "selftest.md").read_text()
+    assert table.startswith("# genperf selftest: ") and "| throughput | pass |" in table
+
+
+def test_a_failed_correctness_stage_fails_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(selftest, "stage_op_tests", lambda suite: ("fail", "1 passed, 1 failed, 0 skipped", {}))
+    for name in ("train", "fsdp", "resume", "dali", "kernels", "memory", "throughput"):
+        monkeypatch.setattr(selftest, f"stage_{name}", lambda suite: ("skip", "not in this test", {}))
+    assert selftest.main(["--out", str(tmp_path), "--quick"]) == 1
+    result = json.loads((tmp_path / "selftest.json").read_text())
+    assert not result["ok"] and result["failed"] == ["op-tests"]
+    assert result["verdict"].startswith("FAILED: op-tests")
