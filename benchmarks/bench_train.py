@@ -175,7 +175,8 @@ def main(argv=None):
     device = torch.device(args.device)
     # Three compiled variants of one model live side by side here, each with its own graphs (dtype,
     # layout, grad mode); one training run needs a handful, within dynamo's default limit of 8.
-    torch._dynamo.config.recompile_limit = 64
+    config = torch._dynamo.config  # the limit's name before torch 2.7 was cache_size_limit
+    setattr(config, "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit", 64)
     kept = device.type == "cpu" and keep_freed_cpu_memory()  # as genperf.train does
     peaks = {dtype: peak_flops(device.type, dtype, seconds=1.0) for dtype in (torch.float32, torch.bfloat16)}
     print(f"# {device_name(device)}, torch {torch.__version__}; measured matmul peak: fp32 "
