@@ -12,7 +12,7 @@ def test_quick_selftest_runs_every_stage_and_reports(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "selftest.json").read_text())
     stages = {s["name"]: s for s in result["stages"]}
-    assert list(stages) == ["build", "op-tests", "train", "fsdp", "resume", "dali", "kernels", "memory", "throughput"]
+    assert list(stages) == ["build", "op-tests", "train", "fsdp", "resume", "dali", "throughput", "kernels", "memory"]
     assert result["ok"] and result["device"] == "cpu"
     for name in ("build", "op-tests", "train", "fsdp", "resume", "kernels", "throughput"):
         assert stages[name]["status"] == "pass", stages[name]
@@ -28,7 +28,7 @@ def test_quick_selftest_runs_every_stage_and_reports(tmp_path):
 
 def test_a_failed_correctness_stage_fails_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(selftest, "stage_op_tests", lambda suite: ("fail", "1 passed, 1 failed, 0 skipped", {}))
-    for name in ("train", "fsdp", "resume", "dali", "kernels", "memory", "throughput"):
+    for name in ("train", "fsdp", "resume", "dali", "throughput", "kernels", "memory"):
         monkeypatch.setattr(selftest, f"stage_{name}", lambda suite: ("skip", "not in this test", {}))
     assert selftest.main(["--out", str(tmp_path), "--quick"]) == 1
     result = json.loads((tmp_path / "selftest.json").read_text())
