@@ -111,7 +111,8 @@ def stage_build(suite):
               f"--no-build-isolation -e . (TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', 'none')})", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                               "--no-build-isolation", "-e", REPO], capture_output=True, text=True, env=env, cwd=REPO)
+                               "--no-build-isolation", "-e", REPO], capture_output=True, text=True, env=env, cwd=REPO,
+                              timeout=max(60.0, suite.left()))
         if proc.returncode:
             return "fail", f"the build failed ({reason})", {"output": _output(proc)}
         # A fresh interpreter imports the new build (the build's seconds go with it, into the budget).
