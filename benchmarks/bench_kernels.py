@@ -10,7 +10,6 @@ of the peak bandwidth, measured in the same run as a large same-device copy (gen
 Appends one CSV row per measurement.
 """
 import argparse
-import csv
 import datetime
 import os
 import statistics
@@ -23,7 +22,7 @@ from genperf.layers import checkerboard_mask
 from genperf.models import REALNVP_ARCHS, RealNVP
 from genperf.ops import affine_coupling, affine_coupling_ref, available_backends, use_backend
 from genperf.ops.gradient_penalty import NORM_EPS
-from genperf.perf import copy_bandwidth
+from genperf.perf import append_csv, copy_bandwidth
 from genperf.scale import keep_freed_cpu_memory
 
 
@@ -135,18 +134,18 @@ def report(rows, op, x, mode, results, nbytes, device, dtype):
     eager, comp = results["eager"][1], results.get("compile", (None, None))[1]
     peak = copy_bandwidth(device.type) / 1e9
     for prov, (p20, p50, p80) in results.items():
+        gbps = nbytes / p50 / 1e6 if nbytes else None
         line = f"{op:18s} {x:38s} {mode:7s} {prov:8s} {p50:9.3f} ms [{p20:.3f}-{p80:.3f}]  x{eager / p50:5.2f} vs eager"
         if comp:
             line += f"  x{comp / p50:5.2f} vs compile"
-        if nbytes:
-            gbps = nbytes / p50 / 1e6
+        if gbps:
             line += f"  {gbps:7.1f} GB/s ({100 * gbps / peak:.0f}% of the copy)"
         print(line, flush=True)
         rows.append(dict(op=op, provider=prov, mode=mode, metric="ms", x=x, dtype=str(dtype).replace("torch.", ""),
                          p50=p50, p20=p20, p80=p80, device=torch.cuda.get_device_name() if device.type == "cuda"
                          else f"cpu x{torch.get_num_threads()}", version=torch.__version__,
                          time=datetime.datetime.now().isoformat(timespec="seconds"),
-                         gbps=nbytes / p50 / 1e6 if nbytes else None, peak_gbps=peak))
+                         gbps=gbps, peak_gbps=peak))
 
 
 def main(argv=None):
@@ -169,14 +168,7 @@ def main(argv=None):
         bench_coupling(device, args.batches, args.reps, dtype, rows)
     if args.only in (None, "penalty"):
         bench_penalty(device, args.batches, args.reps, dtype, rows)
-    os.makedirs(os.path.dirname(args.csv) or ".", exist_ok=True)
-    new = not os.path.exists(args.csv)
-    fields = list(rows[0]) if new else next(csv.reader(open(args.csv)))  # an existing file keeps its columns
-    with open(args.csv, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_csv(args.csv, rows)
     print(f"# {len(rows)} rows appended to {args.csv}")
     return 0
 

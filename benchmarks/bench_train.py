@@ -30,7 +30,6 @@ data sets are sliced on the device, see genperf.data.loader).
 """
 import argparse
 import contextlib
-import csv
 import datetime
 import os
 import statistics
@@ -43,7 +42,7 @@ import torch
 from genperf import train
 from genperf.data import Data
 from genperf.ops import use_backend
-from genperf.perf import peak_flops
+from genperf.perf import append_csv, peak_flops
 from genperf.scale import Precision, keep_freed_cpu_memory
 
 # name -> (model, image shape (C, H, W), batch, extra genperf.train options)
@@ -185,13 +184,7 @@ def main(argv=None):
     rows = []
     bench_config(args.models[0], device, args.rounds, args.variants, peaks, rows)
     if args.csv and rows:
-        os.makedirs(os.path.dirname(args.csv) or ".", exist_ok=True)
-        new = not os.path.exists(args.csv)
-        with open(args.csv, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        append_csv(args.csv, rows)
         print(f"# {len(rows)} rows appended to {args.csv}")
     return 0
 

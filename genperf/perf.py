@@ -6,7 +6,9 @@ counted, as usual for MFU). The peak is measured, not looked up: the FLOP/s of a
 matmul on the same device in the same dtype, so MFU = achieved model FLOP/s / that peak."""
 from __future__ import annotations
 
+import csv
 import functools
+import os
 import time
 
 import torch
@@ -43,6 +45,21 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _best_seconds(fn, device, seconds):
+    """The shortest of repeated timed calls of fn() over about `seconds`, after one untimed call
+    (library initialisation, kernel selection)."""
+    fn()
+    _sync(device)
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+        if time.perf_counter() > deadline:
+            return best
+
+
 @functools.lru_cache(maxsize=None)
 def peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seconds: float = 0.3) -> float:
     """FLOP/s of an (n x n) @ (n x n) matmul in `dtype` on this device, best of repeated timings over
@@ -51,17 +68,7 @@ def peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seconds: flo
     n = size or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    a @ b  # warm-up: library initialisation, kernel selection
-    _sync(device)
-    best, deadline = float("inf"), time.perf_counter() + seconds
-    while True:
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-        if time.perf_counter() > deadline:
-            break
-    return 2 * n ** 3 / best
+    return 2 * n ** 3 / _best_seconds(lambda: a @ b, device, seconds)
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,14 +79,21 @@ def copy_bandwidth(device_type: str, nbytes: int = 0, seconds: float = 0.3) -> f
     device = torch.device(device_type)
     n = (nbytes or ((1 << 30) if device.type == "cuda" else (256 << 20))) // 4
     src, dst = torch.ones(n, device=device), torch.empty(n, device=device)
-    dst.copy_(src)
-    _sync(device)
-    best, deadline = float("inf"), time.perf_counter() + seconds
-    while True:
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-        if time.perf_counter() > deadline:
-            break
-    return 2 * 4 * n / best
+    return 2 * 4 * n / _best_seconds(lambda: dst.copy_(src), device, seconds)
+
+
+def append_csv(path, rows):
+    """Appends benchmark rows (dicts) to the CSV at `path`; a new file gets the first row's columns as
+    its header, an existing one keeps its own columns (fields it lacks are left out)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    new = not os.path.exists(path)
+    if new:
+        fields = list(rows[0])
+    else:
+        with open(path, newline="") as f:
+            fields = next(csv.reader(f))
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)

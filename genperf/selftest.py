@@ -73,10 +73,9 @@ class Suite:
         print(f"genperf selftest: {name:10s} {status:4s} {stage['seconds']:6.1f} s  {summary}", flush=True)
         return stage
 
-    def command(self, cmd, timeout=None, env=None):
-        """Runs cmd from the repository root; returns the finished process (output captured, merged)."""
-        limit = max(5.0, min(timeout or self.left(), self.left()))
-        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=limit,
+    def command(self, cmd, env=None):
+        """Runs cmd from the repository root within the budget left; returns the finished process."""
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(5.0, self.left()),
                               env=dict(os.environ, **(env or {})))
 
 
