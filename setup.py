@@ -87,6 +87,8 @@ setup(
     package_dir={"genperf.kernels": "kernels"},  # kernels/ ships as genperf.kernels, never as a top-level package
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "torchvision", "numpy", "scikit-learn", "matplotlib", "tqdm", "pillow"],
+    # --tensorboard; Inception FID (genperf.evaluate --inception-weights)
+    extras_require={"tensorboard": ["tensorboard"], "fid": ["torchmetrics[image]"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -1,6 +1,7 @@
-"""The study's metrics: bits/dim (RealNVP), held-out ELBO and importance-sampled NLL (VAE), a Frechet
-distance in the features of a classifier trained on the data set itself, the standard Inception FID
-(through torchmetrics, with local weights only), and mode coverage on the 2-D mixtures.
+"""Metrics of generated data: the importance-sampled NLL of a VAE, a Frechet distance in the features
+of a classifier trained on the data set itself, the standard Inception FID (through torchmetrics, with
+local weights only), and mode coverage on the 2-D mixtures. Bits/dim and the ELBO come from the
+objectives (genperf.objectives); genperf.evaluate puts them all together for a run.
 
 Images are float tensors (N, C, H, W) in [0, 1]."""
 from __future__ import annotations
@@ -14,32 +15,15 @@ from torch import nn
 
 from genperf.data.toy import toy_mixture
 from genperf.errors import GenperfError
-from genperf.objectives import vae_terms
 
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"  # what torchmetrics' FID (torch-fidelity) loads
 
 
 @torch.no_grad()
-def bits_per_dim(model, images, seed=0):
-    """Mean held-out bits/dim of a RealNVP, dequantization noise from `seed`."""
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.rand(images.shape, generator=g).to(images.device)
-    return model.bits_per_dim(images, noise).mean().item()
-
-
-@torch.no_grad()
-def vae_elbo(model, images):
-    """Mean held-out ELBO (nats per image, beta = 1) with one posterior sample: -(BCE + KL)."""
-    logits, mu, logvar = model(images)
-    bce, kl = vae_terms(logits, images, mu, logvar)
-    return -(bce + kl).mean().item()
-
-
-@torch.no_grad()
 def vae_nll(model, images, samples=100, chunk=25):
-    """Importance-sampled negative log-likelihood (nats per image; Burda et al.): -log of the mean
+    """Importance-sampled negative log-likelihood of each image (nats; Burda et al.): -log of the mean
     over `samples` draws z ~ q(z|x) of p(x|z) p(z) / q(z|x). Tighter than -ELBO; equal as samples -> 1."""
-    mu, logvar = model.encode(images)
+    mu, logvar = (t.float() for t in model.encode(images))  # fp32 log densities under autocast too
     std = torch.exp(0.5 * logvar)
     log_w = []
     for start in range(0, samples, chunk):
@@ -53,7 +37,7 @@ def vae_nll(model, images, samples=100, chunk=25):
         log_qz = (-0.5 * (eps.pow(2) + math.log(2 * math.pi)) - 0.5 * logvar).sum(-1)
         log_w.append(log_px + log_pz - log_qz)
     log_w = torch.cat(log_w)
-    return -(torch.logsumexp(log_w, 0) - math.log(samples)).mean().item()
+    return -(torch.logsumexp(log_w, 0) - math.log(samples))
 
 
 class FeatureClassifier(nn.Module):
@@ -92,6 +76,30 @@ def train_classifier(train_images, train_labels, test_images, test_labels, epoch
     with torch.no_grad():
         pred = torch.cat([model(x).argmax(1) for x in test_images.split(512)])
     return model, (pred == test_labels).float().mean().item()
+
+
+def cached_classifier(path, data, epochs=3):
+    """The FeatureClassifier of data set `data` (a genperf.data.Data with labels) and its held-out
+    accuracy, trained once and kept at `path`, so that every run scored with it is comparable."""
+    import os
+
+    if data.labels is None:
+        raise GenperfError(f"{data.name} has no labels to train the feature classifier on")
+    c, s = data.shape[0], data.shape[-1]
+    classes = int(max(data.labels[0].max(), data.labels[1].max())) + 1
+    if os.path.exists(path):
+        state = torch.load(path, weights_only=True)
+        model = FeatureClassifier(c, s, classes)
+        model.load_state_dict(state["model"])
+        return model.eval(), state["accuracy"]
+    to_float = lambda v: v.float() / 255  # noqa: E731  (uint8 image sets)
+    model, accuracy = train_classifier(to_float(data.train), data.labels[0], to_float(data.heldout), data.labels[1],
+                                       epochs=epochs)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save({"model": model.state_dict(), "accuracy": accuracy, "epochs": epochs}, tmp)
+    os.replace(tmp, path)
+    return model, accuracy
 
 
 @torch.no_grad()

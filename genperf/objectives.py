@@ -9,6 +9,9 @@ Random numbers of a step (latents, dequantization noise, label noise, the VAE's 
 drawn outside the compiled code, so a compiled step sees the numbers an eager one does."""
 from __future__ import annotations
 
+import contextlib
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -38,13 +41,24 @@ def vae_loss(logits, x, mu, logvar, beta=1.0):
     return (bce + beta * kl).mean(), bce, kl
 
 
+@contextlib.contextmanager
+def seeded(seed, device):
+    """A random stream of its own from `seed` (CPU and `device`), leaving the caller's streams untouched:
+    held-out evaluation draws the same noise at every call."""
+    device = torch.device(device)
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 class GANObjective:
     """DCGAN (non-saturating generator loss, optional one-sided label smoothing), WGAN-GP (gradient
     penalty, Adam(0.5, 0.9)) and WGAN (weight clipping, RMSprop). One step = one batch for the
     discriminator/critic; the generator steps every `critic_iters` steps (every step for DCGAN)."""
 
     def __init__(self, kind, generator, critic, precision, lr, device_type, label_smoothing=False,
-                 critic_iters=5, gp_weight=10.0, clip=0.01, image_data=True):
+                 critic_iters=5, gp_weight=10.0, clip=0.01, image_data=True, generator_ema=None, ema_decay=0.0):
         self.kind, self.precision, self.image_data = kind, precision, image_data
         self.label_smoothing, self.clip = label_smoothing, clip
         self.penalty = GradientPenalty(gp_weight)
@@ -52,6 +66,11 @@ class GANObjective:
         d_name = "discriminator" if kind == DCGAN else "critic"
         self.G, self.D = generator, critic
         self.modules = {"generator": generator, d_name: critic}
+        # --ema: a copy of the generator whose weights follow an exponential moving average of the
+        # trained ones (buffers copied); samples and metrics come from it.
+        self.G_ema, self.ema_decay = generator_ema, ema_decay
+        if generator_ema is not None:
+            self.modules["generator_ema"] = generator_ema
         if kind == WGAN_CLIP:
             opt = lambda m: torch.optim.RMSprop(m.parameters(), lr=lr)  # noqa: E731
         else:
@@ -104,16 +123,27 @@ class GANObjective:
                           if self.kind == DCGAN else -g_out.mean())
             self.precision.step(g_loss, self.optimizers["generator"])
             self.last_g_loss = g_loss.detach()
+            if self.G_ema is not None:
+                self.update_ema()
         if self.last_g_loss is not None:
             out["generator_loss"] = self.last_g_loss
         return out
 
     @torch.no_grad()
+    def update_ema(self):
+        ema, trained = list(self.G_ema.parameters()), list(self.G.parameters())
+        torch._foreach_lerp_(ema, trained, 1.0 - self.ema_decay)
+        for mine, theirs in zip(self.G_ema.buffers(), self.G.buffers()):
+            mine.copy_(theirs)
+
+    @torch.no_grad()
     def sample(self, z):
-        self.G.eval()
+        G = self.G if self.G_ema is None else self.G_ema
+        training = G.training
+        G.eval()
         with self.precision.autocast():
-            out = self.G(z).float()
-        self.G.train()
+            out = G(z).float()
+        G.train(training)
         return (out + 1) / 2 if self.image_data else out
 
     def evaluate(self, batches):
@@ -150,14 +180,26 @@ class VAEObjective:
             return self.model.sample(z)
 
     @torch.no_grad()
+    def image_terms(self, batches):
+        """Per image of `batches`, in order, with one posterior draw z ~ q(z|x) from the global stream:
+        (BCE, KL, log importance weight log p(x|z) + log p(z) - log q(z|x)), in nats."""
+        out = []
+        for x in batches.epoch(0):
+            noise = torch.randn(len(x), self.model.latent_dim, device=x.device)
+            with self.precision.autocast():
+                logits, mu, logvar = self.model(x, noise)
+            bce, kl = vae_terms(logits, x, mu, logvar)
+            mu, logvar = at_least_fp32(mu), at_least_fp32(logvar)
+            z = mu + noise * torch.exp(0.5 * logvar)
+            log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(1)
+            log_qz = (-0.5 * (noise.pow(2) + math.log(2 * math.pi)) - 0.5 * logvar).sum(1)
+            out.append(torch.stack([bce, kl, -bce + log_pz - log_qz]))
+        return torch.cat(out, 1)
+
     def evaluate(self, batches):
         """Held-out ELBO (nats per image, beta = 1, one posterior sample) and the beta objective."""
-        totals = torch.zeros(3, device=batches.device)
-        for x in batches.epoch(0):
-            with self.precision.autocast():
-                logits, mu, logvar = self.model(x)
-            bce, kl = vae_terms(logits, x, mu, logvar)
-            totals += torch.stack([bce.sum(), kl.sum(), torch.tensor(float(len(x)), device=x.device)])
+        bce, kl, _ = self.image_terms(batches)
+        totals = torch.stack([bce.sum(), kl.sum(), torch.tensor(float(len(bce)), device=bce.device)])
         bce, kl, n = all_reduce_sum(totals).tolist()
         return {"elbo": -(bce + kl) / n, "recon": bce / n, "kl": kl / n, "objective": (bce + self.beta * kl) / n}
 
@@ -201,10 +243,15 @@ class FlowObjective:
             return self.model.sample(len(z), z=z)
 
     @torch.no_grad()
-    def evaluate(self, batches):
-        total = torch.zeros(2, device=batches.device)
+    def image_bits(self, batches):
+        """Bits/dim of every image of `batches`, in order, dequantized with noise from the global stream."""
+        out = []
         for x in batches.epoch(0):
             with self.precision.autocast():
-                total += torch.stack([self.model.bits_per_dim(x).sum(), torch.tensor(float(len(x)), device=x.device)])
-        bpd_sum, n = all_reduce_sum(total).tolist()
+                out.append(self.model.bits_per_dim(x).float())
+        return torch.cat(out)
+
+    def evaluate(self, batches):
+        bpd = self.image_bits(batches)
+        bpd_sum, n = all_reduce_sum(torch.stack([bpd.sum(), torch.tensor(float(len(bpd)), device=bpd.device)])).tolist()
         return {"bits_per_dim": bpd_sum / n}

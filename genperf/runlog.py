@@ -1,45 +1,10 @@
-"""The run directory: config.json, metrics.jsonl, samples/, loss.png, checkpoint.pt (or the sharded
-checkpoint/ of --fsdp runs), summary.json."""
+"""The run directory's logs: config.json, metrics.jsonl (the source of truth), samples/, loss.png,
+summary.json and, with --tensorboard, a TensorBoard event file. Checkpoints: genperf.checkpoint."""
 from __future__ import annotations
 
 import json
+import numbers
 import os
-import shutil
-
-import torch
-
-CHECKPOINT = "checkpoint.pt"
-SHARDED_CHECKPOINT = "checkpoint"  # a torch.distributed.checkpoint directory
-
-
-def publish_dir(tmp, final):
-    """Puts the finished directory `tmp` in place of `final`. Two renames: a crash between them leaves
-    FINAL.old, which find_sharded_checkpoint falls back to."""
-    old = f"{final}.old"
-    if os.path.exists(final):
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def find_sharded_checkpoint(out):
-    """The complete sharded checkpoint in `out`, or None."""
-    for path in (os.path.join(out, SHARDED_CHECKPOINT), os.path.join(out, f"{SHARDED_CHECKPOINT}.old")):
-        if os.path.exists(os.path.join(path, "meta.pt")):
-            return path
-    return None
-
-
-def atomic_save(obj, path):
-    """torch.save through a temporary file and a rename, so a crash never leaves a half-written file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def atomic_write_text(text, path):
     tmp = f"{path}.tmp"
@@ -51,9 +16,10 @@ def atomic_write_text(text, path):
 class RunLog:
     """Writes the run directory. Only the main rank writes; on other ranks every call is a no-op."""
 
-    def __init__(self, out, enabled=True, resume_step=None):
+    def __init__(self, out, enabled=True, resume_step=None, tensorboard=False):
         self.out, self.enabled = out, enabled
         self.metrics_path = os.path.join(out, "metrics.jsonl")
+        self.tensorboard = None
         if not enabled:
             return
         os.makedirs(os.path.join(out, "samples"), exist_ok=True)
@@ -63,6 +29,11 @@ class RunLog:
             with open(self.metrics_path) as f:
                 kept = [line for line in f if json.loads(line)["step"] <= resume_step]
         atomic_write_text("".join(kept), self.metrics_path)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: TensorBoard drops what earlier event files logged after the step we resume from.
+            self.tensorboard = SummaryWriter(out, purge_step=resume_step)
 
     def path(self, *parts):
         return os.path.join(self.out, *parts)
@@ -72,31 +43,39 @@ class RunLog:
             atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", self.path(name))
 
     def log(self, record):
-        if self.enabled:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        """One line of metrics.jsonl; its numbers also go to TensorBoard as SPLIT/NAME at its step."""
+        if not self.enabled:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard:
+            for key, value in record.items():
+                if key not in ("step", "epoch", "split") and isinstance(value, numbers.Real):
+                    self.tensorboard.add_scalar(f"{record.get('split', 'train')}/{key}", value, record["step"])
 
-    def save_samples(self, samples, name, real=None):
-        """An image grid (N, C, H, W in [0, 1]) or, for 2-D points, a scatter plot over `real`."""
+    def save_samples(self, samples, name, step, real=None):
+        """samples/NAME.png (and TensorBoard's "samples" at `step`): an image grid (N, C, H, W in
+        [0, 1]) or, for 2-D points, a scatter plot over `real`."""
         if not self.enabled:
             return None
         path = self.path("samples", f"{name}.png")
         if samples.dim() == 4:
-            import torchvision
-
-            torchvision.utils.save_image(samples.float().cpu(), path, nrow=8, padding=2)
+            grid = image_grid(samples)
+            save_png(grid, path)
+            if self.tensorboard:
+                self.tensorboard.add_image("samples", grid, step)
         else:
-            plt = pyplot()
-            fig, ax = plt.subplots(figsize=(5, 5))
-            if real is not None:
-                ax.scatter(*real.cpu().T, s=2, alpha=0.3, label="real")
-            ax.scatter(*samples.float().cpu().T, s=2, alpha=0.6, label="generated")
-            ax.set_aspect("equal")
-            ax.legend(loc="upper right")
-            ax.set_title(name)
+            fig = scatter(samples, real, name)
             fig.savefig(path, dpi=100)
-            plt.close(fig)
+            if self.tensorboard:
+                self.tensorboard.add_figure("samples", fig, step)  # closes it
+            else:
+                pyplot().close(fig)
         return path
+
+    def close(self):
+        if self.tensorboard:
+            self.tensorboard.close()
 
     def plot_losses(self):
         """loss.png: each training metric against the step, held-out metrics as markers."""
@@ -131,3 +110,30 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def image_grid(images, nrow=8):
+    """(N, C, H, W) in [0, 1] -> one (C, H', W') grid image, `nrow` images a row, 2-pixel gaps."""
+    import torchvision
+
+    return torchvision.utils.make_grid(images.float().cpu().clamp(0, 1), nrow=nrow, padding=2)
+
+
+def save_png(image, path):
+    import torchvision
+
+    torchvision.utils.save_image(image, path)
+
+
+def scatter(points, real=None, title=None):
+    """A scatter plot of generated 2-D points over the real ones; returns the figure."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if real is not None:
+        ax.scatter(*real.cpu().T, s=2, alpha=0.3, label="real")
+    ax.scatter(*points.float().cpu().T, s=2, alpha=0.6, label="generated")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right")
+    if title:
+        ax.set_title(title)
+    return fig

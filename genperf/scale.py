@@ -180,64 +180,6 @@ def gather_objects(obj):
     return out
 
 
-def save_sharded(states, path):
-    """Each rank writes its shards of `states` (sharded model/optimizer state dicts) to the
-    torch.distributed.checkpoint directory `path`; a collective."""
-    import torch.distributed.checkpoint as dcp
-
-    dcp.save(states, checkpoint_id=path)
-
-
-def sharded_states(modules, optimizers):
-    """Sharded (per-rank) state dicts of FSDP modules and their optimizers, the layout DCP saves
-    and loads; DCP reshards them on load, so a run resumes on another number of ranks."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-    return {"models": {k: get_model_state_dict(m) for k, m in modules.items()},
-            "optimizers": {k: get_optimizer_state_dict(modules[k], o) for k, o in optimizers.items()}}
-
-
-def _rename_params(states, rename):
-    """sharded_states' layout with every parameter name passed through `rename`; same values."""
-    def optimizer(o):
-        return {"state": {rename(k): v for k, v in o["state"].items()},
-                "param_groups": [dict(g, params=[rename(p) for p in g["params"]]) for g in o["param_groups"]]}
-
-    return {"models": {k: {rename(n): v for n, v in m.items()} for k, m in states["models"].items()},
-            "optimizers": {k: optimizer(o) for k, o in states["optimizers"].items()}}
-
-
-def _renamer(mapping):
-    """name -> name with its ending replaced by mapping's (the endings are dotted parameter paths)."""
-    def rename(name):
-        for old, new in mapping.items():
-            if name.endswith("." + old):
-                return name[:-len(old)] + new
-        return name
-    return rename
-
-
-def load_sharded(modules, optimizers, path, old_names=None):
-    """Loads a sharded checkpoint into FSDP modules and their optimizers (a collective). `old_names`
-    maps parameter-name endings that older checkpoints used to today's (e.g. torch's weight_norm
-    `parametrizations.weight.original0` -> `weight_g`); a checkpoint written with them loads too."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
-    states = sharded_states(modules, optimizers)
-    stored = dcp.FileSystemReader(path).read_metadata().state_dict_metadata if old_names else {}
-    if any(key.endswith("." + old) or f".{old}." in key for key in stored for old in old_names):
-        old_states = _rename_params(states, _renamer({new: old for old, new in old_names.items()}))
-        dcp.load(old_states, checkpoint_id=path)
-        states = _rename_params(old_states, _renamer(old_names))
-    else:
-        dcp.load(states, checkpoint_id=path)
-    for k, m in modules.items():
-        set_model_state_dict(m, states["models"][k])
-    for k, o in optimizers.items():
-        set_optimizer_state_dict(modules[k], o, states["optimizers"][k])
-
-
 def barrier():
     if _initialized():
         dist.barrier()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -17,9 +16,12 @@ import time
 
 import torch
 
-from genperf import metrics, train
+import genperf
+from genperf import checkpoint, metrics, train
 from genperf.errors import GenperfError
+from genperf.evaluate import evaluate_run
 from genperf.runlog import pyplot
+from genperf.sample import slerp
 
 # Training budgets per model: (quick on digits, full on MNIST). Epochs unless noted.
 QUICK_EPOCHS, FULL_EPOCHS = 3, 20
@@ -42,7 +44,7 @@ class Study:
         """python -m genperf.train MODEL into RUNS/name, resuming what is there."""
         out = os.path.join(self.runs, name)
         argv = [model, *self.data, "--out", out, "--device", self.device, "--log-every", "5", *options]
-        if os.path.exists(os.path.join(out, train.CHECKPOINT)):
+        if checkpoint.find(out):
             argv.append("--resume")  # an interrupted study picks up where it stopped
         print(f"genperf.study: training {name}: python -m genperf.train {' '.join(argv)}", flush=True)
         if train.main(argv) != 0:
@@ -64,7 +66,7 @@ class Study:
             snapshot = os.path.join(out, f"checkpoint-step{steps:06d}.pt")
             if not os.path.exists(snapshot):
                 self._train(name, model, ["--steps", str(steps), *options])
-                shutil.copyfile(os.path.join(out, train.CHECKPOINT), snapshot)
+                shutil.copyfile(os.path.join(out, checkpoint.CHECKPOINT), snapshot)
             snapshots.append((steps, snapshot))
         return snapshots
 
@@ -87,7 +89,7 @@ class Study:
         return ["--epochs", str(quick if self.quick else full)]
 
     def load(self, run, checkpoint=None):
-        return train.load_run(run, self.device, checkpoint)
+        return genperf.load(run, self.device, checkpoint)
 
     # ---- report ----
     def say(self, text=""):
@@ -109,31 +111,6 @@ class Study:
                 f"{seconds:.0f} s on {self.device}. Runs in `{self.runs}`; numbers in `results.json`.", ""]
         with open(os.path.join(self.out, "report.md"), "w") as f:
             f.write("\n".join(head + self.lines) + "\n")
-
-    # ---- metrics helpers ----
-    def classifier(self, data):
-        """The feature classifier of the data set, trained once per runs folder."""
-        path = os.path.join(self.runs, f"classifier-{data.name}.pt")
-        if data.labels is None:
-            raise GenperfError(f"{data.name} has no labels to train the feature classifier on")
-        train_x, test_x = (to_float(v) for v in (data.train, data.heldout))
-        if os.path.exists(path):
-            classes = int(max(data.labels[0].max(), data.labels[1].max())) + 1  # as train_classifier counts them
-            model = metrics.FeatureClassifier(train_x.shape[1], train_x.shape[-1], classes)
-            state = torch.load(path, weights_only=True)
-            model.load_state_dict(state["model"])
-            model.eval()
-            return model, state["accuracy"]
-        model, acc = metrics.train_classifier(train_x, data.labels[0], test_x, data.labels[1],
-                                              epochs=2 if self.quick else 3)
-        os.makedirs(self.runs, exist_ok=True)
-        torch.save({"model": model.state_dict(), "accuracy": acc}, path)
-        return model, acc
-
-    def samples(self, objective, n, seed=0):
-        z = objective.noise(n, torch.Generator().manual_seed(seed)).to(self.device)
-        return objective.sample(z).float().cpu()
-
 
 def to_float(images):
     return images.float() / 255 if images.dtype == torch.uint8 else images.float()
@@ -167,14 +144,6 @@ def curves(run):
     return [r for r in records if r["split"] == "train"], [r for r in records if r["split"] == "heldout"]
 
 
-def slerp(a, b, t):
-    """Spherical interpolation per row, the path a Gaussian latent's norm stays typical on."""
-    a_f, b_f = a.flatten(1), b.flatten(1)
-    omega = torch.acos((a_f * b_f).sum(1) / (a_f.norm(dim=1) * b_f.norm(dim=1))).clamp(1e-6, math.pi - 1e-6)
-    w_a, w_b = torch.sin((1 - t) * omega) / torch.sin(omega), torch.sin(t * omega) / torch.sin(omega)
-    return (w_a[:, None] * a_f + w_b[:, None] * b_f).view_as(a)
-
-
 # ---- experiments ----
 
 def evolution(s: Study):
@@ -204,7 +173,8 @@ def interpolation(s: Study, steps=9):
     t = torch.linspace(0, 1, steps)
     rows, labels = [], []
     for family, run in runs.items():
-        objective, data, _ = s.load(run)
+        loaded = s.load(run)
+        objective, data = loaded.objective, loaded.data()
         with torch.no_grad():
             if family == "DCGAN":  # latents of the prior: the generator has no encoder
                 ends = objective.noise(2, torch.Generator().manual_seed(1)).to(s.device)
@@ -230,7 +200,7 @@ def latent_sweep(s: Study, values=torch.linspace(-3, 3, 9)):
     s.results = {}
     s.say("Each row sweeps one latent dimension from -3 to 3 with the others fixed at a prior draw.\n")
     for name, title, model, options in specs:
-        objective, _, _ = s.load(s.train(name, model, *options))
+        objective = s.load(s.train(name, model, *options)).objective
         base = objective.noise(1, torch.Generator().manual_seed(2)).to(s.device)
         rows = []
         for d in range(base.shape[1]):
@@ -267,8 +237,8 @@ def mode_collapse(s: Study, stages=4):
             stage_steps = [total * k // stages for k in range(1, stages + 1)]
             snapshots = s.train_stages(run, model, stage_steps, "--data", toy, "--latent-dim", "2", *options)
             for k, (steps, snapshot) in enumerate(snapshots):
-                objective, data, _ = s.load(os.path.join(s.runs, run), snapshot)
-                points = s.samples(objective, 2500, seed=3)
+                loaded = s.load(os.path.join(s.runs, run), snapshot)
+                points, data = loaded.sample(2500, seed=3).cpu(), loaded.data()
                 score = metrics.mode_coverage(points, toy)
                 history.append(dict(score, step=steps))
                 ax = axes[i, k]
@@ -294,36 +264,32 @@ def mode_collapse(s: Study, stages=4):
 def label_smoothing(s: Study):
     runs = {"without": s.dcgan(),
             "with": s.train("dcgan-smoothing", "dcgan", "--label-smoothing", *s.epochs())}
-    classifier, accuracy = None, None
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     rows = []
     s.results = {}
+    wanted = ["classifier_fid"] + (["inception_fid"] if s.inception_weights else [])
     for label, run in runs.items():
-        objective, data, _ = s.load(run)
-        if classifier is None:
-            classifier, accuracy = s.classifier(data)
-        fake = s.samples(objective, 1000)
-        real = to_float(data.heldout[:1000])
-        s.results["images_compared"] = {"heldout": len(real), "generated": len(fake)}
-        fid = metrics.classifier_fid(classifier, real, fake)
+        loaded = s.load(run)
+        scores = evaluate_run(loaded, metrics=wanted, fid_samples=1000, inception_weights=s.inception_weights)
+        accuracy, compared = scores["classifier_accuracy"], scores["fid_samples"]
+        s.results["images_compared"] = {"heldout": compared, "generated": compared}
         train_log, _ = curves(run)
         for ax, key in zip(axes, ("discriminator_loss", "generator_loss")):
             ax.plot([r["step"] for r in train_log if key in r], [r[key] for r in train_log if key in r],
                     label=f"{label} smoothing")
             ax.set_title(key)
             ax.set_xlabel("step")
-        rows.append(fake[:16])
-        s.results[label] = {"classifier_fid": fid, "run": run}
-        if s.inception_weights:
-            s.results[label]["inception_fid"] = metrics.inception_fid(real, fake, s.inception_weights)
+        rows.append(loaded.sample(16).cpu())
+        s.results[label] = {k: scores[k] for k in wanted}
+        s.results[label]["run"] = run
     s.results["classifier_accuracy"] = accuracy
     for ax in axes:
         ax.legend()
     s.figure(fig, "label-smoothing-losses.png", "DCGAN losses with and without one-sided label smoothing")
     s.figure(show_rows(rows, list(runs), "DCGAN samples"), "label-smoothing-samples.png",
              "Samples without (top) and with (bottom) label smoothing")
-    s.say(f"Classifier FID: Frechet distance between {len(real)} held-out and {len(fake)} generated images in the "
+    s.say(f"Classifier FID: Frechet distance between {compared} held-out and {compared} generated images in the "
           f"128 features of a small CNN trained on the same data set (held-out accuracy {accuracy:.3f}). It is "
           f"not the Inception FID and compares only runs scored by the same classifier. Lower is better.\n")
     s.say(f"- without smoothing: {s.results['without']['classifier_fid']:.3f}")
@@ -342,22 +308,20 @@ def beta_sweep(s: Study):
     recon_rows, sample_rows, labels = [], [], []
     s.results = {}
     for beta, run in runs.items():
-        objective, data, _ = s.load(run)
-        model = objective.model
-        x = to_float(data.heldout).to(s.device)
-        torch.manual_seed(0)
-        elbo = metrics.vae_elbo(model, x)
-        nll = metrics.vae_nll(model, x, samples=50 if s.quick else 200)
+        loaded = s.load(run)
+        model, x = loaded.model, to_float(loaded.data().heldout[:8]).to(s.device)
+        scores = evaluate_run(loaded, metrics=["elbo", "nll"], samples=50 if s.quick else 200)
         train_log, held = curves(run)
         for ax, key in zip(axes, ("loss", "recon", "kl")):
             ax.plot([r["step"] for r in train_log], [r[key] for r in train_log], label=f"beta {beta}")
             ax.set_title(key)
             ax.set_xlabel("step")
         with torch.no_grad():
-            recon_rows.append(torch.cat([x[:8].cpu(), torch.sigmoid(model(x[:8])[0]).float().cpu()]))
-        sample_rows.append(s.samples(objective, 16))
+            recon_rows.append(torch.cat([x.cpu(), torch.sigmoid(model(x)[0]).float().cpu()]))
+        sample_rows.append(loaded.sample(16).cpu())
         labels.append(f"beta {beta}")
-        s.results[str(beta)] = {"heldout_elbo": elbo, "heldout_nll_importance_sampled": nll, "run": run}
+        s.results[str(beta)] = {"heldout_elbo": scores["elbo"], "heldout_nll_importance_sampled": scores["nll"],
+                                "run": run}
     for ax in axes:
         ax.legend()
         ax.set_yscale("log")
@@ -368,8 +332,9 @@ def beta_sweep(s: Study):
     s.say("| beta | held-out ELBO (nats) | importance-sampled NLL (nats) |\n| --- | --- | --- |")
     for beta, r in s.results.items():
         s.say(f"| {beta} | {r['heldout_elbo']:.2f} | {r['heldout_nll_importance_sampled']:.2f} |")
-    s.say(f"\nBoth on the {len(x)} held-out images: the ELBO at beta = 1 whatever the training beta (one "
-          f"posterior sample), the NLL from {50 if s.quick else 200} importance samples (a tighter bound).\n")
+    s.say(f"\nBoth on the {scores['images']} held-out images (`python -m genperf.evaluate`): the ELBO at beta = 1 "
+          f"whatever the training beta, and the NLL, each from {scores['posterior_samples']} posterior draws "
+          f"(the NLL by importance sampling, a tighter bound).\n")
 
 
 def flow_stability(s: Study):
@@ -384,9 +349,7 @@ def flow_stability(s: Study):
     ax.set_ylabel("bits/dim")
     ax.legend()
     s.figure(fig, "flow-stability.png", f"RealNVP bits/dim, held-out every {every} steps")
-    objective, data, _ = s.load(run)
-    x = to_float(data.heldout).to(s.device)
-    bpd = metrics.bits_per_dim(objective.model, x)
+    bpd = evaluate_run(s.load(run), metrics=["bits_per_dim"], samples=1)["bits_per_dim"]
     values = [r["bits_per_dim"] for r in held]
     jumps = [b - a for a, b in zip(values, values[1:])]
     s.results = {"heldout_bits_per_dim": bpd, "heldout_curve": [(r["step"], r["bits_per_dim"]) for r in held],

@@ -7,23 +7,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
-import shutil
 import sys
 import time
 
 import torch
 
-from genperf import models, objectives, perf
+from genperf import checkpoint, models, objectives, perf
 from genperf.data import DATASETS, LOADERS, default_loader, load_dataset, make_batches
 from genperf.errors import GenperfError
 from genperf.ops.backends import NAMES, use_backend
-from genperf.runlog import CHECKPOINT, SHARDED_CHECKPOINT, RunLog, atomic_save, find_sharded_checkpoint, publish_dir
-from genperf.scale import (Precision, all_reduce_sum, apply_fsdp, barrier, default_nproc, gather_objects,
-                           init_distributed, keep_freed_cpu_memory, launch_workers, load_sharded, save_sharded,
-                           sharded_states, shutdown_distributed, under_torchrun)
+from genperf.runlog import RunLog
+from genperf.scale import (Precision, all_reduce_sum, apply_fsdp, default_nproc, gather_objects, init_distributed,
+                           keep_freed_cpu_memory, launch_workers, shutdown_distributed, under_torchrun)
 
 MODELS = ("dcgan", "wgan-gp", "wgan", "vae", "beta-vae", "realnvp")
 DEFAULTS = {  # per model: learning rate, epochs, latent size, beta
@@ -38,13 +37,15 @@ NUM_SAMPLES = 64
 # Options that may change when a run is resumed (they change neither the math nor the data order);
 # any other difference is an error. --nproc may change: the sharded checkpoint is resharded on load.
 RESUMABLE_CHANGES = {"epochs", "steps", "resume", "nproc", "log_every", "ckpt_every", "workers", "download", "backend",
-                     "checkpointing", "invertible", "loader", "eval_every", "compile", "compile_mode", "channels_last"}
+                     "checkpointing", "invertible", "loader", "eval_every", "compile", "compile_mode", "channels_last",
+                     "out", "tensorboard"}  # out: a run folder may be moved
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(prog="python -m genperf.train", description=__doc__.split("\n")[0])
-    p.add_argument("model", choices=MODELS)
+    p.add_argument("model", nargs="?", choices=MODELS, help="the model to train; optional with --resume, which reads it "
+                                                           "from the run folder")
     p.add_argument("--data", default="mnist", help=f"one of {', '.join(DATASETS)} (default mnist)")
     p.add_argument("--data-root", default="data", help="folder holding the data set (default ./data)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never download missing data")
@@ -68,7 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--gp-weight", type=float, default=10.0, help="wgan-gp: gradient penalty weight")
     p.add_argument("--clip", type=float, default=0.01, help="wgan: weight clipping bound")
     p.add_argument("--out", help="run directory (default runs/MODEL)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (OUT/checkpoint/ under --fsdp)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with the options it was started with (only those that change "
+                        "neither its math nor its data may be given again, e.g. --steps, --epochs, --nproc)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast where supported, else fp16 with a GradScaler")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 over --nproc processes (self-launched unless under torchrun)")
     p.add_argument("--checkpointing", nargs="?", const="coupling", default="none", choices=models.CHECKPOINTING,
@@ -84,13 +87,50 @@ def parse_args(argv=None):
                         "the first steps then include the compilation, reported once")
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES, help="torch.compile mode (default: default)")
     p.add_argument("--channels-last", action="store_true", help="image models: weights and batches in NHWC layout")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="GANs: keep an exponential moving average of the generator weights with this decay "
+                        "(e.g. 0.999) and draw samples and metrics from it (default 0: off)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write the logged scalars and sample grids to a TensorBoard event file in the run folder")
     p.add_argument("--log-every", type=int, default=10, help="steps between metric lines")
     p.add_argument("--eval-every", type=int, default=0, help="steps between held-out evaluations (0: epoch ends only)")
     p.add_argument("--ckpt-every", type=int, default=0, help="steps between checkpoints (0: at epoch ends only)")
     p.add_argument("--workers", type=int, default=2, help="loader threads (dali) or processes (torch) for celeba")
     p.add_argument("--loader", choices=LOADERS, help="celeba: NVIDIA DALI or the torchvision DataLoader "
                                                      "(default: dali where it is installed)")
+    return p
+
+
+def given_options(argv):
+    """The options argv sets explicitly (not by default), as {dest: value}."""
+    p = build_parser()
+    for action in p._actions:
+        if action.option_strings:  # a suppressed positional would be checked against its choices
+            action.default = argparse.SUPPRESS
+    given = vars(p.parse_args(argv))
+    if given["model"] is None:
+        del given["model"]
+    return given
+
+
+def parse_args(argv=None):
+    """The training options of argv. With --resume they start from those stored in the run's
+    checkpoint, and argv overrides only what it names (checkpoint.restore refuses what may not change)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = build_parser()
     args = p.parse_args(argv)
+    if args.resume:
+        out = args.out or (os.path.join("runs", args.model) if args.model else None)
+        if out is None:
+            p.error("--resume needs --out RUN_DIR (or MODEL, for the default runs/MODEL)")
+        stored = checkpoint.stored_config(out)
+        model = args.model or stored["model"]
+        args = build_parser().parse_args([model])  # defaults of options added since the run was made
+        vars(args).update(stored)
+        vars(args).update(given_options(argv), out=out, resume=True)
+        return args
+    if args.model is None:
+        p.error("MODEL is required (or --resume --out RUN_DIR to continue a run)")
     for key, value in DEFAULTS[args.model].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -117,6 +157,13 @@ def check_args(args, data):
         raise GenperfError(f"--channels-last applies to image data; {args.data} is 2-D points")
     if args.label_smoothing and args.model != "dcgan":
         raise GenperfError("--label-smoothing applies to dcgan only")
+    if args.ema and (args.model not in ("dcgan", "wgan-gp", "wgan") or not 0 < args.ema < 1):
+        raise GenperfError(f"--ema takes a decay in (0, 1) and applies to GANs (got --ema {args.ema} for {args.model})")
+    if args.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise GenperfError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
     for name in ("batch_size", "critic_iters", "log_every"):
         if getattr(args, name) < 1:
             raise GenperfError(f"--{name.replace('_', '-')} must be >= 1")
@@ -172,11 +219,13 @@ def build_objective(args, data, precision, device, rank=0, world_size=1):
         else:
             G = place(models.MLPGenerator(args.latent_dim, data.shape[0]))
             D = place(models.MLPDiscriminator(data.shape[0]))
+        G_ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
         if args.fsdp:
-            apply_fsdp(G, [], precision.dtype)
-            apply_fsdp(D, [], precision.dtype)
+            for m in (G, D, G_ema):
+                if m is not None:
+                    apply_fsdp(m, [], precision.dtype)
         return objectives.GANObjective(args.model, G, D, precision, args.lr, dt, args.label_smoothing,
-                                       args.critic_iters, args.gp_weight, args.clip, data.is_image)
+                                       args.critic_iters, args.gp_weight, args.clip, data.is_image, G_ema, args.ema)
     except ValueError as e:  # shapes a model cannot take
         raise GenperfError(str(e)) from None
 
@@ -205,99 +254,9 @@ def compiled_graphs():
     return counters["stats"]["unique_graphs"]
 
 
-def rng_state():
-    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["cpu"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def checkpoint_meta(objective, precision, step, args):
-    """Everything but the model and optimizer tensors: small, written by the main rank."""
-    return {"step": step, "config": vars(args), "precision": precision.state_dict(),
-            "rng": gather_objects(rng_state()),  # every rank's generators, so a resume is bit-identical
-            "last_g_loss": getattr(objective, "last_g_loss", None)}
-
-
-def save_checkpoint(out, objective, precision, step, args, is_main):
-    """Writes the run's checkpoint atomically (a collective under FSDP). --fsdp: every rank writes its
-    own shards through torch.distributed.checkpoint into OUT/checkpoint/; otherwise OUT/checkpoint.pt."""
-    meta = checkpoint_meta(objective, precision, step, args)
-    if not args.fsdp:
-        state = dict(meta, models={k: {n: v.detach().cpu() for n, v in m.state_dict().items()}
-                                   for k, m in objective.modules.items()},
-                     optimizers={k: o.state_dict() for k, o in objective.optimizers.items()})
-        if is_main:
-            atomic_save(state, os.path.join(out, CHECKPOINT))
-        return
-    tmp = os.path.join(out, f"{SHARDED_CHECKPOINT}.tmp")
-    if is_main:
-        shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of a crashed save
-    barrier()
-    save_sharded(sharded_states(objective.modules, objective.optimizers), tmp)
-    if is_main:
-        atomic_save(meta, os.path.join(tmp, "meta.pt"))  # last: its presence marks the directory complete
-        publish_dir(tmp, os.path.join(out, SHARDED_CHECKPOINT))
-    barrier()
-
-
-def find_checkpoint(args):
-    if args.fsdp:
-        return find_sharded_checkpoint(args.out)
-    path = os.path.join(args.out, CHECKPOINT)
-    return path if os.path.exists(path) else None
-
-
-def load_checkpoint(path, objective, precision, args, rank, world_size, device):
-    meta = torch.load(os.path.join(path, "meta.pt") if args.fsdp else path, map_location="cpu", weights_only=True)
-    changed = {k: (v, getattr(args, k, None)) for k, v in meta["config"].items()
-               if k not in RESUMABLE_CHANGES and getattr(args, k, None) != v}
-    if changed:
-        diff = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
-        raise GenperfError(f"{path} was written with other options ({diff}); resume with the same options")
-    if args.fsdp:
-        load_sharded(objective.modules, objective.optimizers, path, old_names=models.WeightNormConv2d.OLD_KEYS)
-    else:
-        for k, m in objective.modules.items():
-            m.load_state_dict(meta["models"][k])
-        for k, o in objective.optimizers.items():
-            o.load_state_dict(meta["optimizers"][k])
-    precision.load_state_dict(meta["precision"])
-    if len(meta["rng"]) == world_size:
-        set_rng_state(meta["rng"][rank])
-    else:  # another number of ranks: fresh, still deterministic, streams
-        torch.manual_seed(args.seed * 1000 + rank + meta["step"])
-    if meta["last_g_loss"] is not None:
-        objective.last_g_loss = meta["last_g_loss"].to(device)
-    return meta["step"]
-
-
-def load_run(out, device="cpu", checkpoint=None):
-    """(objective, data, args) of a single-process run directory, its models loaded from
-    `checkpoint` (default OUT/checkpoint.pt) and in eval mode: how the study and other tools reuse a
-    trained model."""
-    path = checkpoint or os.path.join(out, CHECKPOINT)
-    if not os.path.exists(path):
-        raise GenperfError(f"{out} holds no {CHECKPOINT} (runs under --fsdp keep sharded checkpoints, not read here)")
-    state = torch.load(path, map_location=device, weights_only=True)
-    args = parse_args([state["config"]["model"]])
-    vars(args).update(state["config"], device=device, fsdp=False)
-    data = load_dataset(args.data, args.data_root, args.image_size, args.channels, False, args.seed)
-    objective = build_objective(args, data, Precision(torch.device(device).type, args.amp), torch.device(device))
-    for k, m in objective.modules.items():
-        m.load_state_dict(state["models"][k])
-        m.eval()
-    return objective, data, args
-
-
 def evaluate(objective, batches, seed):
     """Held-out metrics with their own fixed random stream, leaving the training stream untouched."""
-    devices = [torch.cuda.current_device()] if batches.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with objectives.seeded(seed, batches.device):
         return objective.evaluate(batches)
 
 
@@ -333,16 +292,17 @@ def run(args, argv):
     total_steps = args.steps or args.epochs * steps_per_epoch
     fixed_noise = objective.noise(NUM_SAMPLES, torch.Generator().manual_seed(args.seed)).to(device)
 
-    ckpt = os.path.join(args.out, SHARDED_CHECKPOINT if args.fsdp else CHECKPOINT)
-    found = find_checkpoint(args)
+    ckpt = os.path.join(args.out, checkpoint.SHARDED_CHECKPOINT if args.fsdp else checkpoint.CHECKPOINT)
+    found = checkpoint.find(args.out)
     step = 0
     if args.resume:
         if found is None:
             raise GenperfError(f"--resume: no checkpoint at {ckpt}")
-        step = load_checkpoint(found, objective, precision, args, dist.rank, dist.world_size, device)
-    elif os.path.exists(os.path.join(args.out, CHECKPOINT)) or find_sharded_checkpoint(args.out):
+        step = checkpoint.restore(found, objective, precision, args, dist.rank, dist.world_size, device,
+                                  RESUMABLE_CHANGES, old_names=models.WeightNormConv2d.OLD_KEYS)
+    elif found:
         raise GenperfError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
-    log = RunLog(args.out, dist.is_main, resume_step=step if args.resume else None)
+    log = RunLog(args.out, dist.is_main, resume_step=step if args.resume else None, tensorboard=args.tensorboard)
     n_params = sum(p.numel() for m in objective.modules.values() for p in m.parameters())
     log.write_json("config.json", dict(vars(args), world_size=dist.world_size, parameters=n_params,
                                        steps_per_epoch=steps_per_epoch, total_steps=total_steps, data_notes=data.notes))
@@ -389,18 +349,18 @@ def run(args, argv):
         bar.set_postfix({**{k: f"{v:.4g}" for k, v in last.items()}, "img/s": f"{ips:.0f}", "mfu": f"{100 * mfu:.1f}%"})
         window, window_start = {}, time.perf_counter()
 
-    def checkpoint():
+    def save_checkpoint():
         flush_window()
-        save_checkpoint(args.out, objective, precision, step, args, dist.is_main)
+        checkpoint.save(args.out, objective, precision, step, args, dist.is_main, data.shape)
 
     def epoch_artifacts(name):
         """Sample grid, held-out metrics, checkpoint and plot."""
         samples = objective.sample(fixed_noise)  # all ranks: sharded modules gather parameters collectively
-        log.save_samples(samples, name, real=None if data.is_image else data.heldout[:2000])
+        log.save_samples(samples, name, step, real=None if data.is_image else data.heldout[:2000])
         held = evaluate(objective, heldout, args.seed)
         if held:
             log.log(dict(step=step, epoch=step / steps_per_epoch, split="heldout", **held))
-        checkpoint()
+        save_checkpoint()
         log.plot_losses()
         return held
 
@@ -425,7 +385,7 @@ def run(args, argv):
                 if held:
                     log.log(dict(step=step, epoch=step / steps_per_epoch, split="heldout", **held))
             if args.ckpt_every and step % args.ckpt_every == 0:
-                checkpoint()
+                save_checkpoint()
             if step >= total_steps:
                 break
         if step % steps_per_epoch == 0:
@@ -446,6 +406,7 @@ def run(args, argv):
                    mfu=images_per_s * flops / peak if peak else None, compile_s=compile_s if args.compile else None,
                    samples=sorted(os.listdir(log.path("samples"))) if dist.is_main else None)
     log.write_json("summary.json", summary)
+    log.close()
     if dist.is_main:
         print(f"genperf: done. held-out {json.dumps(held)}; run directory {args.out}", flush=True)
     shutdown_distributed()
@@ -454,8 +415,8 @@ def run(args, argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         with use_backend(args.backend) if args.backend else contextlib.nullcontext():
             return run(args, argv)
     except GenperfError as e:

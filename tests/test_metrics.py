@@ -1,13 +1,17 @@
 """genperf.metrics against independent facts: exact mixtures, Gaussians with known distance, ELBO bounds."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from genperf import metrics
-from genperf.data import load_dataset
+from genperf.data import load_dataset, make_batches
 from genperf.data.toy import sample_toy, toy_mixture
 from genperf.errors import GenperfError
-from genperf.models import VAE, RealNVP
+from genperf.models import VAE
+from genperf.objectives import VAEObjective, vae_terms
+from genperf.scale import Precision
 
 
 @pytest.mark.parametrize("toy", ["ring8", "grid25"])
@@ -45,23 +49,39 @@ def test_classifier_trains_on_digits_and_scores_real_data_closer_than_noise():
     assert metrics.classifier_fid(model, real, other_real) < metrics.classifier_fid(model, real, noise)
 
 
+def _elbo(model, x):
+    logits, mu, logvar = model(x)
+    bce, kl = vae_terms(logits, x, mu, logvar)
+    return -(bce + kl).mean().item()
+
+
+@torch.no_grad()
 def test_importance_sampled_nll_is_tighter_than_the_elbo():
     torch.manual_seed(0)
     model = VAE(1, 8, latent_dim=4)
     x = (torch.rand(64, 1, 8, 8) > 0.5).float()
-    elbos = [metrics.vae_elbo(model, x) for _ in range(20)]
-    nll = metrics.vae_nll(model, x, samples=200)
+    elbos = [_elbo(model, x) for _ in range(20)]
+    nll = metrics.vae_nll(model, x, samples=200).mean().item()
     assert nll < -np.mean(elbos)  # log E[w] >= E[log w]
     assert nll > -np.mean(elbos) - 10  # and close to it for a small model
-    one = np.mean([metrics.vae_nll(model, x, samples=1) for _ in range(20)])
+    one = np.mean([metrics.vae_nll(model, x, samples=1).mean().item() for _ in range(20)])
     assert one == pytest.approx(-np.mean(elbos), rel=0.02)  # one importance sample is the ELBO
 
 
-def test_bits_per_dim_uses_its_own_noise():
-    model = RealNVP(1, 8, num_scales=1, mid_channels=4, num_blocks=1)
-    x = torch.rand(4, 1, 8, 8)
-    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
-    assert metrics.bits_per_dim(model, x, seed=0) == pytest.approx(model.bits_per_dim(x, noise).mean().item())
+@torch.no_grad()
+def test_the_objectives_importance_weights_give_the_metrics_nll():
+    """genperf.evaluate's NLL (log weights of VAEObjective.image_terms, one draw per pass) against
+    metrics.vae_nll (its own draws, chunked): two estimates of one number."""
+    torch.manual_seed(0)
+    model = VAE(1, 8, latent_dim=4)
+    x = (torch.rand(64, 1, 8, 8) > 0.5).float()
+    objective = VAEObjective(model, Precision("cpu", False), 1e-3, "cpu")
+    batches = make_batches(x, 16, shuffle=False, drop_last=False)
+    log_w = torch.stack([objective.image_terms(batches)[2] for _ in range(400)]).double()
+    nll = -(torch.logsumexp(log_w, 0) - math.log(len(log_w)))
+    assert nll.mean().item() == pytest.approx(metrics.vae_nll(model, x, samples=400).mean().item(), abs=0.05)
+    bce, kl, _ = objective.image_terms(batches)
+    assert -(bce + kl).mean().item() == pytest.approx(_elbo(model, x), abs=1.0)  # one draw each: near, not equal
 
 
 def test_inception_fid_says_what_it_needs():

@@ -1,5 +1,5 @@
-"""Atomic publishing of sharded checkpoint directories."""
-from genperf.runlog import find_sharded_checkpoint, publish_dir
+"""genperf.checkpoint: atomic publishing of sharded checkpoint directories."""
+from genperf.checkpoint import find_sharded, publish_dir
 
 
 def _checkpoint(path, step):
@@ -17,9 +17,9 @@ def test_publish_replaces_the_previous_checkpoint(tmp_path):
 
 def test_a_crash_between_the_renames_falls_back_to_the_old_checkpoint(tmp_path):
     _checkpoint(tmp_path / "checkpoint.old", 1)  # renamed away; the new one never arrived
-    assert find_sharded_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint.old")
+    assert find_sharded(str(tmp_path)) == str(tmp_path / "checkpoint.old")
 
 
 def test_an_unfinished_directory_is_not_a_checkpoint(tmp_path):
     (tmp_path / "checkpoint").mkdir()  # shards written, meta.pt (written last) missing
-    assert find_sharded_checkpoint(str(tmp_path)) is None
+    assert find_sharded(str(tmp_path)) is None

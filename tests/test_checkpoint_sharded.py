@@ -1,10 +1,11 @@
-"""genperf.scale: sharded checkpoints of FSDP2 modules, in a one-rank process group."""
+"""genperf.checkpoint: sharded checkpoints of FSDP2 modules, in a one-rank process group."""
 import pytest
 import torch
 import torch.distributed as dist
 
 from genperf.models import RealNVP, WeightNormConv2d
-from genperf.scale import _rename_params, _renamer, apply_fsdp, load_sharded, make_adam, save_sharded, sharded_states
+from genperf.checkpoint import _rename_params, _renamer, load_sharded, save_sharded, sharded_states
+from genperf.scale import apply_fsdp, make_adam
 
 
 @pytest.fixture

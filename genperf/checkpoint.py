@@ -1,0 +1,336 @@
+"""A run folder's checkpoints: the one writer (training) and the one reader (--resume, genperf.load,
+python -m genperf.sample / evaluate, the study).
+
+A single-process run keeps OUT/checkpoint.pt, one file: step, config (every training option),
+precision, every rank's RNG state, the models' and optimizers' state dicts. An --fsdp run keeps
+OUT/checkpoint/, a torch.distributed.checkpoint directory where every rank writes its own shards of
+the models and optimizers, plus meta.pt (everything else), written last. Both are written atomically:
+a crash leaves the previous checkpoint in place. Sharded checkpoints load on any number of ranks,
+and in one process without a process group (the shards are gathered on load)."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+
+import torch
+
+from genperf.errors import GenperfError
+from genperf.scale import Precision, barrier, gather_objects
+
+CHECKPOINT = "checkpoint.pt"
+SHARDED_CHECKPOINT = "checkpoint"  # a torch.distributed.checkpoint directory
+META = "meta.pt"  # of a sharded checkpoint
+
+
+# ---- files ----
+def atomic_save(obj, path):
+    """torch.save through a temporary file and a rename, so a crash never leaves a half-written file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def publish_dir(tmp, final):
+    """Puts the finished directory `tmp` in place of `final`. Two renames: a crash between them leaves
+    FINAL.old, which find_sharded falls back to."""
+    old = f"{final}.old"
+    if os.path.exists(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_sharded(out):
+    """The complete sharded checkpoint in `out`, or None."""
+    for path in (os.path.join(out, SHARDED_CHECKPOINT), os.path.join(out, f"{SHARDED_CHECKPOINT}.old")):
+        if os.path.exists(os.path.join(path, META)):
+            return path
+    return None
+
+
+def find(out):
+    """The run's checkpoint in `out` (the single file, else the sharded directory), or None."""
+    path = os.path.join(out, CHECKPOINT)
+    return path if os.path.isfile(path) else find_sharded(out)
+
+
+def is_sharded(path):
+    return os.path.isdir(path)
+
+
+def read_meta(path):
+    """The checkpoint's step, config, precision, RNG state (and, for a single file, its tensors);
+    a clear error for a file that is not a readable checkpoint."""
+    file = os.path.join(path, META) if is_sharded(path) else path
+    if not os.path.exists(file):
+        raise GenperfError(f"no checkpoint at {path}")
+    try:
+        meta = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt, or not a torch file at all
+        raise GenperfError(f"{file} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(meta, dict) or "config" not in meta or "step" not in meta:
+        raise GenperfError(f"{file} is not a genperf checkpoint (no step and config in it)")
+    return meta
+
+
+def stored_config(out):
+    """The training options of the run in `out`, from its checkpoint."""
+    path = find(out)
+    if path is None:
+        what = "no run folder" if not os.path.isdir(out) else "no checkpoint (checkpoint.pt or checkpoint/)"
+        raise GenperfError(f"{out}: {what}; nothing to resume or load")
+    return read_meta(path)["config"]
+
+
+# ---- RNG ----
+def rng_state():
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---- sharded state (FSDP2) ----
+def sharded_states(modules, optimizers):
+    """Sharded (per-rank) state dicts of FSDP modules and their optimizers, the layout DCP saves
+    and loads; DCP reshards them on load, so a run resumes on another number of ranks."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {"models": {k: get_model_state_dict(m) for k, m in modules.items()},
+            "optimizers": {k: get_optimizer_state_dict(modules[k], o) for k, o in optimizers.items()}}
+
+
+def save_sharded(states, path):
+    """Each rank writes its shards of `states` to the torch.distributed.checkpoint directory `path`; a collective."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(states, checkpoint_id=path)
+
+
+def _rename_params(states, rename):
+    """sharded_states' layout with every parameter name passed through `rename`; same values."""
+    def optimizer(o):
+        return {"state": {rename(k): v for k, v in o["state"].items()},
+                "param_groups": [dict(g, params=[rename(p) for p in g["params"]]) for g in o["param_groups"]]}
+
+    out = {"models": {k: {rename(n): v for n, v in m.items()} for k, m in states["models"].items()}}
+    if "optimizers" in states:
+        out["optimizers"] = {k: optimizer(o) for k, o in states["optimizers"].items()}
+    return out
+
+
+def _renamer(mapping):
+    """name -> name with its ending replaced by mapping's (the endings are dotted parameter paths)."""
+    def rename(name):
+        for old, new in mapping.items():
+            if name.endswith("." + old):
+                return name[:-len(old)] + new
+        return name
+    return rename
+
+
+def _dcp_load(states, path, old_names):
+    """dcp.load of `states` from `path`, whose parameters may carry older names (`old_names` maps
+    old name endings to today's); returns the loaded states under today's names. In a process
+    without a process group DCP reads every rank's shards into whole tensors."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+    stored = dcp.FileSystemReader(path).read_metadata().state_dict_metadata if old_names else {}
+    try:
+        if any(key.endswith("." + old) or f".{old}." in key for key in stored for old in old_names or {}):
+            old_states = _rename_params(states, _renamer({new: old for old, new in old_names.items()}))
+            dcp.load(old_states, checkpoint_id=path)
+            return _rename_params(old_states, _renamer(old_names))
+        dcp.load(states, checkpoint_id=path)
+        return states
+    except Exception as e:  # missing keys, other shapes, unreadable shards
+        raise GenperfError(f"{path}: the sharded checkpoint does not load into this model "
+                           f"({type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''})") from None
+
+
+def load_sharded(modules, optimizers, path, old_names=None):
+    """Loads a sharded checkpoint into FSDP modules and their optimizers (a collective). `old_names`
+    maps parameter-name endings that older checkpoints used to today's (e.g. torch's weight_norm
+    `parametrizations.weight.original0` -> `weight_g`); a checkpoint written with them loads too."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    states = _dcp_load(sharded_states(modules, optimizers), path, old_names)
+    for k, m in modules.items():
+        set_model_state_dict(m, states["models"][k])
+    for k, o in optimizers.items():
+        set_optimizer_state_dict(modules[k], o, states["optimizers"][k])
+
+
+# ---- training: write and resume ----
+def save(out, objective, precision, step, args, is_main, data_shape):
+    """Writes the run's checkpoint atomically (a collective under FSDP)."""
+    meta = {"step": step, "config": vars(args), "data_shape": list(data_shape), "precision": precision.state_dict(),
+            "rng": gather_objects(rng_state()),  # every rank's generators, so a resume is bit-identical
+            "last_g_loss": getattr(objective, "last_g_loss", None)}
+    if not args.fsdp:
+        state = dict(meta, models={k: {n: v.detach().cpu() for n, v in m.state_dict().items()}
+                                   for k, m in objective.modules.items()},
+                     optimizers={k: o.state_dict() for k, o in objective.optimizers.items()})
+        if is_main:
+            atomic_save(state, os.path.join(out, CHECKPOINT))
+        return
+    tmp = os.path.join(out, f"{SHARDED_CHECKPOINT}.tmp")
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of a crashed save
+    barrier()
+    save_sharded(sharded_states(objective.modules, objective.optimizers), tmp)
+    if is_main:
+        atomic_save(meta, os.path.join(tmp, META))  # last: its presence marks the directory complete
+        publish_dir(tmp, os.path.join(out, SHARDED_CHECKPOINT))
+    barrier()
+
+
+def check_same_options(path, stored, args, may_change):
+    """Refuses to continue a run whose options differ from `stored` in anything but `may_change`."""
+    changed = {k: (v, getattr(args, k, None)) for k, v in stored.items()
+               if k not in may_change and getattr(args, k, None) != v}
+    if changed:
+        diff = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
+        raise GenperfError(f"{path} was written with other options ({diff}); resume with the same options")
+
+
+def restore(path, objective, precision, args, rank, world_size, device, may_change, old_names=None):
+    """Loads a checkpoint written by `save` into a training run (any number of ranks for a sharded
+    one) whose options differ from the checkpoint's in `may_change` only; returns its step."""
+    meta = read_meta(path)
+    check_same_options(path, meta["config"], args, may_change)
+    if is_sharded(path) != bool(args.fsdp):
+        raise GenperfError(f"{path} is a {'sharded' if is_sharded(path) else 'single-process'} checkpoint; "
+                           f"resume it {'with' if is_sharded(path) else 'without'} --fsdp")
+    if args.fsdp:
+        load_sharded(objective.modules, objective.optimizers, path, old_names=old_names)
+    else:
+        _load_module_states(path, objective.modules, meta["models"])
+        for k, o in objective.optimizers.items():
+            o.load_state_dict(meta["optimizers"][k])
+    precision.load_state_dict(meta["precision"])
+    if len(meta["rng"]) == world_size:
+        set_rng_state(meta["rng"][rank])
+    else:  # another number of ranks: fresh, still deterministic, streams
+        torch.manual_seed(args.seed * 1000 + rank + meta["step"])
+    if meta["last_g_loss"] is not None:
+        objective.last_g_loss = meta["last_g_loss"].to(device)
+    return meta["step"]
+
+
+def _load_module_states(path, modules, states):
+    for k, m in modules.items():
+        if k not in states:
+            raise GenperfError(f"{path} holds no {k} weights (it holds {', '.join(states)}): a checkpoint of another model")
+        try:
+            m.load_state_dict(states[k])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise GenperfError(f"{path}: its {k} weights do not fit this model "
+                               f"({first[1].strip() if len(first) > 1 else first[0]})") from None
+
+
+# ---- after training: the Python face ----
+class Run:
+    """A trained run, loaded by genperf.load(RUN_DIR): its models in eval mode, its training options
+    (`config`, an argparse.Namespace as `python -m genperf.train` parsed them) and the objective that
+    samples and evaluates them. For GANs trained with --ema, `model` is the averaged generator."""
+
+    def __init__(self, path, checkpoint, step, config, data_shape, objective, device):
+        self.path, self.checkpoint, self.step, self.config = path, checkpoint, step, config
+        self.data_shape, self.is_image = tuple(data_shape), len(data_shape) == 3
+        self.objective, self.device = objective, torch.device(device)
+        self._data = None
+
+    @property
+    def models(self):
+        return self.objective.modules
+
+    @property
+    def model(self):
+        """The model that makes samples: the generator (its EMA when trained with --ema), the VAE, the flow."""
+        o = self.objective
+        if hasattr(o, "G"):
+            return o.G if o.G_ema is None else o.G_ema
+        return o.model
+
+    @property
+    def family(self):
+        return {"realnvp": "flow", "vae": "vae", "beta-vae": "vae"}.get(self.config.model, "gan")
+
+    def data(self):
+        """The run's data set (as training loaded it, without downloading), loaded once."""
+        if self._data is None:
+            from genperf.data import load_dataset
+
+            c = self.config
+            self._data = load_dataset(c.data, c.data_root, c.image_size, c.channels, False, c.seed)
+        return self._data
+
+    def latents(self, n, seed=0, temperature=1.0):
+        """n latents drawn on the CPU from `seed` (the same on every device), scaled by `temperature`."""
+        return self.objective.noise(n, torch.Generator().manual_seed(seed)).to(self.device) * temperature
+
+    def decode(self, z):
+        """Images (N, C, H, W) in [0, 1], or 2-D points, from latents."""
+        return self.objective.sample(z).float()
+
+    def sample(self, n=64, seed=0, temperature=1.0):
+        return self.decode(self.latents(n, seed, temperature))
+
+
+def load_run(out, device="cpu", checkpoint=None):
+    """The run in folder `out`, from its latest checkpoint or from `checkpoint` (a checkpoint.pt file
+    or a sharded checkpoint directory, e.g. a copy kept from earlier in the run), on `device`. Sharded
+    (--fsdp) checkpoints are gathered into one process."""
+    from genperf import models, train  # train builds the objective a run was trained with
+
+    if not os.path.isdir(out):
+        raise GenperfError(f"{out}: no such run folder")
+    path = checkpoint or find(out)
+    if path is None:
+        raise GenperfError(f"{out} holds no run: no {CHECKPOINT} or {SHARDED_CHECKPOINT}/ in it")
+    meta = read_meta(path)
+    config = train.parse_args([meta["config"]["model"]])  # options added since the run was made keep their defaults
+    vars(config).update(meta["config"], device=str(device), fsdp=False, compile=False)
+    if checkpoint:
+        run_config = read_meta(find(out))["config"] if find(out) else None
+        if run_config and run_config["model"] != config.model:
+            raise GenperfError(f"{checkpoint} is a checkpoint of {config.model}, the run in {out} trained "
+                               f"{run_config['model']}: a checkpoint of another model")
+    data = _data_like(meta, config)
+    objective = train.build_objective(config, data, Precision(torch.device(device).type, config.amp), torch.device(device))
+    if is_sharded(path):
+        states = _dcp_load({"models": {k: m.state_dict() for k, m in objective.modules.items()}}, path,
+                           models.WeightNormConv2d.OLD_KEYS)["models"]
+    elif "models" in meta:
+        states = meta["models"]
+    else:
+        raise GenperfError(f"{path} holds no model weights (for a sharded checkpoint pass its directory)")
+    _load_module_states(path, objective.modules, states)
+    for m in objective.modules.values():
+        m.eval()
+    return Run(out, path, meta["step"], config, data.shape, objective, device)
+
+
+def _data_like(meta, config):
+    """What build_objective needs to know of the data (its shape, images or points), from the
+    checkpoint; checkpoints from before it was stored there load the data set."""
+    shape = meta.get("data_shape")
+    if shape is None:
+        from genperf.data import load_dataset
+
+        return load_dataset(config.data, config.data_root, config.image_size, config.channels, False, config.seed)
+    return argparse.Namespace(shape=tuple(shape), is_image=len(shape) == 3)
