@@ -89,7 +89,8 @@ def real_images(source, n):
     if torch.is_tensor(source):
         x = source[:n]
         return x.float() / 255 if x.dtype == torch.uint8 else x.float()
-    return torch.stack([source[i] for i in range(min(n, len(source)))]).float()  # file-based (CelebA)
+    images = (source[i] for i in range(min(n, len(source))))  # file-based (CelebA): None for an unreadable file
+    return torch.stack([x for x in images if x is not None]).float()
 
 
 def evaluate_run(run, split="heldout", samples=None, metrics=None, fid_samples=10000, seed=0, classifier_path=None,
