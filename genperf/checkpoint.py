@@ -197,10 +197,19 @@ def save(out, objective, precision, step, args, is_main, data_shape):
     barrier()
 
 
+PATH_OPTIONS = {"data_root"}  # compared as the folders they name, not as spelled
+
+
+def _same(key, old, new):
+    if key in PATH_OPTIONS and isinstance(old, str) and isinstance(new, str):
+        return os.path.realpath(old) == os.path.realpath(new)
+    return old == new
+
+
 def check_same_options(path, stored, args, may_change):
     """Refuses to continue a run whose options differ from `stored` in anything but `may_change`."""
     changed = {k: (v, getattr(args, k, None)) for k, v in stored.items()
-               if k not in may_change and getattr(args, k, None) != v}
+               if k not in may_change and not _same(k, v, getattr(args, k, None))}
     if changed:
         diff = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
         raise GenperfError(f"{path} was written with other options ({diff}); resume with the same options")

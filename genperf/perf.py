@@ -66,8 +66,9 @@ def peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seconds: flo
     about `seconds` (n = `size`, default 8192 on CUDA and 2048 on CPU). Cached per process."""
     device = torch.device(device_type)
     n = size or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    g = torch.Generator(device).manual_seed(0)  # its own stream: measuring (once per process) never moves the caller's
+    a = torch.randn(n, n, device=device, generator=g).to(dtype)
+    b = torch.randn(n, n, device=device, generator=g).to(dtype)
     return 2 * n ** 3 / _best_seconds(lambda: a @ b, device, seconds)
 
 

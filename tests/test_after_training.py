@@ -173,6 +173,17 @@ def test_resume_by_folder_refuses_options_that_change_the_run(tmp_path, capsys):
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 4
 
 
+def test_resume_accepts_another_spelling_of_the_same_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["vae", "--data", "digits", "--data-root", "data"]
+    assert train.main([*argv, "--steps", "2", "--out", "run"]) == 0
+    assert train.main(["vae", "--data", "digits", "--data-root", "./data/", "--steps", "4", "--resume",
+                       "--out", str(tmp_path / "run") + "/"]) == 0
+    shutil.move(tmp_path / "run", tmp_path / "moved")  # a run folder resumes wherever it now is
+    assert train.main(["--resume", "--out", "moved", "--steps", "6"]) == 0
+    assert json.loads((tmp_path / "moved" / "summary.json").read_text())["steps"] == 6
+
+
 def test_tensorboard_holds_the_logged_scalars_and_sample_grids(tmp_path):
     pytest.importorskip("tensorboard", reason="tensorboard is an optional dependency (pip install tensorboard)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

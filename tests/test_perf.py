@@ -49,3 +49,11 @@ def test_bench_train_runs_and_appends_its_rows(tmp_path):
     assert float(rows[0]["speedup"]) == pytest.approx(1.0)
     assert all(float(r["images_per_s"]) > 0 and 0 < float(r["mfu"]) < 1 for r in rows)
     assert rows[2]["dtype"] == "bfloat16" and rows[0]["dtype"] == "float32"
+
+
+def test_measuring_the_peak_leaves_the_random_stream_alone():
+    """The peak is measured once per process: drawing its operands from the global stream would make a
+    run's numbers depend on whether an earlier run in the process had measured it already."""
+    state = torch.get_rng_state()
+    perf.peak_flops.__wrapped__("cpu", torch.float32, size=64, seconds=0.01)
+    assert torch.equal(torch.get_rng_state(), state)
