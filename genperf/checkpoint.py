@@ -293,8 +293,8 @@ class Run:
         return self.objective.noise(n, torch.Generator().manual_seed(seed)).to(self.device) * temperature
 
     def decode(self, z):
-        """Images (N, C, H, W) in [0, 1], or 2-D points, from latents."""
-        return self.objective.sample(z).float()
+        """Images (N, C, H, W) in [0, 1], or 2-D points, from latents (256 at a time, to bound memory)."""
+        return torch.cat([self.objective.sample(chunk).float() for chunk in z.split(256)])
 
     def sample(self, n=64, seed=0, temperature=1.0):
         return self.decode(self.latents(n, seed, temperature))
@@ -315,7 +315,8 @@ def load_run(out, device="cpu", checkpoint=None):
     config = train.parse_args([meta["config"]["model"]])  # options added since the run was made keep their defaults
     vars(config).update(meta["config"], device=str(device), fsdp=False, compile=False)
     if checkpoint:
-        run_config = read_meta(find(out))["config"] if find(out) else None
+        latest = find(out)
+        run_config = read_meta(latest)["config"] if latest else None
         if run_config and run_config["model"] != config.model:
             raise GenperfError(f"{checkpoint} is a checkpoint of {config.model}, the run in {out} trained "
                                f"{run_config['model']}: a checkpoint of another model")

@@ -53,10 +53,9 @@ def applicable(run, data):
     return ok, why
 
 
-def split_batches(run, data, split):
+def split_batches(run, source):
     from genperf.data import default_loader, make_batches
 
-    source = data.heldout if split == "heldout" else data.train
     return make_batches(source, run.config.batch_size, 0, 0, 1, run.device, shuffle=False, drop_last=False,
                         loader=default_loader(), workers=run.config.workers)
 
@@ -81,7 +80,7 @@ def _draws(run, batches, samples, compute, desc, progress):
 
 
 def generated(run, n, seed):
-    return torch.cat([run.decode(z).cpu() for z in run.latents(n, seed).split(256)])
+    return run.decode(run.latents(n, seed)).cpu()
 
 
 def real_images(source, n):
@@ -111,8 +110,9 @@ def evaluate_run(run, split="heldout", samples=None, metrics=None, fid_samples=1
     if "inception_fid" in ok and "inception_fid" not in wanted:
         out["skipped"]["inception_fid"] = "needs --inception-weights (the FID Inception weights as a local file)"
     objective = run.objective
+    source = data.heldout if split == "heldout" else data.train
     if run.is_image and ({"bits_per_dim", "elbo", "nll"} & set(wanted)):
-        batches = split_batches(run, data, split)
+        batches = split_batches(run, source)
     if "bits_per_dim" in wanted:
         bpd = _draws(run, batches, samples, objective.image_bits, "bits/dim draws", progress)
         out["bits_per_dim"], out["bits_per_dim_se"] = _mean_se(bpd)
@@ -130,7 +130,6 @@ def evaluate_run(run, split="heldout", samples=None, metrics=None, fid_samples=1
             out["nll"], out["nll_se"] = _mean_se(-(torch.logsumexp(log_w, 0) - math.log(samples))[None])
         out["posterior_samples"], out["images"] = samples, terms.shape[2]
     if {"classifier_fid", "inception_fid"} & set(wanted):
-        source = data.heldout if split == "heldout" else data.train
         real = real_images(source, fid_samples)
         fake = generated(run, len(real), seed)
         out["fid_samples"] = len(real)

@@ -80,7 +80,7 @@ def main(argv=None):
             z = interpolation_latents(run, args.n, args.steps, args.seed, args.temperature)
         else:
             z = run.latents(args.n, args.seed, args.temperature)
-        samples = torch.cat([run.decode(chunk).cpu() for chunk in z.split(256)])
+        samples = run.decode(z).cpu()
         what = f"{len(samples)} {'points' if points else 'images'} from step {run.step} of {args.run}"
         if args.out:
             os.makedirs(args.out, exist_ok=True)
