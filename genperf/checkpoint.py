@@ -10,6 +10,7 @@ and in one process without a process group (the shards are gathered on load)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 
@@ -25,13 +26,42 @@ META = "meta.pt"  # of a sharded checkpoint
 
 # ---- files ----
 def atomic_save(obj, path):
-    """torch.save through a temporary file and a rename, so a crash never leaves a half-written file."""
+    """torch.save through a temporary file and a rename, so a crash never leaves a half-written file;
+    a failed write (a full disk) removes the temporary file and raises its OSError."""
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            writer = _RecordingWriter(f)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:  # torch's zip writer reports a failed write only as "unexpected pos"
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+class _RecordingWriter:
+    """A file's write and flush, remembering the OSError a write raised."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
 
 
 def publish_dir(tmp, final):
@@ -174,27 +204,61 @@ def load_sharded(modules, optimizers, path, old_names=None):
 
 
 # ---- training: write and resume ----
-def save(out, objective, precision, step, args, is_main, data_shape):
-    """Writes the run's checkpoint atomically (a collective under FSDP)."""
+def save(out, objective, precision, step, args, is_main, data_shape, kept_step=None):
+    """Writes the run's checkpoint atomically (a collective under FSDP). A failed write (a full disk,
+    on any rank) leaves the previous checkpoint, of step `kept_step`, in place, removes the partial
+    one and raises one line on every rank."""
     meta = {"step": step, "config": vars(args), "data_shape": list(data_shape), "precision": precision.state_dict(),
             "rng": gather_objects(rng_state()),  # every rank's generators, so a resume is bit-identical
             "last_g_loss": getattr(objective, "last_g_loss", None)}
-    if not args.fsdp:
-        state = dict(meta, models={k: {n: v.detach().cpu() for n, v in m.state_dict().items()}
-                                   for k, m in objective.modules.items()},
-                     optimizers={k: o.state_dict() for k, o in objective.optimizers.items()})
-        if is_main:
-            atomic_save(state, os.path.join(out, CHECKPOINT))
-        return
-    tmp = os.path.join(out, f"{SHARDED_CHECKPOINT}.tmp")
-    if is_main:
-        shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of a crashed save
-    barrier()
-    save_sharded(sharded_states(objective.modules, objective.optimizers), tmp)
-    if is_main:
-        atomic_save(meta, os.path.join(tmp, META))  # last: its presence marks the directory complete
-        publish_dir(tmp, os.path.join(out, SHARDED_CHECKPOINT))
-    barrier()
+    path = os.path.join(out, SHARDED_CHECKPOINT if args.fsdp else CHECKPOINT)
+    tmp = f"{path}.tmp"
+    error = None
+    try:
+        if not args.fsdp:
+            state = dict(meta, models={k: {n: v.detach().cpu() for n, v in m.state_dict().items()}
+                                       for k, m in objective.modules.items()},
+                         optimizers={k: o.state_dict() for k, o in objective.optimizers.items()})
+            if is_main:
+                atomic_save(state, path)
+        else:
+            if is_main:
+                shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of a crashed save
+            barrier()
+            save_sharded(sharded_states(objective.modules, objective.optimizers), tmp)
+            if is_main:
+                atomic_save(meta, os.path.join(tmp, META))  # last: its presence marks the directory complete
+                publish_dir(tmp, path)
+    except BaseException as e:  # DCP's CheckpointException is a BaseException; every rank must learn of any failure
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        error = _write_error(e)
+    errors = [e for e in gather_objects(error) if e]
+    if errors:
+        if is_main and args.fsdp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        kept = (f"the last good checkpoint (step {kept_step}) is kept" if kept_step is not None
+                else "no earlier checkpoint exists")
+        raise GenperfError(f"could not write the checkpoint to {path}: {errors[0]}; {kept}")
+
+
+def _write_error(e):
+    """What went wrong in a failed save, in a few words: the OSError's reason where one is inside
+    (DCP wraps each rank's failure), else the exception's first line."""
+    seen, todo = set(), [e]
+    while todo:
+        x = todo.pop(0)
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.strerror:
+            return x.strerror
+        todo += [x.__cause__, x.__context__]
+        failures = getattr(x, "failures", None)  # torch.distributed.checkpoint's CheckpointException
+        if isinstance(failures, dict):
+            todo += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 PATH_OPTIONS = {"data_root"}  # compared as the folders they name, not as spelled

@@ -2,15 +2,46 @@
 summary.json and, with --tensorboard, a TensorBoard event file. Checkpoints: genperf.checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 import os
 
+from genperf.errors import GenperfError
+
+
+@contextlib.contextmanager
+def writing(path):
+    """A failed write (a full disk, a read-only folder) as one line naming the file."""
+    try:
+        yield
+    except OSError as e:
+        raise GenperfError(f"could not write {path}: {e.strerror or e}") from None
+
+
 def atomic_write_text(text, path):
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with writing(path):
+        try:
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+
+
+def read_metrics(path):
+    """metrics.jsonl's records; a line cut short by a crash or a full disk is left out."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
 
 
 class RunLog:
@@ -22,13 +53,13 @@ class RunLog:
         self.tensorboard = None
         if not enabled:
             return
-        os.makedirs(os.path.join(out, "samples"), exist_ok=True)
+        with writing(os.path.join(out, "samples")):
+            os.makedirs(os.path.join(out, "samples"), exist_ok=True)
         kept = []
         if resume_step is not None and os.path.exists(self.metrics_path):
             # Lines logged after the checkpoint we resume from are replaced by the resumed run.
-            with open(self.metrics_path) as f:
-                kept = [line for line in f if json.loads(line)["step"] <= resume_step]
-        atomic_write_text("".join(kept), self.metrics_path)
+            kept = [r for r in read_metrics(self.metrics_path) if r["step"] <= resume_step]
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.metrics_path)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -46,7 +77,7 @@ class RunLog:
         """One line of metrics.jsonl; its numbers also go to TensorBoard as SPLIT/NAME at its step."""
         if not self.enabled:
             return
-        with open(self.metrics_path, "a") as f:
+        with writing(self.metrics_path), open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tensorboard:
             for key, value in record.items():
@@ -61,12 +92,14 @@ class RunLog:
         path = self.path("samples", f"{name}.png")
         if samples.dim() == 4:
             grid = image_grid(samples)
-            save_png(grid, path)
+            with writing(path):
+                save_png(grid, path)
             if self.tensorboard:
                 self.tensorboard.add_image("samples", grid, step)
         else:
             fig = scatter(samples, real, name)
-            fig.savefig(path, dpi=100)
+            with writing(path):
+                fig.savefig(path, dpi=100)
             if self.tensorboard:
                 self.tensorboard.add_figure("samples", fig, step)  # closes it
             else:
@@ -81,8 +114,7 @@ class RunLog:
         """loss.png: each training metric against the step, held-out metrics as markers."""
         if not self.enabled or not os.path.exists(self.metrics_path):
             return
-        with open(self.metrics_path) as f:
-            records = [json.loads(line) for line in f]
+        records = read_metrics(self.metrics_path)
         train = [r for r in records if r.get("split") == "train"]
         heldout = [r for r in records if r.get("split") == "heldout"]
         keys = [k for k in (train[0] if train else {}) if k not in ("step", "epoch", "split", "images_per_s", "mfu", "lr")]
@@ -99,7 +131,8 @@ class RunLog:
             ax.legend(loc="upper right")
         axes[-1, 0].set_xlabel("step")
         fig.tight_layout()
-        fig.savefig(self.path("loss.png"), dpi=100)
+        with writing(self.path("loss.png")):
+            fig.savefig(self.path("loss.png"), dpi=100)
         plt.close(fig)
 
 

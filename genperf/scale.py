@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -103,22 +104,52 @@ def default_nproc():
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 2
 
 
-def launch_workers(nproc: int, module: str, argv: list) -> int:
+def is_main_process():
+    """Rank 0 of a torchrun job, or a process on its own."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# Exit codes with which a worker has already said what happened in one line: an error, a stop by SIGINT or SIGTERM.
+SELF_REPORTED_EXITS = (2, 130, 143)
+
+
+def launch_workers(nproc: int, module: str, argv: list, shutdown_timeout: int = 300) -> int:
     """Runs `python -m module argv` in `nproc` local workers through torch's elastic launcher (what
-    torchrun uses); returns 0 when all succeed, 1 otherwise."""
+    torchrun uses) and returns the exit code: 0 when all succeed; rank 0's own code when it said why
+    it stopped; 128 + N when the launcher got signal N (it passes the signal on and waits up to
+    `shutdown_timeout` s for the workers to write their checkpoint); else 1, with one line."""
+    import logging
     import uuid
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    options = dict(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
+                   rdzv_endpoint="localhost:0", max_restarts=0)
+    if "shutdown_timeout" in LaunchConfig.__dataclass_fields__:  # torch >= 2.10
+        options["shutdown_timeout"] = shutdown_timeout
+    # The launcher's own warnings (closing signals sent, failures with tracebacks) would wrap the
+    # one line a worker prints; failures are reported below instead.
+    for name in list(logging.root.manager.loggerDict):  # each has a level of its own (LOGLEVEL)
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     print(f"genperf: launching {nproc} workers of {module}", flush=True)
     try:
-        elastic_launch(config, sys.executable)("-u", "-m", module, *argv)
-    except ChildFailedError:
+        elastic_launch(LaunchConfig(**options), sys.executable)("-u", "-m", module, *argv)
+    except ChildFailedError as e:
+        failures = dict(sorted(e.failures.items()))
+        first = failures.get(0) or next(iter(failures.values()))
+        if first.exitcode in SELF_REPORTED_EXITS:
+            return first.exitcode
+        rank = next(r for r, f in failures.items() if f is first)
+        how = (f"killed by {signal.Signals(-first.exitcode).name}" if first.exitcode < 0
+               else f"exit code {first.exitcode}")
+        print(f"genperf: error: worker rank {rank} failed ({how}); its output is above", file=sys.stderr, flush=True)
         return 1
+    except SignalException as e:
+        return 128 + int(e.sigval)
     return 0
 
 
@@ -135,6 +166,13 @@ def init_distributed(device: str) -> Dist:
         dev = torch.device("cpu")
         dist.init_process_group("gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), dev)
+
+
+def lost_a_peer(error):
+    """Whether `error` is a collective failing because another rank exited first (that rank, or the
+    launcher, says why)."""
+    return under_torchrun() and (isinstance(error, getattr(dist, "DistNetworkError", ())) or
+                                 any(s in str(error) for s in ("closed by peer", "reset by peer")))
 
 
 def shutdown_distributed():

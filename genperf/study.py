@@ -20,7 +20,7 @@ import genperf
 from genperf import checkpoint, metrics, train
 from genperf.errors import GenperfError
 from genperf.evaluate import evaluate_run
-from genperf.runlog import pyplot
+from genperf.runlog import pyplot, read_metrics
 from genperf.sample import slerp
 
 # Training budgets per model: (quick on digits, full on MNIST). Epochs unless noted.
@@ -139,8 +139,7 @@ def show_rows(rows, row_labels, title, col_labels=None):
 
 
 def curves(run):
-    with open(os.path.join(run, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
+    records = read_metrics(os.path.join(run, "metrics.jsonl"))
     return [r for r in records if r["split"] == "train"], [r for r in records if r["split"] == "heldout"]
 
 

@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -19,10 +20,13 @@ import torch
 from genperf import checkpoint, models, objectives, perf
 from genperf.data import DATASETS, LOADERS, default_loader, load_dataset, make_batches
 from genperf.errors import GenperfError
+from genperf.faults import (EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters, exit_with_launcher,
+                            lock_run_folder, signal_name)
 from genperf.ops.backends import NAMES, use_backend
 from genperf.runlog import RunLog
 from genperf.scale import (Precision, all_reduce_sum, apply_fsdp, default_nproc, gather_objects, init_distributed,
-                           keep_freed_cpu_memory, launch_workers, shutdown_distributed, under_torchrun)
+                           is_main_process, keep_freed_cpu_memory, launch_workers, lost_a_peer, shutdown_distributed,
+                           under_torchrun)
 
 MODELS = ("dcgan", "wgan-gp", "wgan", "vae", "beta-vae", "realnvp")
 DEFAULTS = {  # per model: learning rate, epochs, latent size, beta
@@ -263,7 +267,17 @@ def evaluate(objective, batches, seed):
 def run(args, argv):
     if args.fsdp and not under_torchrun():
         return launch_workers(args.nproc, "genperf.train", argv)
+    exit_with_launcher()
     dist = init_distributed(args.device)
+    lock = lock_run_folder(args.out, dist.is_main)  # before anything in the folder is read or written
+    try:
+        return fit(args, dist)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def fit(args, dist):
     device = dist.device
     if device.type == "cpu":
         keep_freed_cpu_memory()
@@ -330,7 +344,7 @@ def run(args, argv):
         compile_reported = compile_s
 
     def flush_window():
-        """Logs the mean of every metric since the last flush; stops on a non-finite one."""
+        """Logs the mean of every metric since the last flush."""
         nonlocal window, window_start, last
         report_compile()
         if not window:
@@ -339,22 +353,29 @@ def run(args, argv):
         # The mean over all ranks, so the log shows the global batch's loss whatever the number of ranks.
         means = all_reduce_sum(torch.stack([torch.stack(v).float().mean() for v in window.values()]))
         last = dict(zip(window, (means / dist.world_size).tolist()))
-        bad = {k: v for k, v in last.items() if not math.isfinite(v)}
-        if bad:  # before any checkpoint is written, so the last good one stays
-            raise GenperfError(f"non-finite loss by step {step} ({bad}); stopping. The last good checkpoint, "
-                               f"if any, is kept at {ckpt}")
         ips = len(next(iter(window.values()))) * args.batch_size / max(elapsed, 1e-9)
         mfu = ips * flops / peak if peak else 0.0
         log.log(dict(step=step, epoch=step / steps_per_epoch, split="train", images_per_s=ips, mfu=mfu, **last))
         bar.set_postfix({**{k: f"{v:.4g}" for k, v in last.items()}, "img/s": f"{ips:.0f}", "mfu": f"{100 * mfu:.1f}%"})
         window, window_start = {}, time.perf_counter()
 
+    def verify():
+        """Before anything is made from the weights (samples, held-out metrics, a checkpoint): every
+        step's losses so far were finite and so are the weights."""
+        nonlocal stop
+        stop = checks.resolve() or stop
+        check_parameters(objective.modules, step, device)
+
     def save_checkpoint():
+        nonlocal kept_step
+        verify()
         flush_window()
-        checkpoint.save(args.out, objective, precision, step, args, dist.is_main, data.shape)
+        checkpoint.save(args.out, objective, precision, step, args, dist.is_main, data.shape, kept_step)
+        kept_step = step
 
     def epoch_artifacts(name):
         """Sample grid, held-out metrics, checkpoint and plot."""
+        verify()
         samples = objective.sample(fixed_noise)  # all ranks: sharded modules gather parameters collectively
         log.save_samples(samples, name, step, real=None if data.is_image else data.heldout[:2000])
         held = evaluate(objective, heldout, args.seed)
@@ -364,33 +385,57 @@ def run(args, argv):
         log.plot_losses()
         return held
 
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        for x in train.epoch(epoch, start=step % steps_per_epoch):
-            if args.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            graphs, step_start = compiled_graphs() if args.compile else 0, time.perf_counter()
-            metrics = objective.train_step(x, step)
-            if args.compile and compiled_graphs() > graphs:
-                compile_s += time.perf_counter() - step_start
-            step += 1
-            bar.update(1)
-            for k, v in metrics.items():
-                window.setdefault(k, []).append(v)
-            if step % args.log_every == 0 or step == total_steps:
-                flush_window()
-            if args.eval_every and step % args.eval_every == 0 and step % steps_per_epoch:
-                flush_window()
-                held = evaluate(objective, heldout, args.seed)
-                if held:
-                    log.log(dict(step=step, epoch=step / steps_per_epoch, split="heldout", **held))
-            if args.ckpt_every and step % args.ckpt_every == 0:
+    kept_step = step if args.resume else None  # the step of the checkpoint on disk
+    stop = None  # the signal that asked the run to stop
+    signals = StopSignals(verbose=dist.is_main)
+    checks = StepChecks(device, signals)
+    try:
+        with signals:
+            while step < total_steps and not stop:
+                epoch = step // steps_per_epoch
+                for x in train.epoch(epoch, start=step % steps_per_epoch):
+                    if args.channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    graphs, step_start = compiled_graphs() if args.compile else 0, time.perf_counter()
+                    metrics = objective.train_step(x, step)
+                    if args.compile and compiled_graphs() > graphs:
+                        compile_s += time.perf_counter() - step_start
+                    step += 1
+                    bar.update(1)
+                    stop = checks.after_step(step, metrics) or stop
+                    for k, v in metrics.items():
+                        window.setdefault(k, []).append(v)
+                    if step % args.log_every == 0 or step == total_steps:
+                        flush_window()
+                    if args.eval_every and step % args.eval_every == 0 and step % steps_per_epoch:
+                        verify()
+                        flush_window()
+                        held = evaluate(objective, heldout, args.seed)
+                        if held:
+                            log.log(dict(step=step, epoch=step / steps_per_epoch, split="heldout", **held))
+                    if stop:
+                        break
+                    if args.ckpt_every and step % args.ckpt_every == 0:
+                        save_checkpoint()
+                    if step >= total_steps:
+                        break
+                if step % steps_per_epoch == 0 and not stop:
+                    held, artifacts_step = epoch_artifacts(f"epoch_{step // steps_per_epoch:03d}"), step
+            if stop:
                 save_checkpoint()
-            if step >= total_steps:
-                break
-        if step % steps_per_epoch == 0:
-            held, artifacts_step = epoch_artifacts(f"epoch_{step // steps_per_epoch:03d}"), step
-    bar.close()
+    except NonFinite as e:
+        kept = f"The last good checkpoint (step {kept_step}) is kept at {ckpt}" if kept_step is not None else \
+            "No checkpoint was written before it"
+        raise GenperfError(f"{e}; stopping. {kept}") from None
+    finally:
+        bar.close()  # ends the bar's line, so a message after it starts a line of its own
+    if stop:
+        log.close()
+        if dist.is_main:
+            print(f"genperf: stopped by {signal_name(stop)} at step {step}; checkpoint written to {ckpt}; continue "
+                  f"with: python -m genperf.train --resume --out {args.out}", file=sys.stderr, flush=True)
+        shutdown_distributed()
+        return EXIT_CODES[stop]
     report_compile()
     if artifacts_step != step:
         held = epoch_artifacts(f"step_{step:06d}")
@@ -420,9 +465,17 @@ def main(argv=None):
         with use_backend(args.backend) if args.backend else contextlib.nullcontext():
             return run(args, argv)
     except GenperfError as e:
-        print(f"genperf: error: {e}", file=sys.stderr, flush=True)
+        if is_main_process():  # every rank meets the same error; the first says it
+            print(f"genperf: error: {e}", file=sys.stderr, flush=True)
         shutdown_distributed()
         return 2
+    except Exception as e:
+        if not is_main_process() and lost_a_peer(e):
+            return 1  # another rank failed first and says why; a traceback here would only bury that
+        raise
+    except KeyboardInterrupt:  # before training started (it handles SIGINT itself): nothing to save yet
+        print("\ngenperf: interrupted before training started; nothing was written", file=sys.stderr, flush=True)
+        return EXIT_CODES[signal.SIGINT]
 
 
 if __name__ == "__main__":

@@ -83,9 +83,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
         return {k: v * float("nan") for k, v in out.items()} if step >= 6 else out
 
     monkeypatch.setattr(objectives.FlowObjective, "train_step", diverging)
-    # Checkpoints fall between log lines: the steps since the last line are checked before each one.
+    # Every step is checked, not only the logged ones: the run stops at the first bad step.
     assert _run("realnvp", tmp_path, "--steps", "20", "--ckpt-every", "4", "--log-every", "10") == 2
-    assert "non-finite loss by step 8" in capsys.readouterr().err
+    assert "non-finite bits_per_dim at step 7; stopping. The last good checkpoint (step 4)" in capsys.readouterr().err
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 4
 
 

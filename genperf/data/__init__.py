@@ -51,6 +51,9 @@ def _idx_data(name, root, download):
     test_labels = torch.from_numpy(test[1].astype("int64"))
     if train is None:
         n = len(test_images)
+        if n <= CARVED_HELDOUT:
+            raise DataError(f"{name}: only the test split is under {root}, and its {n} images are too few to hold out "
+                            f"{CARVED_HELDOUT} and train on the rest; add the training split's IDX files")
         notes.append(f"{name}: training split not found under {root}; training on the first {n - CARVED_HELDOUT} "
                      f"images of the test split and holding out its last {CARVED_HELDOUT}")
         return (test_images[:-CARVED_HELDOUT], test_images[-CARVED_HELDOUT:], notes,

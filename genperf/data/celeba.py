@@ -71,9 +71,10 @@ def list_split(root, split, heldout_fraction=0.05):
 
 
 def unreadable_reason(path):
-    """Why `path` cannot be decoded, or None if its header parses and (for JPEG) its end holds the
-    end-of-image marker, which a truncated file lacks (entropy-coded data never contains FF D9, and
-    some writers pad after the marker, hence a window)."""
+    """Why `path` cannot be used, or None if its header parses, both sides hold the centre crop, it claims at most PIL's
+    MAX_IMAGE_PIXELS (a header claiming more is a decompression bomb: decoding it would take
+    gigabytes) and (for JPEG) its end holds the end-of-image marker, which a truncated file lacks
+    (entropy-coded data never contains FF D9, and some writers pad after the marker, hence a window)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -87,15 +88,28 @@ def unreadable_reason(path):
         elif head != b"\x89PNG\r\n\x1a\n":
             return "not a JPEG or PNG file"
         with Image.open(path) as im:  # parses the header (frame size, components), decodes nothing
-            if im.size[0] < 1 or im.size[1] < 1:
-                return "empty image"
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+            w, h = im.size
+    except Image.DecompressionBombError:
+        return f"its header claims more than {2 * Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb?)"
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         return f"header does not parse ({e})"
+    if w < 1 or h < 1:
+        return "empty image"
+    if w * h > Image.MAX_IMAGE_PIXELS:
+        return f"its header claims {w}x{h} pixels, more than {Image.MAX_IMAGE_PIXELS} (a decompression bomb?)"
+    if min(w, h) < CROP:
+        return f"{w}x{h}, smaller than the {CROP}-pixel centre crop"
     return None
 
 
 def scan(paths, threads=8):
     """(readable paths, [(path, reason)] of the others), order kept."""
+    import warnings
+
+    from PIL import Image
+
+    # unreadable_reason checks the pixel count itself; PIL's warning for large images would repeat it.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     with ThreadPoolExecutor(threads) as pool:
         reasons = list(pool.map(unreadable_reason, paths))
     good = [p for p, r in zip(paths, reasons) if r is None]
@@ -134,7 +148,7 @@ class CelebAFolder:
         try:
             with Image.open(self.paths[i]) as im:
                 return self.transform(im.convert("RGB"))
-        except OSError as e:  # damage the scan could not see: the loader drops it and counts it
+        except (OSError, Image.DecompressionBombError) as e:  # damage the scan could not see: dropped and counted
             print(f"genperf: skipping unreadable image {self.paths[i]} ({e})", flush=True)
             return None
 
@@ -163,6 +177,7 @@ class DALIBatches(Batches):
                             "use --loader torch")
         self.threads, self.prefetch = threads, prefetch
         self.skipped = 0
+        self.undecodable = set()  # files the scan passed but DALI's decoder rejects
 
     def _file_list(self, epoch, start):
         """This rank's (files, mirror flags) of the epoch from batch `start` on. Flags are drawn per
@@ -174,11 +189,11 @@ class DALIBatches(Batches):
         idx = [i for part in self._rank_slices(epoch, start) for i in part.tolist()]
         return [self.source.paths[i] for i in idx], [int(mirror[i]) for i in idx]
 
-    def _pipeline(self, files, mirror):
+    def _pipeline(self, files, mirror, batch_size=None):
         from nvidia.dali import fn, pipeline_def, types
 
         gpu = self.device.type == "cuda"
-        src, local = self.source, self.batch_size // self.world_size
+        src, local = self.source, batch_size or self.batch_size // self.world_size
 
         def flag(info):  # past the end: the reader's padding of a partial batch, dropped by the iterator
             i = info.idx_in_epoch
@@ -201,19 +216,71 @@ class DALIBatches(Batches):
         return pipe()
 
     def epoch(self, epoch, start=0):
+        """Yields this rank's batches of `epoch` from batch `start` on. A file that the scan passed but
+        DALI's decoder rejects fails its pipeline: the failing batches' files are then tried one by
+        one, those DALI cannot decode are reported, replaced by a stand-in that is left out of its
+        batch (so later batches keep their files), and the epoch goes on from the failing batch."""
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         files, mirror = self._file_list(epoch, start)
-        if not files:
-            return
-        pipe = self._pipeline(files, mirror)
-        pipe.build()
+        local = self.batch_size // self.world_size
+        left_out = set()  # positions in `files` whose file DALI cannot decode
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
+        done = 0  # batches delivered
+        while done * local < len(files):
+            for i, path in enumerate(files):  # files found undecodable earlier, in this epoch or another
+                if path in self.undecodable and i not in left_out:
+                    left_out.add(i)
+            files = self._with_stand_ins(files, left_out)
+            first = done * local
+            pipe = self._pipeline(files[first:], mirror[first:])
+            try:
+                pipe.build()
+                for out in DALIGenericIterator(pipe, ["images"], reader_name="reader", last_batch_policy=policy):
+                    x = out[0]["images"]
+                    keep = [i for i in range(len(x)) if first + i not in left_out]
+                    self.skipped += len(x) - len(keep)
+                    yield (x if len(keep) == len(x) else x[keep]).to(self.device, non_blocking=True)
+                    done += 1
+                    first = done * local
+                return
+            except RuntimeError as e:
+                # The error may belong to a batch the pipeline was already preparing (its prefetch).
+                window = files[first:first + (self.prefetch + 1) * local]
+                bad = [p for p in dict.fromkeys(window) if p not in self.undecodable and not self._decodes(p)]
+                if not bad:
+                    raise DataError(f"DALI failed on batch {start + done} of epoch {epoch} and none of its files "
+                                    f"fails alone: {_last_line(e)}") from None
+                for path in bad:
+                    print(f"genperf: skipping {path}: DALI cannot decode it", flush=True)
+                self.undecodable.update(bad)
+            finally:
+                del pipe
+
+    def _with_stand_ins(self, files, left_out):
+        """`files` with each position in `left_out` holding a decodable file instead (it is dropped
+        from its batch after decoding)."""
+        stand_in = next((p for i, p in enumerate(files) if i not in left_out), None)
+        if stand_in is None:
+            raise DataError(f"DALI cannot decode any of this rank's {len(files)} files of the epoch")
+        return [stand_in if i in left_out else p for i, p in enumerate(files)]
+
+    def _decodes(self, path):
+        """Whether this pipeline's decode of `path` alone succeeds."""
+        pipe = self._pipeline([path], [0], batch_size=1)
         try:
-            for out in DALIGenericIterator(pipe, ["images"], reader_name="reader", last_batch_policy=policy):
-                yield out[0]["images"].to(self.device, non_blocking=True)
+            pipe.build()
+            pipe.run()
+            return True
+        except RuntimeError:
+            return False
         finally:
             del pipe
+
+
+def _last_line(e):
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 def write_fake_celeba(root, n, seed=0, partition=(0.8, 0.1), quality=90):

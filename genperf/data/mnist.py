@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -33,7 +34,7 @@ def read_idx(path: str) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{path}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims))
+    expected = math.prod(dims)  # a Python int: numpy's product wraps around for absurd headers
     if len(raw) - header != expected:
         raise DataError(f"{path}: IDX header says {'x'.join(map(str, dims))} = {expected} bytes of data, "
                         f"file has {len(raw) - header}; it is truncated or corrupt")
@@ -74,10 +75,14 @@ def load_split(root, name, split, download=False):
     With `download`, a root holding no split at all is filled through torchvision first."""
     if download and not has_any_split(root, name):
         _download(root, name)
-    paths = [_find(root, name, split, kind) for kind in ("images", "labels")]
-    if None in paths:
+    images_path, labels_path = (_find(root, name, split, kind) for kind in ("images", "labels"))
+    if images_path is None and labels_path is None:
         return None
-    images, labels = read_idx(paths[0]), read_idx(paths[1])
+    if labels_path is None or images_path is None:
+        found, kind = (images_path, "labels") if labels_path is None else (labels_path, "images")
+        raise DataError(f"{name} {split}: found {found} but not its {kind} file "
+                        f"({SPLIT_PREFIX[split]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte[.gz]) under {root}")
+    images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DataError(f"{paths[0]} holds {images.shape} images but {paths[1]} holds {labels.shape} labels")
+        raise DataError(f"{images_path} holds {images.shape} images but {labels_path} holds {labels.shape} labels")
     return images, labels

@@ -1,0 +1,185 @@
+"""What a training run does about faults: one writer per run folder, a graceful stop on SIGTERM and
+SIGINT, non-finite losses and parameters caught before they reach a checkpoint, and workers that
+die with their launcher."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import sys
+import threading
+import time
+
+import torch
+
+from genperf.errors import GenperfError
+from genperf.scale import all_reduce_sum, gather_objects
+
+LOCK = "run.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder (flock on OUT/run.lock, which names the holder's PID), held
+    until release or the end of the process. The kernel drops a flock when its process dies, however
+    it dies, so the lock of a dead run is free and is simply taken over."""
+
+    def __init__(self, out):
+        self.path, self.fd = os.path.join(out, LOCK), None
+        os.makedirs(out, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise GenperfError(f"cannot lock the run folder {out}: {e.strerror}") from None
+            raise GenperfError(f"{out} is in use by another genperf run (pid {holder}); wait for it to end, "
+                               f"stop it, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal number, as shells report it
+
+
+class StopSignals:
+    """While active, the first SIGTERM or SIGINT only asks the run to stop (`requested`), so it can
+    finish its step and write a checkpoint; a second one exits at once (saying so where `verbose`)."""
+
+    def __init__(self, verbose=True):
+        self.requested, self.verbose, self._old = None, verbose, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals can be handled there only
+            for sig in EXIT_CODES:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.requested is not None:
+            if self.verbose:
+                print(f"\ngenperf: second {name}: stopping now, without a checkpoint", file=sys.stderr, flush=True)
+            os._exit(EXIT_CODES[signum])
+        self.requested = signum  # the run says what it did in one line when it has stopped
+
+
+class StepChecks:
+    """After every step: is any loss non-finite, has any rank been asked to stop? One small tensor,
+    summed over the ranks. On CUDA step t's answer is read after step t+1 is queued, through pinned
+    memory and an event, so checking costs no host sync per step; `resolve` reads what is pending
+    (call it before anything is written from the model's state)."""
+
+    def __init__(self, device, signals):
+        self.device, self.signals = device, signals
+        self.lagged = device.type == "cuda"
+        self.pending = None  # (step, metric names, host flags, event)
+
+    def after_step(self, step, metrics):
+        """Queues step `step`'s check; raises on a non-finite loss and returns the signal to stop on,
+        for this step or (on CUDA) the one before."""
+        names = list(metrics)
+        values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()])
+        sig = self.signals.requested
+        # (SIGINT, SIGTERM) asked: zeros are made on the device; a copy from the host would sync (rare: a signal).
+        asked = values.new_zeros(2) if sig is None else values.new_tensor([sig == signal.SIGINT, sig == signal.SIGTERM])
+        flags = all_reduce_sum(torch.cat([(~torch.isfinite(values)).float(), asked.float()]))
+        previous, self.pending = self.pending, (step, names, flags, None)
+        if self.lagged:
+            host = torch.empty(flags.shape, pin_memory=True)
+            host.copy_(flags, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self.pending = (step, names, host, event)
+            return self._verdict(previous)
+        return self.resolve()
+
+    def resolve(self):
+        """Reads the pending check: raises on a non-finite loss; returns the signal asked for, or None."""
+        pending, self.pending = self.pending, None
+        return self._verdict(pending)
+
+    def _verdict(self, pending):
+        if pending is None:
+            return None
+        step, names, flags, event = pending
+        if event is not None:
+            event.synchronize()
+        flags = flags.tolist()
+        bad = [n for n, f in zip(names, flags) if f]
+        if bad:
+            raise NonFinite(f"non-finite {', '.join(bad)} at step {step}")
+        interrupts, terms = flags[-2:]
+        return signal.SIGINT if interrupts else (signal.SIGTERM if terms else None)
+
+
+class NonFinite(GenperfError):
+    pass
+
+
+def check_parameters(modules, step, device):
+    """Raises NonFinite if any parameter or floating buffer of `modules` is NaN or infinite on any
+    rank (each rank checks its own shards)."""
+    bad = []
+    for module in modules.values():
+        tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+        local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+        counts = [(~torch.isfinite(t)).sum().float() for t in local]
+        bad.append(torch.stack(counts).sum().to(device) if counts else torch.zeros((), device=device))
+    counts = all_reduce_sum(torch.stack(bad)).tolist()
+    names = [name for name, c in zip(modules, counts) if c]
+    if names:
+        raise NonFinite(f"non-finite weights in {', '.join(names)} after step {step}")
+
+
+def exit_with_launcher(poll_s=0.5):
+    """In a worker started by torch's elastic launcher (genperf's --fsdp or torchrun): exit as soon as
+    the launcher is gone. The launcher starts each worker in a session of its own, so a kill of the
+    launcher's process group (a closed terminal, a scheduler's kill -9) would otherwise leave the
+    workers training and writing into the run folder."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    launcher = os.getppid()
+
+    def watch():
+        while os.getppid() == launcher:
+            time.sleep(poll_s)
+        if os.environ.get("RANK") == "0":
+            print(f"genperf: the launcher (pid {launcher}) is gone; its workers stop", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="genperf-launcher-watch", daemon=True).start()
+
+
+
+def lock_run_folder(out, is_main):
+    """Rank 0 takes the run folder's lock (returned; None on other ranks); if it cannot, every rank
+    raises the same one-line error."""
+    lock, error = None, None
+    if is_main:
+        try:
+            lock = RunLock(out)
+        except GenperfError as e:
+            error = str(e)
+    errors = [e for e in gather_objects(error) if e]
+    if errors:
+        raise GenperfError(errors[0])
+    return lock
+
+
+def signal_name(signum):
+    return signal.Signals(signum).name
