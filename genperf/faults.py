@@ -180,6 +180,3 @@ def lock_run_folder(out, is_main):
         raise GenperfError(errors[0])
     return lock
 
-
-def signal_name(signum):
-    return signal.Signals(signum).name

@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import copy
 import json
-import math
 import os
 import signal
 import sys
@@ -21,7 +20,7 @@ from genperf import checkpoint, models, objectives, perf
 from genperf.data import DATASETS, LOADERS, default_loader, load_dataset, make_batches
 from genperf.errors import GenperfError
 from genperf.faults import (EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters, exit_with_launcher,
-                            lock_run_folder, signal_name)
+                            lock_run_folder)
 from genperf.ops.backends import NAMES, use_backend
 from genperf.runlog import RunLog
 from genperf.scale import (Precision, all_reduce_sum, apply_fsdp, default_nproc, gather_objects, init_distributed,
@@ -432,7 +431,7 @@ def fit(args, dist):
     if stop:
         log.close()
         if dist.is_main:
-            print(f"genperf: stopped by {signal_name(stop)} at step {step}; checkpoint written to {ckpt}; continue "
+            print(f"genperf: stopped by {signal.Signals(stop).name} at step {step}; checkpoint written to {ckpt}; continue "
                   f"with: python -m genperf.train --resume --out {args.out}", file=sys.stderr, flush=True)
         shutdown_distributed()
         return EXIT_CODES[stop]
@@ -473,8 +472,8 @@ def main(argv=None):
         if not is_main_process() and lost_a_peer(e):
             return 1  # another rank failed first and says why; a traceback here would only bury that
         raise
-    except KeyboardInterrupt:  # before training started (it handles SIGINT itself): nothing to save yet
-        print("\ngenperf: interrupted before training started; nothing was written", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # outside the training loop, which handles SIGINT itself
+        print("\ngenperf: interrupted by SIGINT; the last checkpoint, if any, is kept", file=sys.stderr, flush=True)
         return EXIT_CODES[signal.SIGINT]
 
 

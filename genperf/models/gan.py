@@ -78,7 +78,8 @@ class DCGANDiscriminator(nn.Module):
         dcgan_init(self)
 
     def forward(self, x):
-        return self.net(x).view(-1)
+        # A new tensor, not a view: FSDP2 warns of (and would skip its hooks for) in-place ops on a view output.
+        return self.net(x).view(-1).clone()
 
 
 class MLPGenerator(nn.Module):
@@ -102,4 +103,5 @@ class MLPDiscriminator(nn.Module):
                                  nn.Linear(hidden, 1))
 
     def forward(self, x):
-        return self.net(x).view(-1)
+        # A new tensor, not a view: FSDP2 warns of (and would skip its hooks for) in-place ops on a view output.
+        return self.net(x).view(-1).clone()
