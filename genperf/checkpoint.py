@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import shutil
 
@@ -232,7 +233,7 @@ def save(out, objective, precision, step, args, is_main, data_shape, kept_step=N
     except BaseException as e:  # DCP's CheckpointException is a BaseException; every rank must learn of any failure
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
-        error = _write_error(e)
+        error = _write_error(e, out)
     errors = [e for e in gather_objects(error) if e]
     if errors:
         if is_main and args.fsdp:
@@ -242,9 +243,11 @@ def save(out, objective, precision, step, args, is_main, data_shape, kept_step=N
         raise GenperfError(f"could not write the checkpoint to {path}: {errors[0]}; {kept}")
 
 
-def _write_error(e):
+def _write_error(e, folder):
     """What went wrong in a failed save, in a few words: the OSError's reason where one is inside
-    (DCP wraps each rank's failure), else the exception's first line."""
+    (DCP wraps each rank's failure), else the exception's first line, said to be a full disk when
+    the folder's device has (almost) no room left: torch's zip writer, which DCP uses, reports a
+    failed write only as "unexpected pos"."""
     seen, todo = set(), [e]
     while todo:
         x = todo.pop(0)
@@ -257,8 +260,13 @@ def _write_error(e):
         failures = getattr(x, "failures", None)  # torch.distributed.checkpoint's CheckpointException
         if isinstance(failures, dict):
             todo += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+    failures = getattr(e, "failures", None)
+    first = next((f[0] if isinstance(f, tuple) else f for f in failures.values()), e) if isinstance(failures, dict) else e
+    lines = str(first).strip().splitlines()
+    reason = f"{type(first).__name__}: {lines[0] if lines else ''}"
+    if shutil.disk_usage(folder).free < 1 << 20:
+        return f"{os.strerror(errno.ENOSPC)} ({reason})"
+    return reason
 
 
 PATH_OPTIONS = {"data_root"}  # compared as the folders they name, not as spelled
