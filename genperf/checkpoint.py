@@ -248,20 +248,17 @@ def _write_error(e, folder):
     (DCP wraps each rank's failure), else the exception's first line, said to be a full disk when
     the folder's device has (almost) no room left: torch's zip writer, which DCP uses, reports a
     failed write only as "unexpected pos"."""
-    seen, todo = set(), [e]
-    while todo:
-        x = todo.pop(0)
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
-        if isinstance(x, OSError) and x.strerror:
-            return x.strerror
-        todo += [x.__cause__, x.__context__]
-        failures = getattr(x, "failures", None)  # torch.distributed.checkpoint's CheckpointException
-        if isinstance(failures, dict):
-            todo += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
-    failures = getattr(e, "failures", None)
-    first = next((f[0] if isinstance(f, tuple) else f for f in failures.values()), e) if isinstance(failures, dict) else e
+    failures = getattr(e, "failures", None)  # DCP's CheckpointException: {rank: (exception, traceback)}
+    causes = [e]
+    if isinstance(failures, dict) and failures:
+        causes = [f[0] if isinstance(f, tuple) else f for f in failures.values()]
+    for cause in causes:
+        x = cause
+        while x is not None:
+            if isinstance(x, OSError) and x.strerror:
+                return x.strerror
+            x = x.__cause__ or x.__context__
+    first = causes[0]
     lines = str(first).strip().splitlines()
     reason = f"{type(first).__name__}: {lines[0] if lines else ''}"
     if shutil.disk_usage(folder).free < 1 << 20:

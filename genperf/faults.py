@@ -85,9 +85,9 @@ class StepChecks:
     (call it before anything is written from the model's state)."""
 
     def __init__(self, device, signals):
-        self.device, self.signals = device, signals
+        self.signals = signals
         self.lagged = device.type == "cuda"
-        self.pending = None  # (step, metric names, host flags, event)
+        self.pending = None  # (step, metric names, host flags, event): CUDA's check of the step before
 
     def after_step(self, step, metrics):
         """Queues step `step`'s check; raises on a non-finite loss and returns the signal to stop on,
@@ -98,15 +98,14 @@ class StepChecks:
         # (SIGINT, SIGTERM) asked: zeros are made on the device; a copy from the host would sync (rare: a signal).
         asked = values.new_zeros(2) if sig is None else values.new_tensor([sig == signal.SIGINT, sig == signal.SIGTERM])
         flags = all_reduce_sum(torch.cat([(~torch.isfinite(values)).float(), asked.float()]))
-        previous, self.pending = self.pending, (step, names, flags, None)
-        if self.lagged:
-            host = torch.empty(flags.shape, pin_memory=True)
-            host.copy_(flags, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            self.pending = (step, names, host, event)
-            return self._verdict(previous)
-        return self.resolve()
+        if not self.lagged:
+            return self._verdict((step, names, flags, None))
+        host = torch.empty(flags.shape, pin_memory=True)
+        host.copy_(flags, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        previous, self.pending = self.pending, (step, names, host, event)
+        return self._verdict(previous)
 
     def resolve(self):
         """Reads the pending check: raises on a non-finite loss; returns the signal asked for, or None."""
@@ -165,7 +164,6 @@ def exit_with_launcher(poll_s=0.5):
     threading.Thread(target=watch, name="genperf-launcher-watch", daemon=True).start()
 
 
-
 def lock_run_folder(out, is_main):
     """Rank 0 takes the run folder's lock (returned; None on other ranks); if it cannot, every rank
     raises the same one-line error."""
@@ -179,4 +177,3 @@ def lock_run_folder(out, is_main):
     if errors:
         raise GenperfError(errors[0])
     return lock
-

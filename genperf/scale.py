@@ -139,11 +139,9 @@ def launch_workers(nproc: int, module: str, argv: list, shutdown_timeout: int = 
     try:
         elastic_launch(LaunchConfig(**options), sys.executable)("-u", "-m", module, *argv)
     except ChildFailedError as e:
-        failures = dict(sorted(e.failures.items()))
-        first = failures.get(0) or next(iter(failures.values()))
+        rank, first = min(e.failures.items())  # rank 0 where it failed: it prints the run's messages
         if first.exitcode in SELF_REPORTED_EXITS:
             return first.exitcode
-        rank = next(r for r, f in failures.items() if f is first)
         how = (f"killed by {signal.Signals(-first.exitcode).name}" if first.exitcode < 0
                else f"exit code {first.exitcode}")
         print(f"genperf: error: worker rank {rank} failed ({how}); its output is above", file=sys.stderr, flush=True)

@@ -111,8 +111,7 @@ def test_killing_the_launchers_group_ends_its_workers_and_frees_the_folder(tmp_p
     _wait_for(lambda: checkpoint.find_sharded(str(out)), what="a sharded checkpoint")
     workers = _children(proc.pid)
     assert len(workers) == 2
-    random.seed(1)
-    time.sleep(random.uniform(0, 0.5))  # a random moment, most likely within a save (one per step)
+    time.sleep(random.Random(1).uniform(0, 0.5))  # a random moment, most likely within a save (one per step)
     os.killpg(proc.pid, signal.SIGKILL)  # what a closed terminal or a scheduler does to the launcher
     proc.wait()
     _wait_for(lambda: not any(_alive(w) for w in workers), timeout=10, what="the workers to exit")

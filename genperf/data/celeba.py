@@ -228,9 +228,8 @@ class DALIBatches(Batches):
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
         done = 0  # batches delivered
         while done * local < len(files):
-            for i, path in enumerate(files):  # files found undecodable earlier, in this epoch or another
-                if path in self.undecodable and i not in left_out:
-                    left_out.add(i)
+            # files found undecodable earlier, in this epoch or another
+            left_out |= {i for i, path in enumerate(files) if path in self.undecodable}
             files = self._with_stand_ins(files, left_out)
             first = done * local
             pipe = self._pipeline(files[first:], mirror[first:])
