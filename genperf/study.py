@@ -1,14 +1,17 @@
-"""python -m genperf.study EXPERIMENT --out DIR [--quick]: the study's experiments, reproduced.
+"""python -m genperf.study EXPERIMENT|all --out DIR [--seeds N] [--quick]: the study's experiments, reproduced.
 
-Each experiment trains what it needs with genperf.train (or reuses the run directories under
---runs, default DIR/runs, so experiments that share models train them once), then writes
-DIR/report.md, its figures (PNG) and DIR/results.json. --quick is a CPU-sized version on the bundled
-`digits` data for tests and CI; the full versions train on MNIST (--data-root).
+Each experiment trains what it needs with genperf.train, once per seed (or reuses the run directories
+under --runs, default DIR/runs, so experiments that share models train them once), then writes
+DIR/report.md, its figures (PNG) and DIR/results.json: every number as the mean and standard deviation
+over the seeds with each seed's value, and a verdict on each claim of the source study it tests. `all`
+runs every experiment into DIR/NAME and writes a summary DIR/report.md. --quick is a smoke test on the
+bundled `digits` data for tests and CI; the full versions train on MNIST (--data-root).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -30,20 +33,22 @@ REALNVP_QUICK = ["--mid-channels", "8", "--num-blocks", "1"]
 
 
 class Study:
-    def __init__(self, args):
-        self.quick, self.out = args.quick, args.out
+    def __init__(self, args, experiment, out=None):
+        self.experiment, self.quick, self.out = experiment, args.quick, out or args.out
         self.runs = args.runs or os.path.join(args.out, "runs")
         self.data = ["--data", "digits"] if args.quick else ["--data", args.data, "--data-root", args.data_root]
-        self.device = args.device
+        self.device, self.seeds = args.device, args.seeds or default_seeds(experiment, args.quick)
         self.inception_weights = args.inception_weights
         self.lines, self.results = [], {}
+        self.headlines, self.claims = [], []  # rows of the summary table, verdicts on the source study's claims
         os.makedirs(self.out, exist_ok=True)
 
     # ---- training and loading ----
     def _train(self, name, model, options):
         """python -m genperf.train MODEL into RUNS/name, resuming what is there."""
         out = os.path.join(self.runs, name)
-        argv = [model, *self.data, "--out", out, "--device", self.device, "--log-every", "5", *options]
+        argv = [model, *(self.data if "--data" not in options else []), "--out", out, "--device", self.device,
+                *(["--log-every", "5"] if "--log-every" not in options else []), *options]
         if checkpoint.find(out):
             argv.append("--resume")  # an interrupted study picks up where it stopped
         print(f"genperf.study: training {name}: python -m genperf.train {' '.join(argv)}", flush=True)
@@ -51,21 +56,28 @@ class Study:
             raise GenperfError(f"training {name} failed (see above)")
         return out
 
-    def train(self, name, model, *options):
-        """The run directory RUNS/name, trained unless it already finished (summary.json present)."""
+    @staticmethod
+    def run_name(name, seed):
+        """Seed 0 keeps the plain name, so runs trained before --seeds existed are reused."""
+        return name if seed == 0 else f"{name}-seed{seed}"
+
+    def train(self, name, model, *options, seed=0):
+        """The run directory RUNS/name[-seedN], trained unless it already finished (summary.json present)."""
+        name = self.run_name(name, seed)
         out = os.path.join(self.runs, name)
         if os.path.exists(os.path.join(out, "summary.json")):
             return out
-        return self._train(name, model, options)
+        return self._train(name, model, [*options, "--seed", str(seed)])
 
-    def train_stages(self, name, model, stages, *options):
-        """Trains RUNS/name to each step count of `stages` in turn (through --resume, which continues
-        bit-exactly) and keeps a copy of the checkpoint of each: [(steps, checkpoint path)]."""
+    def train_stages(self, name, model, stages, *options, seed=0):
+        """Trains RUNS/name[-seedN] to each step count of `stages` in turn (through --resume, which
+        continues bit-exactly) and keeps a copy of the checkpoint of each: [(steps, checkpoint path)]."""
+        name = self.run_name(name, seed)
         out, snapshots = os.path.join(self.runs, name), []
         for steps in stages:
             snapshot = os.path.join(out, f"checkpoint-step{steps:06d}.pt")
             if not os.path.exists(snapshot):
-                self._train(name, model, ["--steps", str(steps), *options])
+                self._train(name, model, ["--steps", str(steps), *options, "--seed", str(seed)])
                 shutil.copyfile(os.path.join(out, checkpoint.CHECKPOINT), snapshot)
             snapshots.append((steps, snapshot))
         return snapshots
@@ -74,16 +86,20 @@ class Study:
         return REALNVP_QUICK if self.quick else REALNVP_FULL
 
     # The runs several experiments share, spelled once so that a reused run is the one asked for.
-    def dcgan(self):
-        return self.train("dcgan", "dcgan", *self.epochs())
+    def dcgan(self, seed):
+        return self.train("dcgan", "dcgan", *self.epochs(), seed=seed)
 
-    def vae(self):
-        return self.train("vae-beta1", "vae", "--beta", "1", *self.epochs())
+    def vae(self, seed):
+        return self.train("vae-beta1", "vae", "--beta", "1", *self.epochs(), seed=seed)
 
-    def family_runs(self):
+    def flow(self, seed):
+        """RealNVP with held-out bits/dim every few steps (evolution shows its samples, flow-stability its curve)."""
+        every = "10" if self.quick else "50"
+        return self.train("realnvp", "realnvp", *self.realnvp(), *self.epochs(3, 12), "--eval-every", every, seed=seed)
+
+    def family_runs(self, seed):
         """A DCGAN, a VAE and a RealNVP."""
-        return {"DCGAN": self.dcgan(), "VAE": self.vae(),
-                "RealNVP": self.train("realnvp", "realnvp", *self.realnvp(), *self.epochs())}
+        return {"DCGAN": self.dcgan(seed), "VAE": self.vae(seed), "RealNVP": self.flow(seed)}
 
     def epochs(self, quick=QUICK_EPOCHS, full=FULL_EPOCHS):
         return ["--epochs", str(quick if self.quick else full)]
@@ -102,15 +118,85 @@ class Study:
         self.say(f"![{caption}]({name})\n\n*{caption}*\n")
         return path
 
-    def write(self, experiment, seconds):
-        self.results["wall_time_s"] = seconds
+    def headline(self, what, entry, key, digits=2):
+        """A row of the summary table: `what`, and entry[key] as mean +- std over the seeds."""
+        self.headlines.append((self.experiment, what, pm(entry, key, digits), len(entry["per_seed"])))
+
+    def claim(self, text, verdict, evidence):
+        self.claims.append({"experiment": self.experiment, "claim": text, "verdict": verdict, "evidence": evidence})
+        self.say(f"**Claim: {text}** Verdict: **{verdict}** ({evidence}).\n")
+
+    def write(self, seconds):
+        self.results.update(wall_time_s=seconds, seeds=self.seeds, claims=self.claims)
         with open(os.path.join(self.out, "results.json"), "w") as f:
             json.dump(self.results, f, indent=2)
-        head = [f"# {experiment}{' (quick)' if self.quick else ''}", "",
-                f"`python -m genperf.study {experiment} --out {self.out}{' --quick' if self.quick else ''}`: "
-                f"{seconds:.0f} s on {self.device}. Runs in `{self.runs}`; numbers in `results.json`.", ""]
+        seeds = ",".join(map(str, self.seeds))
+        head = [f"# {self.experiment}{' (quick)' if self.quick else ''}", ""]
+        if self.quick:
+            head += [QUICK_WARNING, ""]
+        head += [f"`python -m genperf.study {self.experiment} --out {self.out} --seeds {seeds}"
+                 f"{' --quick' if self.quick else ''}`: {seconds:.0f} s on {self.device}, seeds {seeds}; runs in "
+                 f"`{self.runs}`; numbers in `results.json`. A value shown as m +- s is the mean over the seeds and "
+                 f"their sample standard deviation.", ""]
         with open(os.path.join(self.out, "report.md"), "w") as f:
             f.write("\n".join(head + self.lines) + "\n")
+
+
+QUICK_WARNING = ("**Quick budgets are smoke tests**: minutes of CPU on the 8x8 `digits` (and 600 generator updates on "
+                 "ring8); they show that every experiment runs end to end, not what the full budgets find.")
+
+
+# ---- aggregation over seeds ----
+
+def mean_std(values):
+    """Mean and sample standard deviation (n - 1); the deviation is None for a single value."""
+    values = [float(v) for v in values]
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def spread(per_seed):
+    """{seed: {metric: value}} -> {metric: mean, metric_std: std, ..., "per_seed": {seed: {metric: value}}}."""
+    keys = next(iter(per_seed.values())).keys()
+    out = {}
+    for key in keys:
+        out[key], out[f"{key}_std"] = mean_std([values[key] for values in per_seed.values()])
+    out["per_seed"] = {str(seed): dict(values) for seed, values in per_seed.items()}
+    return out
+
+
+def pm(entry, key, digits=2):
+    std = entry[f"{key}_std"]
+    return f"{entry[key]:.{digits}f}" + (f" +- {std:.{digits}f}" if std is not None else " (one seed)")
+
+
+def values_of(entry, key):
+    return [values[key] for values in entry["per_seed"].values()]
+
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive at this budget"
+
+
+def verdict(higher, lower, smallest):
+    """The claim "higher exceeds lower" (lists of per-seed values, or a fixed number as `lower`), judged
+    from the difference of means d and its standard error se (Welch): not reproduced when d + 2 se <
+    `smallest`, the smallest difference that would count as the claimed effect (the data rule it out, or
+    show the opposite); reproduced when d - 2 se > 0; inconclusive otherwise. Returns (verdict, text)."""
+    samples = [higher] if isinstance(lower, (int, float)) else [higher, lower]
+    if any(len(v) < 2 for v in samples):
+        return INCONCLUSIVE, "one seed: no spread to judge a difference by"
+    stats = [mean_std(v) for v in samples]
+    d = stats[0][0] - (stats[1][0] if len(stats) > 1 else lower)
+    se = math.sqrt(sum(std ** 2 / len(v) for (_, std), v in zip(stats, samples)))
+    text = f"difference {d:+.3g} +- {2 * se:.2g} (2 standard errors, {len(higher)} seeds)"
+    if d + 2 * se < smallest:
+        return NOT_REPRODUCED, text + f"; an effect of {smallest:g} or more is ruled out"
+    if d - 2 * se > 0:
+        return REPRODUCED, text
+    return INCONCLUSIVE, text
+
 
 def to_float(images):
     return images.float() / 255 if images.dtype == torch.uint8 else images.float()
@@ -145,30 +231,40 @@ def curves(run):
 
 # ---- experiments ----
 
+def epochs_shown(run):
+    """The first, middle and last epoch of a run."""
+    last = int(json.load(open(os.path.join(run, "summary.json")))["epochs"])
+    return sorted({1, max(1, last // 2), last})
+
+
 def evolution(s: Study):
-    quick = s.quick
-    picks = [1, 2, 3] if quick else [1, 10, 20]
-    runs = s.family_runs()
+    runs = {seed: s.family_runs(seed) for seed in s.seeds}
+    shown = runs[s.seeds[0]]
     plt = pyplot()
-    fig, axes = plt.subplots(len(runs), len(picks), figsize=(3 * len(picks), 3 * len(runs)), squeeze=False)
-    for i, (family, run) in enumerate(runs.items()):
-        for j, epoch in enumerate(picks):
+    fig, axes = plt.subplots(len(shown), 3, figsize=(9, 3 * len(shown)), squeeze=False)
+    for i, (family, run) in enumerate(shown.items()):
+        for j, epoch in enumerate(epochs_shown(run)):
             axes[i, j].imshow(plt.imread(os.path.join(run, "samples", f"epoch_{epoch:03d}.png")), cmap="gray")
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
-            axes[0, j].set_title(f"epoch {epoch}")
-        axes[i, 0].set_ylabel(family)
-    s.say("Samples from the same fixed latents after each epoch shown, one family per row.\n")
+            axes[i, j].set_title(f"{family}, epoch {epoch}", fontsize=9)
+    s.say(f"Samples from the same fixed latents at the first, middle and last epoch, one family per row (seed "
+          f"{s.seeds[0]}).\n")
     s.figure(fig, "evolution.png", "Samples over training (rows: DCGAN, VAE, RealNVP)")
-    s.results = {family: {"run": run, "epochs_shown": picks,
-                          "heldout": json.load(open(os.path.join(run, "summary.json")))["heldout"]}
-                 for family, run in runs.items()}
-    for family, r in s.results.items():
-        s.say(f"- {family}: final held-out {json.dumps(r['heldout']) if r['heldout'] else 'metric: none (no likelihood)'}")
+    s.results = {}
+    for family in shown:
+        held = {seed: json.load(open(os.path.join(runs[seed][family], "summary.json")))["heldout"] for seed in s.seeds}
+        entry = spread(held) if held[s.seeds[0]] else {"per_seed": {str(seed): {} for seed in s.seeds}}
+        s.results[family] = dict(entry, run=shown[family], epochs_shown=epochs_shown(shown[family]))
+    s.headline("VAE held-out ELBO (nats)", s.results["VAE"], "elbo")
+    s.headline("RealNVP held-out bits/dim", s.results["RealNVP"], "bits_per_dim", 3)
+    s.say(f"- VAE held-out ELBO: {pm(s.results['VAE'], 'elbo')} nats; RealNVP held-out bits/dim: "
+          f"{pm(s.results['RealNVP'], 'bits_per_dim', 3)}; DCGAN: no likelihood (see label-smoothing for its FID).\n")
 
 
 def interpolation(s: Study, steps=9):
-    runs = s.family_runs()
+    seed = s.seeds[0]
+    runs = s.family_runs(seed)
     t = torch.linspace(0, 1, steps)
     rows, labels = [], []
     for family, run in runs.items():
@@ -185,8 +281,8 @@ def interpolation(s: Study, steps=9):
             for kind, z in (("linear", a + (b - a) * t.view(shape)), ("spherical", slerp(a, b, t))):
                 rows.append(objective.sample(z).float().cpu())
                 labels.append(f"{family}\n{kind}")
-    s.say("Left to right: from one latent to another. DCGAN latents are prior draws; VAE and RealNVP "
-          "latents encode two held-out images (the VAE's posterior mean, the flow's exact inverse).\n")
+    s.say(f"Left to right: from one latent to another (the runs of seed {seed}). DCGAN latents are prior draws; VAE "
+          "and RealNVP latents encode two held-out images (the VAE's posterior mean, the flow's exact inverse).\n")
     s.figure(show_rows(rows, labels, "Latent interpolation"), "interpolation.png",
              "Linear and spherical interpolation per family")
     s.results = {family: {"run": run} for family, run in runs.items()}
@@ -197,165 +293,249 @@ def latent_sweep(s: Study, values=torch.linspace(-3, 3, 9)):
              ("beta-vae-z10", "beta-VAE (beta 4), 10-d", "beta-vae", ["--latent-dim", "10", "--beta", "4", *s.epochs()]),
              ("beta-vae-z32", "beta-VAE (beta 4), 32-d", "beta-vae", ["--latent-dim", "32", "--beta", "4", *s.epochs()])]
     s.results = {}
-    s.say("Each row sweeps one latent dimension from -3 to 3 with the others fixed at a prior draw.\n")
+    s.say(f"Each row sweeps one latent dimension from -3 to 3 with the others fixed at a prior draw (figures: seed "
+          f"{s.seeds[0]}). A dimension is active when it changes the image by more than 1% on average.\n")
     for name, title, model, options in specs:
-        objective = s.load(s.train(name, model, *options)).objective
-        base = objective.noise(1, torch.Generator().manual_seed(2)).to(s.device)
-        rows = []
-        for d in range(base.shape[1]):
-            z = base.repeat(len(values), 1)
-            z[:, d] = values.to(s.device)
-            rows.append(objective.sample(z).float().cpu())
-        # How much each dimension changes the image: disentangled beta-VAEs leave many dimensions inert.
-        effect = [float((r - r.mean(0)).abs().mean()) for r in rows]
-        s.figure(show_rows(rows, [f"z{d}" for d in range(len(rows))], title), f"sweep-{name}.png", title)
-        active = sum(e > 0.01 for e in effect)
-        s.results[name] = {"latent_dim": len(rows), "mean_abs_change_per_dim": effect, "active_dims": active}
-        s.say(f"- {title}: {active} of {len(rows)} dimensions change the image by more than 1% on average\n")
+        active, shown = {}, None
+        for seed in s.seeds:
+            objective = s.load(s.train(name, model, *options, seed=seed)).objective
+            base = objective.noise(1, torch.Generator().manual_seed(2)).to(s.device)
+            rows = []
+            for d in range(base.shape[1]):
+                z = base.repeat(len(values), 1)
+                z[:, d] = values.to(s.device)
+                rows.append(objective.sample(z).float().cpu())
+            # How much each dimension changes the image: disentangled beta-VAEs leave many dimensions inert.
+            effect = [float((r - r.mean(0)).abs().mean()) for r in rows]
+            active[seed] = {"active_dims": sum(e > 0.01 for e in effect)}
+            if shown is None:
+                shown = effect
+                s.figure(show_rows(rows, [f"z{d}" for d in range(len(rows))], title), f"sweep-{name}.png", title)
+        s.results[name] = dict(spread(active), latent_dim=len(shown), mean_abs_change_per_dim=shown)
+        s.headline(f"{title}: active latent dimensions of {len(shown)}", s.results[name], "active_dims", 1)
+        s.say(f"- {title}: {pm(s.results[name], 'active_dims', 1)} of {len(shown)} dimensions active\n")
 
 
-# name in results -> (model, run-name suffix, options). The WGAN-GP authors' toy script uses a penalty
-# weight of 0.1 ("smaller lambda seems to help for toy tasks"); the paper's 10 is kept for comparison.
-MODE_COLLAPSE_MODELS = {"dcgan": ("dcgan", "", []),
-                        "wgan-gp": ("wgan-gp", "-gp0.1", ["--gp-weight", "0.1"]),
-                        "wgan-gp-lambda10": ("wgan-gp", "", ["--gp-weight", "10"])}
+# The published toy protocol (the WGAN-GP authors' gan_toy.py): MLPs of 3 ReLU layers of 512 units
+# (genperf's MLPGenerator/MLPDiscriminator), 2-d noise, batch 256, 5 critic steps per generator step,
+# each model's own optimizer (WGAN-GP: Adam 1e-4 (0.5, 0.9); WGAN: RMSprop 5e-5, clip 0.01; DCGAN: Adam
+# 2e-4 (0.5, 0.999)) and the script's penalty weight 0.1 ("smaller lambda seems to help for toy tasks").
+TOY_PROTOCOL = ["--latent-dim", "2", "--batch-size", "256", "--log-every", "100"]
+MODE_COLLAPSE_MODELS = {"dcgan": [], "wgan-gp": ["--gp-weight", "0.1"], "wgan": ["--clip", "0.01"]}
+# Generator updates per run (the script runs 100k); see README for the CPU budget behind the full one.
+MODE_COLLAPSE_BUDGET = {"quick": (600, 2, ("ring8",)), "full": (1000, 5, ("ring8", "grid25"))}
 
 
-def mode_collapse(s: Study, stages=4):
-    # The same number of generator updates for all: WGAN-GP steps its generator every 5th critic step.
-    generator_steps = 100 if s.quick else 8000
-    stages = 2 if s.quick else stages
+def mode_collapse(s: Study):
+    generator_steps, stages, toys = MODE_COLLAPSE_BUDGET["quick" if s.quick else "full"]
     s.results = {}
     plt = pyplot()
-    for toy in ("ring8", "grid25"):
-        fig, axes = plt.subplots(len(MODE_COLLAPSE_MODELS), stages, figsize=(3 * stages, 3 * len(MODE_COLLAPSE_MODELS)),
+    for toy in toys:
+        fig, axes = plt.subplots(len(MODE_COLLAPSE_MODELS), stages, figsize=(2.6 * stages, 2.6 * len(MODE_COLLAPSE_MODELS)),
                                  squeeze=False)
-        for i, (key, (model, suffix, options)) in enumerate(MODE_COLLAPSE_MODELS.items()):
-            history, run = [], f"{model}-{toy}{suffix}"
-            total = generator_steps * (5 if model == "wgan-gp" else 1)
+        for i, (model, options) in enumerate(MODE_COLLAPSE_MODELS.items()):
+            critic_steps = 1 if model == "dcgan" else 5  # a WGAN step is a critic step
+            total = generator_steps * critic_steps
             stage_steps = [total * k // stages for k in range(1, stages + 1)]
-            snapshots = s.train_stages(run, model, stage_steps, "--data", toy, "--latent-dim", "2", *options)
-            for k, (steps, snapshot) in enumerate(snapshots):
-                loaded = s.load(os.path.join(s.runs, run), snapshot)
-                points, data = loaded.sample(2500, seed=3).cpu(), loaded.data()
-                score = metrics.mode_coverage(points, toy)
-                history.append(dict(score, step=steps))
-                ax = axes[i, k]
-                ax.scatter(*data.heldout[:2500].T, s=1, alpha=0.3, label="real")
-                ax.scatter(*points.T, s=1, alpha=0.5, label="generated")
-                ax.set_title(f"{key}, step {steps}: {score['modes_covered']}/{score['modes']} modes", fontsize=9)
-                ax.set_aspect("equal")
-            s.results.setdefault(toy, {})[key] = dict(history[-1], history=history, options=options)
-        s.figure(fig, f"mode-collapse-{toy}.png", f"{toy}: real (blue) vs generated (orange) over training")
-    s.results.update({m: {k: s.results["ring8"][m][k] for k in ("modes_covered", "high_quality")}
+            history, final = {}, {}
+            for seed in s.seeds:
+                snapshots = s.train_stages(f"{model}-{toy}", model, stage_steps, "--data", toy, *TOY_PROTOCOL,
+                                           *options, seed=seed)
+                for k, (steps, snapshot) in enumerate(snapshots):
+                    loaded = s.load(os.path.join(s.runs, s.run_name(f"{model}-{toy}", seed)), snapshot)
+                    points = loaded.sample(2500, seed=3).cpu()
+                    score = metrics.mode_coverage(points, toy)
+                    history.setdefault(steps // critic_steps, {})[seed] = {k: score[k] for k in ("modes_covered",
+                                                                                            "high_quality")}
+                    final[seed] = history[steps // critic_steps][seed]
+                    if seed == s.seeds[0]:
+                        ax = axes[i, k]
+                        ax.scatter(*loaded.data().heldout[:2500].T, s=1, alpha=0.3, label="real")
+                        ax.scatter(*points.T, s=1, alpha=0.5, label="generated")
+                        ax.set_title(f"{model}, {steps // critic_steps} G steps: {score['modes_covered']}/"
+                                     f"{score['modes']}", fontsize=8)
+                        ax.set_xlim(-5, 5)
+                        ax.set_ylim(-5, 5)
+                        ax.set_aspect("equal")
+                        ax.set_xticks([])
+                        ax.set_yticks([])
+            s.results.setdefault(toy, {})[model] = dict(
+                spread(final), modes=score["modes"], options=options,
+                history=[dict(spread(h), generator_steps=g) for g, h in sorted(history.items())])
+        s.figure(fig, f"mode-collapse-{toy}.png", f"{toy}: real (blue) vs generated (orange) over training, seed "
+                                                  f"{s.seeds[0]}")
+    s.figure(coverage_curves(s.results), "mode-collapse-curves.png",
+             "Modes covered and high-quality fraction against generator updates: mean over seeds, shaded +- 1 std")
+    s.results.update({m: {k: v for k, v in s.results["ring8"][m].items() if k not in ("history", "options", "modes")}
                       for m in ("dcgan", "wgan-gp")})
-    s.say(f"All get {generator_steps} generator updates (WGAN-GP: 5 critic steps each), batch 64, 2-d latent. "
-          "`wgan-gp` uses the penalty weight 0.1 of the WGAN-GP authors' toy script, `wgan-gp-lambda10` the "
-          "paper's 10. A sample is high quality within 3 standard deviations of a mode's center; a mode is "
-          "covered when at least 1% of 2,500 samples are high-quality samples of it.\n")
+    s.say(f"The WGAN-GP authors' toy protocol: generator and critic MLPs of 3 ReLU layers of 512 units, 2-d noise, "
+          f"batch 256, 5 critic steps per generator step for both WGANs, WGAN-GP penalty weight 0.1, each model's "
+          f"own optimizer; {generator_steps} generator updates per run (the protocol's 100,000 do not fit a CPU "
+          f"budget), scored at {stages} stages. The metric of VEEGAN / PacGAN: of 2,500 samples, a sample is high "
+          f"quality within 3 standard deviations of its nearest mode; a mode is covered when at least 1% of the "
+          f"samples are high-quality samples of it. Seeds {', '.join(map(str, s.seeds))}.\n")
     s.say("| mixture | model | modes covered | high quality |\n| --- | --- | --- | --- |")
-    for toy in ("ring8", "grid25"):
+    for toy in toys:
         for m, r in s.results[toy].items():
-            s.say(f"| {toy} | {m} | {r['modes_covered']} / {r['modes']} | {r['high_quality']:.3f} |")
+            s.say(f"| {toy} | {m} | {pm(r, 'modes_covered', 1)} / {r['modes']} | {pm(r, 'high_quality', 3)} |")
+            s.headline(f"{toy} {m}: modes covered of {r['modes']}", r, "modes_covered", 1)
+            s.headline(f"{toy} {m}: high-quality fraction", r, "high_quality", 3)
     s.say()
+    for toy in toys:
+        got = s.results[toy]
+        s.claim(f"WGAN-GP covers more modes of {toy} than DCGAN, which collapses",
+                *verdict(values_of(got["wgan-gp"], "modes_covered"), values_of(got["dcgan"], "modes_covered"), 1))
+
+
+def coverage_curves(results):
+    plt = pyplot()
+    fig, axes = plt.subplots(len(results), 2, figsize=(10, 3.2 * len(results)), squeeze=False)
+    for row, (toy, models) in zip(axes, results.items()):
+        for ax, key in zip(row, ("modes_covered", "high_quality")):
+            for model, r in models.items():
+                x = [h["generator_steps"] for h in r["history"]]
+                mean = [h[key] for h in r["history"]]
+                std = [h[f"{key}_std"] or 0.0 for h in r["history"]]
+                ax.plot(x, mean, "o-", ms=3, label=model)
+                ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)], alpha=0.2)
+            ax.set_title(f"{toy}: {key.replace('_', ' ')}", fontsize=10)
+            ax.set_xlabel("generator updates")
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def label_smoothing(s: Study):
-    runs = {"without": s.dcgan(),
-            "with": s.train("dcgan-smoothing", "dcgan", "--label-smoothing", *s.epochs())}
+    variants = {"without": ("dcgan", []), "with": ("dcgan-smoothing", ["--label-smoothing"])}
+    wanted = ["classifier_fid"] + (["inception_fid"] if s.inception_weights else [])
+    scores, rows = {label: {} for label in variants}, []
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
-    rows = []
-    s.results = {}
-    wanted = ["classifier_fid"] + (["inception_fid"] if s.inception_weights else [])
-    for label, run in runs.items():
-        loaded = s.load(run)
-        scores = evaluate_run(loaded, metrics=wanted, fid_samples=1000, inception_weights=s.inception_weights)
-        accuracy, compared = scores["classifier_accuracy"], scores["fid_samples"]
-        s.results["images_compared"] = {"heldout": compared, "generated": compared}
-        train_log, _ = curves(run)
-        for ax, key in zip(axes, ("discriminator_loss", "generator_loss")):
-            ax.plot([r["step"] for r in train_log if key in r], [r[key] for r in train_log if key in r],
-                    label=f"{label} smoothing")
-            ax.set_title(key)
-            ax.set_xlabel("step")
-        rows.append(loaded.sample(16).cpu())
-        s.results[label] = {k: scores[k] for k in wanted}
-        s.results[label]["run"] = run
-    s.results["classifier_accuracy"] = accuracy
+    for label, (name, options) in variants.items():
+        for seed in s.seeds:
+            run = s.dcgan(seed) if not options else s.train(name, "dcgan", *options, *s.epochs(), seed=seed)
+            loaded = s.load(run)
+            got = evaluate_run(loaded, metrics=wanted, fid_samples=1000, inception_weights=s.inception_weights)
+            accuracy, compared = got["classifier_accuracy"], got["fid_samples"]
+            scores[label][seed] = {k: got[k] for k in wanted}
+            if seed == s.seeds[0]:
+                train_log, _ = curves(run)
+                for ax, key in zip(axes, ("discriminator_loss", "generator_loss")):
+                    ax.plot([r["step"] for r in train_log if key in r], [r[key] for r in train_log if key in r],
+                            label=f"{label} smoothing")
+                    ax.set_title(key)
+                    ax.set_xlabel("step")
+                rows.append(loaded.sample(16).cpu())
+    s.results = {label: spread(per_seed) for label, per_seed in scores.items()}
+    s.results.update(classifier_accuracy=accuracy, images_compared={"heldout": compared, "generated": compared})
     for ax in axes:
         ax.legend()
-    s.figure(fig, "label-smoothing-losses.png", "DCGAN losses with and without one-sided label smoothing")
-    s.figure(show_rows(rows, list(runs), "DCGAN samples"), "label-smoothing-samples.png",
+    s.figure(fig, "label-smoothing-losses.png", f"DCGAN losses with and without one-sided label smoothing (seed "
+                                                f"{s.seeds[0]})")
+    s.figure(show_rows(rows, list(variants), "DCGAN samples"), "label-smoothing-samples.png",
              "Samples without (top) and with (bottom) label smoothing")
     s.say(f"Classifier FID: Frechet distance between {compared} held-out and {compared} generated images in the "
           f"128 features of a small CNN trained on the same data set (held-out accuracy {accuracy:.3f}). It is "
           f"not the Inception FID and compares only runs scored by the same classifier. Lower is better.\n")
-    s.say(f"- without smoothing: {s.results['without']['classifier_fid']:.3f}")
-    s.say(f"- with smoothing (real labels in [0.7, 0.9]): {s.results['with']['classifier_fid']:.3f}\n")
+    s.say(f"- without smoothing: {pm(s.results['without'], 'classifier_fid')}")
+    s.say(f"- with smoothing (real labels in [0.7, 0.9]): {pm(s.results['with'], 'classifier_fid')}\n")
+    for label in variants:
+        s.headline(f"DCGAN classifier FID, {label} label smoothing", s.results[label], "classifier_fid")
     if s.inception_weights:
-        s.say(f"Inception FID: without {s.results['without']['inception_fid']:.3f}, "
-              f"with {s.results['with']['inception_fid']:.3f}\n")
+        s.say(f"Inception FID: without {pm(s.results['without'], 'inception_fid')}, "
+              f"with {pm(s.results['with'], 'inception_fid')}\n")
+    without = values_of(s.results["without"], "classifier_fid")
+    smallest = 0.05 * mean_std(without)[0]
+    s.claim("one-sided label smoothing improves (lowers) the DCGAN's FID; an effect under 5% of the FID without "
+            "it does not count", *verdict(without, values_of(s.results["with"], "classifier_fid"), smallest))
 
 
 def beta_sweep(s: Study):
-    runs = {1: s.vae(),
-            10: s.train("beta-vae-beta10", "beta-vae", "--beta", "10", *s.epochs()),
-            100: s.train("beta-vae-beta100", "beta-vae", "--beta", "100", *s.epochs())}
+    betas = (1, 10, 100)
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
-    recon_rows, sample_rows, labels = [], [], []
-    s.results = {}
-    for beta, run in runs.items():
-        loaded = s.load(run)
-        model, x = loaded.model, to_float(loaded.data().heldout[:8]).to(s.device)
-        scores = evaluate_run(loaded, metrics=["elbo", "nll"], samples=50 if s.quick else 200)
-        train_log, held = curves(run)
-        for ax, key in zip(axes, ("loss", "recon", "kl")):
-            ax.plot([r["step"] for r in train_log], [r[key] for r in train_log], label=f"beta {beta}")
-            ax.set_title(key)
-            ax.set_xlabel("step")
-        with torch.no_grad():
-            recon_rows.append(torch.cat([x.cpu(), torch.sigmoid(model(x)[0]).float().cpu()]))
-        sample_rows.append(loaded.sample(16).cpu())
-        labels.append(f"beta {beta}")
-        s.results[str(beta)] = {"heldout_elbo": scores["elbo"], "heldout_nll_importance_sampled": scores["nll"],
-                                "run": run}
+    recon_rows, sample_rows, labels, scores = [], [], [], {}
+    for beta in betas:
+        for seed in s.seeds:
+            run = s.vae(seed) if beta == 1 else s.train(f"beta-vae-beta{beta}", "beta-vae", "--beta", str(beta),
+                                                        *s.epochs(), seed=seed)
+            loaded = s.load(run)
+            got = evaluate_run(loaded, metrics=["elbo", "nll"], samples=50 if s.quick else 200)
+            scores.setdefault(beta, {})[seed] = {"heldout_elbo": got["elbo"], "heldout_nll_importance_sampled": got["nll"],
+                                                 "recon": got["recon"], "kl": got["kl"]}
+            if seed != s.seeds[0]:
+                continue
+            train_log, _ = curves(run)
+            for ax, key in zip(axes, ("loss", "recon", "kl")):
+                ax.plot([r["step"] for r in train_log], [r[key] for r in train_log], label=f"beta {beta}")
+                ax.set_title(key)
+                ax.set_xlabel("step")
+            model, x = loaded.model, to_float(loaded.data().heldout[:8]).to(s.device)
+            with torch.no_grad():
+                recon_rows.append(torch.cat([x.cpu(), torch.sigmoid(model(x)[0]).float().cpu()]))
+            sample_rows.append(loaded.sample(16).cpu())
+            labels.append(f"beta {beta}")
+    s.results = {str(beta): spread(per_seed) for beta, per_seed in scores.items()}
     for ax in axes:
         ax.legend()
         ax.set_yscale("log")
-    s.figure(fig, "beta-sweep-losses.png", "Training loss, reconstruction (BCE) and KL per beta")
+    s.figure(fig, "beta-sweep-losses.png", f"Training loss, reconstruction (BCE) and KL per beta (seed {s.seeds[0]})")
     s.figure(show_rows(recon_rows, labels, "held-out images (left 8) and reconstructions (right 8)"),
              "beta-sweep-reconstructions.png", "Reconstructions per beta")
     s.figure(show_rows(sample_rows, labels, "samples"), "beta-sweep-samples.png", "Samples per beta")
-    s.say("| beta | held-out ELBO (nats) | importance-sampled NLL (nats) |\n| --- | --- | --- |")
+    s.say("| beta | held-out ELBO (nats) | importance-sampled NLL (nats) | reconstruction (BCE) | KL |\n"
+          "| --- | --- | --- | --- | --- |")
     for beta, r in s.results.items():
-        s.say(f"| {beta} | {r['heldout_elbo']:.2f} | {r['heldout_nll_importance_sampled']:.2f} |")
-    s.say(f"\nBoth on the {scores['images']} held-out images (`python -m genperf.evaluate`): the ELBO at beta = 1 "
-          f"whatever the training beta, and the NLL, each from {scores['posterior_samples']} posterior draws "
+        s.say(f"| {beta} | {pm(r, 'heldout_elbo')} | {pm(r, 'heldout_nll_importance_sampled')} | {pm(r, 'recon')} | "
+              f"{pm(r, 'kl')} |")
+        s.headline(f"beta {beta}: held-out ELBO (nats)", r, "heldout_elbo")
+    s.say(f"\nAll on the {got['images']} held-out images (`python -m genperf.evaluate`): the ELBO at beta = 1 "
+          f"whatever the training beta, and the NLL, each from {got['posterior_samples']} posterior draws "
           f"(the NLL by importance sampling, a tighter bound).\n")
+    judged = [verdict(values_of(s.results[str(a)], "heldout_elbo"), values_of(s.results[str(b)], "heldout_elbo"), 1.0)
+              for a, b in zip(betas, betas[1:])]
+    outcome = (NOT_REPRODUCED if any(v == NOT_REPRODUCED for v, _ in judged) else
+               REPRODUCED if all(v == REPRODUCED for v, _ in judged) else INCONCLUSIVE)
+    s.claim("a larger beta buys a more regular latent with worse reconstructions: the held-out ELBO falls from beta "
+            "1 to 10 to 100 (by 1 nat or more at each step)", outcome,
+            "; ".join(f"beta {a} vs {b}: {text}" for (a, b), (_, text) in zip(zip(betas, betas[1:]), judged)))
+
+
+INSTABILITY = 0.05  # bits/dim: a rise of the held-out curve larger than this between two evaluations is a jump
 
 
 def flow_stability(s: Study):
-    every = 10 if s.quick else 50
-    run = s.train("realnvp-stability", "realnvp", *s.realnvp(), *s.epochs(3, 12), "--eval-every", str(every))
-    train_log, held = curves(run)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot([r["step"] for r in train_log], [r["bits_per_dim"] for r in train_log], label="train")
-    ax.plot([r["step"] for r in held], [r["bits_per_dim"] for r in held], "o-", ms=3, label="held-out")
+    found = {}
+    for seed in s.seeds:
+        run = s.flow(seed)
+        train_log, held = curves(run)
+        if seed == s.seeds[0]:
+            ax.plot([r["step"] for r in train_log], [r["bits_per_dim"] for r in train_log], color="0.6",
+                    label=f"train, seed {seed}")
+            every = json.load(open(os.path.join(run, "config.json")))["eval_every"]
+        ax.plot([r["step"] for r in held], [r["bits_per_dim"] for r in held], "o-", ms=2, label=f"held-out, seed {seed}")
+        values = [r["bits_per_dim"] for r in held]
+        found[seed] = {"heldout_bits_per_dim": values[-1],
+                       "largest_heldout_rise": max([0.0] + [b - a for a, b in zip(values, values[1:])]),
+                       "heldout_curve": [(r["step"], r["bits_per_dim"]) for r in held]}
     ax.set_xlabel("step")
     ax.set_ylabel("bits/dim")
-    ax.legend()
-    s.figure(fig, "flow-stability.png", f"RealNVP bits/dim, held-out every {every} steps")
-    bpd = evaluate_run(s.load(run), metrics=["bits_per_dim"], samples=1)["bits_per_dim"]
-    values = [r["bits_per_dim"] for r in held]
-    jumps = [b - a for a, b in zip(values, values[1:])]
-    s.results = {"heldout_bits_per_dim": bpd, "heldout_curve": [(r["step"], r["bits_per_dim"]) for r in held],
-                 "largest_heldout_rise": max(jumps, default=0.0), "run": run}
-    rise = s.results["largest_heldout_rise"]
-    s.say(f"Final held-out bits/dim: {bpd:.3f}. " + (f"Largest rise of the held-out curve between two evaluations: "
-          f"{rise:.3f} bits/dim." if rise > 0 else "The held-out curve never rose between two evaluations.") + "\n")
+    ax.set_ylim(top=min(ax.get_ylim()[1], 2 * max(v["heldout_bits_per_dim"] for v in found.values()) + 1))
+    ax.legend(fontsize=8)
+    s.figure(fig, "flow-stability.png", f"RealNVP bits/dim, held-out every {every} steps, one curve per seed")
+    curves_by_seed = {seed: v.pop("heldout_curve") for seed, v in found.items()}
+    s.results = dict(spread(found), heldout_curves={str(k): v for k, v in curves_by_seed.items()},
+                     run=s.flow(s.seeds[0]))
+    s.headline("RealNVP final held-out bits/dim", s.results, "heldout_bits_per_dim", 3)
+    s.headline("RealNVP largest rise of held-out bits/dim between evaluations", s.results, "largest_heldout_rise", 3)
+    s.say(f"Final held-out bits/dim {pm(s.results, 'heldout_bits_per_dim', 3)}; the largest rise of the held-out "
+          f"curve between two evaluations {every} steps apart: {pm(s.results, 'largest_heldout_rise', 3)} bits/dim "
+          f"(per seed: {', '.join('%.3f' % v['largest_heldout_rise'] for v in found.values())}).\n")
+    s.claim(f"RealNVP training is unstable: its held-out bits/dim jumps up during training (by more than "
+            f"{INSTABILITY} bits/dim between two evaluations)",
+            *verdict(values_of(s.results, "largest_heldout_rise"), INSTABILITY, 0.0))
 
 
 RUNNERS = {"evolution": evolution, "interpolation": interpolation, "latent-sweep": latent_sweep,
@@ -363,28 +543,92 @@ RUNNERS = {"evolution": evolution, "interpolation": interpolation, "latent-sweep
            "flow-stability": flow_stability}
 
 
+def parse_seeds(text):
+    """--seeds: a count N (seeds 0..N-1) or a comma-separated list of seeds."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a comma-separated list of seeds, got {text!r}") from None
+    if len(seeds) == 1:
+        if seeds[0] < 1:
+            raise argparse.ArgumentTypeError(f"the number of seeds must be >= 1, got {seeds[0]}")
+        return list(range(seeds[0]))
+    if len(set(seeds)) < len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and >= 0, got {text}")
+    return seeds
+
+
+# Seeds per experiment when --seeds is not given: five for the toys (cheap, and the noisiest metric), three
+# for the image experiments; two for the --quick smoke tests.
+DEFAULT_SEEDS = {"mode-collapse": 5}
+FULL_SEEDS, QUICK_SEEDS = 3, 2
+
+
+def default_seeds(name, quick):
+    return list(range(QUICK_SEEDS if quick else DEFAULT_SEEDS.get(name, FULL_SEEDS)))
+
+
+def run_experiment(args, name, out):
+    study = Study(args, name, out)
+    t0 = time.perf_counter()
+    RUNNERS[name](study)
+    study.write(time.perf_counter() - t0)
+    print(f"genperf.study: {name} done in {time.perf_counter() - t0:.0f} s; report {out}/report.md", flush=True)
+    return study
+
+
+def write_summary(args, studies, seconds):
+    """OUT/report.md of `study all`: every headline number with its spread, and the verdicts."""
+    given = f" --seeds {','.join(map(str, args.seeds))}" if args.seeds else ""
+    lines = [f"# The study{' (quick)' if args.quick else ''}", ""]
+    if args.quick:
+        lines += [QUICK_WARNING, ""]
+    lines += [f"`python -m genperf.study all --out {args.out}{given}{' --quick' if args.quick else ''}`: "
+              f"{seconds:.0f} s on {args.device}. Each experiment's report, figures and numbers are in its own "
+              f"folder; m +- s is the mean over the seeds and their sample standard deviation.", "",
+              "| experiment | quantity | mean +- std | seeds |", "| --- | --- | --- | --- |"]
+    lines += [f"| [{exp}]({exp}/report.md) | {what} | {value} | {n} |" for st in studies for exp, what, value, n in
+              st.headlines]
+    lines += ["", "## The source study's claims", "",
+              "Judged from the seeds' spread: *reproduced* when the difference exceeds two standard errors, *not "
+              "reproduced* when the data rule out the claimed effect (or show the opposite), *inconclusive at this "
+              "budget* otherwise.", "", "| claim | verdict | evidence |", "| --- | --- | --- |"]
+    lines += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for st in studies for c in st.claims]
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"wall_time_s": seconds, "experiments": {st.experiment: st.results for st in studies}}, f, indent=2)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m genperf.study", description=__doc__.split("\n")[0])
-    p.add_argument("experiment", choices=list(RUNNERS))
+    p.add_argument("experiment", choices=["all", *RUNNERS], help="one experiment, or all of them (each into OUT/NAME)")
     p.add_argument("--out", required=True, help="report folder: report.md, figures, results.json")
-    p.add_argument("--quick", action="store_true", help="a small CPU-sized version on the bundled digits data")
+    p.add_argument("--seeds", type=parse_seeds, metavar="N|S1,S2,...",
+                   help="train every configuration with seeds 0..N-1 (or the seeds listed) and report mean +- std "
+                        f"(default: {DEFAULT_SEEDS['mode-collapse']} for mode-collapse, {FULL_SEEDS} for the others, "
+                        f"{QUICK_SEEDS} with --quick)")
+    p.add_argument("--quick", action="store_true", help="smoke-test budgets on the bundled digits data (minutes)")
     p.add_argument("--runs", help="folder of the training runs, shared between experiments (default OUT/runs)")
     p.add_argument("--data", default="mnist", help="image data of the full versions (default mnist)")
     p.add_argument("--data-root", default="data", help="where --data lives (e.g. ../shared/data/mnist)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where to train and evaluate (default: cuda when available)")
     p.add_argument("--inception-weights", help="local FID Inception weights file; adds the standard FID "
                                                "(needs torchmetrics[image]) to label-smoothing")
     args = p.parse_args(argv)
-    study = Study(args)
     t0 = time.perf_counter()
     try:
-        RUNNERS[args.experiment](study)
+        if args.experiment != "all":
+            run_experiment(args, args.experiment, args.out)
+            return 0
+        args.runs = args.runs or os.path.join(args.out, "runs")
+        studies = [run_experiment(args, name, os.path.join(args.out, name)) for name in RUNNERS]
     except GenperfError as e:
         print(f"genperf.study: error: {e}", file=sys.stderr, flush=True)
         return 2
-    study.write(args.experiment, time.perf_counter() - t0)
-    print(f"genperf.study: {args.experiment} done in {time.perf_counter() - t0:.0f} s; report {args.out}/report.md",
-          flush=True)
+    write_summary(args, studies, time.perf_counter() - t0)
+    print(f"genperf.study: all done in {time.perf_counter() - t0:.0f} s; summary {args.out}/report.md", flush=True)
     return 0
 
 

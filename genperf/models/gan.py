@@ -85,7 +85,7 @@ class DCGANDiscriminator(nn.Module):
 class MLPGenerator(nn.Module):
     """z -> points in R^dim, for the 2-D mixtures."""
 
-    def __init__(self, latent_dim=2, dim=2, hidden=256):
+    def __init__(self, latent_dim=2, dim=2, hidden=512):
         super().__init__()
         self.latent_dim = latent_dim
         self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(True), nn.Linear(hidden, hidden),
@@ -96,11 +96,10 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    def __init__(self, dim=2, hidden=256):
+    def __init__(self, dim=2, hidden=512):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2, True), nn.Linear(hidden, hidden),
-                                 nn.LeakyReLU(0.2, True), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2, True),
-                                 nn.Linear(hidden, 1))
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(True), nn.Linear(hidden, hidden),
+                                 nn.ReLU(True), nn.Linear(hidden, hidden), nn.ReLU(True), nn.Linear(hidden, 1))
 
     def forward(self, x):
         # A new tensor, not a view: FSDP2 warns of (and would skip its hooks for) in-place ops on a view output.
