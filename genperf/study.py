@@ -241,9 +241,14 @@ def evolution(s: Study):
     runs = {seed: s.family_runs(seed) for seed in s.seeds}
     shown = runs[s.seeds[0]]
     plt = pyplot()
-    fig, axes = plt.subplots(len(shown), 3, figsize=(9, 3 * len(shown)), squeeze=False)
+    picks = {family: epochs_shown(run) for family, run in shown.items()}
+    columns = max(map(len, picks.values()))
+    fig, axes = plt.subplots(len(shown), columns, figsize=(3 * columns, 3 * len(shown)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()  # a run of fewer epochs leaves its row's last cells empty
     for i, (family, run) in enumerate(shown.items()):
-        for j, epoch in enumerate(epochs_shown(run)):
+        for j, epoch in enumerate(picks[family]):
+            axes[i, j].set_axis_on()
             axes[i, j].imshow(plt.imread(os.path.join(run, "samples", f"epoch_{epoch:03d}.png")), cmap="gray")
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
@@ -255,7 +260,7 @@ def evolution(s: Study):
     for family in shown:
         held = {seed: json.load(open(os.path.join(runs[seed][family], "summary.json")))["heldout"] for seed in s.seeds}
         entry = spread(held) if held[s.seeds[0]] else {"per_seed": {str(seed): {} for seed in s.seeds}}
-        s.results[family] = dict(entry, run=shown[family], epochs_shown=epochs_shown(shown[family]))
+        s.results[family] = dict(entry, run=shown[family], epochs_shown=picks[family])
     s.headline("VAE held-out ELBO (nats)", s.results["VAE"], "elbo")
     s.headline("RealNVP held-out bits/dim", s.results["RealNVP"], "bits_per_dim", 3)
     s.say(f"- VAE held-out ELBO: {pm(s.results['VAE'], 'elbo')} nats; RealNVP held-out bits/dim: "
@@ -349,13 +354,13 @@ def mode_collapse(s: Study):
                                                                                             "high_quality")}
                     final[seed] = history[steps // critic_steps][seed]
                     if seed == s.seeds[0]:
-                        ax = axes[i, k]
-                        ax.scatter(*loaded.data().heldout[:2500].T, s=1, alpha=0.3, label="real")
-                        ax.scatter(*points.T, s=1, alpha=0.5, label="generated")
+                        ax, lim = axes[i, k], 3 if toy == "ring8" else 5
+                        ax.scatter(*points.T, s=1, alpha=0.3, color="tab:orange")
+                        ax.scatter(*loaded.data().heldout[:2500].T, s=1, color="tab:blue")  # on top: the modes are tiny
                         ax.set_title(f"{model}, {steps // critic_steps} G steps: {score['modes_covered']}/"
                                      f"{score['modes']}", fontsize=8)
-                        ax.set_xlim(-5, 5)
-                        ax.set_ylim(-5, 5)
+                        ax.set_xlim(-lim, lim)
+                        ax.set_ylim(-lim, lim)
                         ax.set_aspect("equal")
                         ax.set_xticks([])
                         ax.set_yticks([])
@@ -405,6 +410,22 @@ def coverage_curves(results):
     return fig
 
 
+def seed_spread(entries, key, title, ylabel):
+    """Each configuration's per-seed values (dots) and mean +- std (bar): {label: entry of spread()}."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.6 * len(entries) + 2, 3.2))
+    for x, (label, entry) in enumerate(entries.items()):
+        values = values_of(entry, key)
+        ax.plot([x] * len(values), values, "o", color="0.5", ms=4)
+        ax.errorbar([x + 0.15], [entry[key]], yerr=[entry[f"{key}_std"] or 0.0], fmt="s", color="tab:red", capsize=4)
+    ax.set_xticks(range(len(entries)), list(entries))
+    ax.set_xlim(-0.5, len(entries) - 0.5)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
 def label_smoothing(s: Study):
     variants = {"without": ("dcgan", []), "with": ("dcgan-smoothing", ["--label-smoothing"])}
     wanted = ["classifier_fid"] + (["inception_fid"] if s.inception_weights else [])
@@ -437,6 +458,9 @@ def label_smoothing(s: Study):
     s.say(f"Classifier FID: Frechet distance between {compared} held-out and {compared} generated images in the "
           f"128 features of a small CNN trained on the same data set (held-out accuracy {accuracy:.3f}). It is "
           f"not the Inception FID and compares only runs scored by the same classifier. Lower is better.\n")
+    s.figure(seed_spread({f"{k} smoothing": s.results[k] for k in variants}, "classifier_fid",
+                         "classifier FID per seed (grey) and mean +- std (red)", "classifier FID"),
+             "label-smoothing-fid.png", "Classifier FID of every seed, with and without label smoothing")
     s.say(f"- without smoothing: {pm(s.results['without'], 'classifier_fid')}")
     s.say(f"- with smoothing (real labels in [0.7, 0.9]): {pm(s.results['with'], 'classifier_fid')}\n")
     for label in variants:
@@ -483,6 +507,9 @@ def beta_sweep(s: Study):
     s.figure(show_rows(recon_rows, labels, "held-out images (left 8) and reconstructions (right 8)"),
              "beta-sweep-reconstructions.png", "Reconstructions per beta")
     s.figure(show_rows(sample_rows, labels, "samples"), "beta-sweep-samples.png", "Samples per beta")
+    s.figure(seed_spread({f"beta {b}": r for b, r in s.results.items()}, "heldout_elbo",
+                         "held-out ELBO per seed (grey) and mean +- std (red)", "nats"),
+             "beta-sweep-elbo.png", "Held-out ELBO of every seed per beta")
     s.say("| beta | held-out ELBO (nats) | importance-sampled NLL (nats) | reconstruction (BCE) | KL |\n"
           "| --- | --- | --- | --- | --- |")
     for beta, r in s.results.items():
