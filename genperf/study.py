@@ -350,9 +350,8 @@ def mode_collapse(s: Study):
                     loaded = s.load(os.path.join(s.runs, s.run_name(f"{model}-{toy}", seed)), snapshot)
                     points = loaded.sample(2500, seed=3).cpu()
                     score = metrics.mode_coverage(points, toy)
-                    history.setdefault(steps // critic_steps, {})[seed] = {k: score[k] for k in ("modes_covered",
-                                                                                            "high_quality")}
-                    final[seed] = history[steps // critic_steps][seed]
+                    final[seed] = {"modes_covered": score["modes_covered"], "high_quality": score["high_quality"]}
+                    history.setdefault(steps // critic_steps, {})[seed] = final[seed]
                     if seed == s.seeds[0]:
                         ax, lim = axes[i, k], 3 if toy == "ring8" else 5
                         ax.scatter(*points.T, s=1, alpha=0.3, color="tab:orange")
@@ -434,7 +433,7 @@ def label_smoothing(s: Study):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     for label, (name, options) in variants.items():
         for seed in s.seeds:
-            run = s.dcgan(seed) if not options else s.train(name, "dcgan", *options, *s.epochs(), seed=seed)
+            run = s.train(name, "dcgan", *options, *s.epochs(), seed=seed)  # "without" is s.dcgan(seed)
             loaded = s.load(run)
             got = evaluate_run(loaded, metrics=wanted, fid_samples=1000, inception_weights=s.inception_weights)
             accuracy, compared = got["classifier_accuracy"], got["fid_samples"]
@@ -558,7 +557,8 @@ def flow_stability(s: Study):
     s.headline("RealNVP final held-out bits/dim", s.results, "heldout_bits_per_dim", 3)
     s.headline("RealNVP largest rise of held-out bits/dim between evaluations", s.results, "largest_heldout_rise", 3)
     s.say(f"Final held-out bits/dim {pm(s.results, 'heldout_bits_per_dim', 3)}; the largest rise of the held-out "
-          f"curve between two evaluations {every} steps apart: {pm(s.results, 'largest_heldout_rise', 3)} bits/dim "
+          f"curve between two consecutive evaluations (every {every} steps and at each epoch's end): "
+          f"{pm(s.results, 'largest_heldout_rise', 3)} bits/dim "
           f"(per seed: {', '.join('%.3f' % v['largest_heldout_rise'] for v in found.values())}).\n")
     s.claim(f"RealNVP training is unstable: its held-out bits/dim jumps up during training (by more than "
             f"{INSTABILITY} bits/dim between two evaluations)",

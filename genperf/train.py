@@ -17,7 +17,7 @@ import time
 import torch
 
 from genperf import checkpoint, models, objectives, perf
-from genperf.data import DATASETS, LOADERS, default_loader, load_dataset, make_batches
+from genperf.data import DATASETS, LOADERS, POINT_SETS, default_loader, load_dataset, make_batches
 from genperf.errors import GenperfError
 from genperf.faults import (EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters, exit_with_launcher,
                             lock_run_folder)
@@ -143,10 +143,12 @@ def parse_args(argv=None):
     return args
 
 
-def check_args(args, data):
+def check_args(args):
+    """Refusals that need only the options, so that they come before any worker is started."""
+    is_image = args.data not in POINT_SETS
     if args.model == "beta-vae" and args.beta <= 1:
         raise GenperfError(f"beta-vae needs --beta > 1 (got {args.beta}); use vae for beta = 1")
-    if not data.is_image and args.model not in ("dcgan", "wgan-gp", "wgan"):
+    if not is_image and args.model not in ("dcgan", "wgan-gp", "wgan"):
         raise GenperfError(f"{args.model} needs image data; {args.data} is 2-D points (GANs only)")
     if args.fsdp and args.model == "wgan-gp":
         raise GenperfError("wgan-gp does not run under --fsdp yet: FSDP2 frees the critic's gathered parameters "
@@ -156,7 +158,7 @@ def check_args(args, data):
     if args.compile and args.invertible:
         raise GenperfError("--compile does not combine with --invertible, whose backward runs autograd itself for each "
                            "coupling; use --checkpointing to save memory under --compile")
-    if args.channels_last and not data.is_image:
+    if args.channels_last and not is_image:
         raise GenperfError(f"--channels-last applies to image data; {args.data} is 2-D points")
     if args.label_smoothing and args.model != "dcgan":
         raise GenperfError("--label-smoothing applies to dcgan only")
@@ -167,9 +169,9 @@ def check_args(args, data):
             import torch.utils.tensorboard  # noqa: F401
         except ImportError:
             raise GenperfError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    for name in ("batch_size", "critic_iters", "log_every"):
-        if getattr(args, name) < 1:
-            raise GenperfError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("batch_size", "critic_iters", "log_every", "steps", "epochs"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise GenperfError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
 
 
 def realnvp_config(args, shape):
@@ -264,6 +266,7 @@ def evaluate(objective, batches, seed):
 
 
 def run(args, argv):
+    check_args(args)
     if args.fsdp and not under_torchrun():
         return launch_workers(args.nproc, "genperf.train", argv)
     exit_with_launcher()
@@ -281,7 +284,6 @@ def fit(args, dist):
     if device.type == "cpu":
         keep_freed_cpu_memory()
     data = load_dataset(args.data, args.data_root, args.image_size, args.channels, args.download, args.seed)
-    check_args(args, data)
     precision = Precision(device.type, args.amp)
     torch.manual_seed(args.seed)  # the same initial weights on every rank (FSDP2 keeps each rank's own shard)
     objective = build_objective(args, data, precision, device, dist.rank, dist.world_size)
@@ -302,7 +304,7 @@ def fit(args, dist):
     heldout = make_batches(data.heldout, args.batch_size, 0, dist.rank, dist.world_size, device, shuffle=False,
                            drop_last=False, loader=args.loader, workers=args.workers)
     steps_per_epoch = len(train)
-    total_steps = args.steps or args.epochs * steps_per_epoch
+    total_steps = args.steps if args.steps is not None else args.epochs * steps_per_epoch
     fixed_noise = objective.noise(NUM_SAMPLES, torch.Generator().manual_seed(args.seed)).to(device)
 
     ckpt = os.path.join(args.out, checkpoint.SHARDED_CHECKPOINT if args.fsdp else checkpoint.CHECKPOINT)
@@ -313,6 +315,15 @@ def fit(args, dist):
             raise GenperfError(f"--resume: no checkpoint at {ckpt}")
         step = checkpoint.restore(found, objective, precision, args, dist.rank, dist.world_size, device,
                                   RESUMABLE_CHANGES, old_names=models.WeightNormConv2d.OLD_KEYS)
+        if step > total_steps:
+            raise GenperfError(f"--resume: the checkpoint in {args.out} is at step {step}, beyond the {total_steps} "
+                               f"steps asked for; pass a larger --steps or --epochs")
+        if step == total_steps:  # nothing to train: leave the run folder as it is
+            if dist.is_main:
+                print(f"genperf: {args.out} has already finished its {total_steps} steps; nothing to do (pass a "
+                      f"larger --steps or --epochs to train further)", flush=True)
+            shutdown_distributed()
+            return 0
     elif found:
         raise GenperfError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
     log = RunLog(args.out, dist.is_main, resume_step=step if args.resume else None, tensorboard=args.tensorboard)

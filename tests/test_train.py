@@ -97,6 +97,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     (["vae", "--data", "ring8"], "needs image data"),
     (["vae", "--data", "cifar"], "unknown data set"),
     (["vae", "--data", "mnist", "--data-root", "/nonexistent", "--no-download"], "no IDX files"),
+    (["dcgan", "--data", "digits", "--steps", "0"], "--steps must be >= 1 (got 0)"),  # was: the default schedule
+    (["vae", "--data", "digits", "--epochs", "0"], "--epochs must be >= 1 (got 0)"),
+    # refused before the workers start (was: one refusal per worker and a launcher error, exit 1)
+    (["wgan-gp", "--data", "digits", "--fsdp"], "wgan-gp does not run under --fsdp yet"),
 ])
 def test_bad_input_stops_with_one_clear_line(argv, message, tmp_path, capsys):
     assert train.main([*argv, "--out", str(tmp_path / "run")]) == 2
@@ -110,6 +114,17 @@ def test_refuses_to_overwrite_a_run(tmp_path, capsys):
     assert "pass --resume" in capsys.readouterr().err
     assert _run("vae", tmp_path, "--steps", "4", "--resume", "--lr", "0.1") == 2
     assert "--lr 0.001 -> 0.1" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
+    assert _run("vae", tmp_path, "--steps", "4") == 0
+    files = {name: (tmp_path / name).read_bytes() for name in ("metrics.jsonl", "summary.json", "checkpoint.pt")}
+    capsys.readouterr()
+    assert train.main(["--resume", "--out", str(tmp_path)]) == 0  # was: a second held-out row, a new summary
+    assert f"{tmp_path} has already finished its 4 steps; nothing to do" in capsys.readouterr().out
+    assert train.main(["--resume", "--out", str(tmp_path), "--steps", "2"]) == 2
+    assert "at step 4, beyond the 2 steps asked for; pass a larger --steps" in capsys.readouterr().err
+    assert {name: (tmp_path / name).read_bytes() for name in files} == files
 
 
 def test_unknown_model_is_an_argparse_error():
