@@ -2,6 +2,7 @@
 dataset of float images; `Batches` turns either into float batches in [0, 1] on the device."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -97,6 +98,8 @@ def load_dataset(name, root="data", image_size=None, channels=3, download=True, 
     """`image_size` resizes image sets (None keeps the native size; CelebA defaults to 64)."""
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if name in ("mnist", "fashion-mnist", "celeba") and os.path.isfile(root):
+        raise DataError(f"--data-root {root} is a file; pass the folder that holds the {name} data")
     if name in POINT_SETS:
         # The toy protocol draws fresh points every step; 500,000 (1,953 batches of 256) stand in for that
         # and keep the per-epoch sample plot and checkpoint rare next to steps of a few milliseconds.

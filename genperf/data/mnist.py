@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import shutil
 import struct
 import zlib
 
@@ -56,10 +57,17 @@ def _download(root, name):
     import torchvision
 
     cls = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST}[name]
+    # The outermost folder torchvision will create (ROOT, ROOT/MNIST or ROOT/MNIST/raw): removed again
+    # when the download fails, so that a failure leaves the user's tree as it was.
+    path, created = os.path.abspath(os.path.join(root, TORCHVISION_FOLDERS[name], "raw")), None
+    while not os.path.exists(path):
+        created, path = path, os.path.dirname(path)
     try:
         for train in (True, False):
             cls(root, train=train, download=True)
     except Exception as e:  # offline machines fail in many ways (URLError, RuntimeError, timeouts)
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
         raise DataError(f"{name} IDX files not found under {root} and the download failed ({type(e).__name__}: {str(e).splitlines()[0]}). "
                         f"Copy train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
                         f"t10k-labels-idx1-ubyte.gz into {os.path.join(root, TORCHVISION_FOLDERS[name], 'raw')} "

@@ -60,3 +60,29 @@ def test_bad_magic(tmp_path):
 def test_missing_files_without_download(tmp_path):
     with pytest.raises(DataError, match="no IDX files"):
         load_dataset("mnist", str(tmp_path), download=False)
+
+
+def test_failed_download_leaves_no_folders(tmp_path, monkeypatch):
+    """torchvision makes ROOT/MNIST/raw before it fetches anything; a failed download removes what it made."""
+    import urllib.error
+
+    import torchvision
+
+    class Offline:
+        def __init__(self, root, train, download):
+            os.makedirs(os.path.join(root, "MNIST", "raw"), exist_ok=True)
+            raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    for root in (tmp_path / "new", tmp_path):  # a root it creates, and one that was there
+        with pytest.raises(DataError, match="the download failed"):
+            load_dataset("mnist", str(root), download=True)
+        assert not (root / "MNIST").exists()
+    assert not (tmp_path / "new").exists() and tmp_path.exists()
+
+
+def test_a_file_as_data_root(tmp_path):
+    path = tmp_path / "mnist.tar.gz"
+    path.write_bytes(b"not a folder")
+    with pytest.raises(DataError, match=r"--data-root .*mnist.tar.gz is a file; pass the folder that holds the mnist data"):
+        load_dataset("mnist", str(path), download=False)
