@@ -145,11 +145,20 @@ def pyplot():
     return plt
 
 
+MIN_GRID_CELL = 28  # pixels: the side under which grid images are enlarged
+
+
 def image_grid(images, nrow=8):
-    """(N, C, H, W) in [0, 1] -> one (C, H', W') grid image, `nrow` images a row, 2-pixel gaps."""
+    """(N, C, H, W) in [0, 1] -> one (C, H', W') grid image, `nrow` images a row, 2-pixel gaps. Images
+    under 28 pixels are enlarged (nearest neighbour, by a whole factor), so 8x8 digits stay legible."""
+    import torch
     import torchvision
 
-    return torchvision.utils.make_grid(images.float().cpu().clamp(0, 1), nrow=nrow, padding=2)
+    images = images.float().cpu().clamp(0, 1)
+    scale = -(-MIN_GRID_CELL // images.shape[-1])
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    return torchvision.utils.make_grid(images, nrow=nrow, padding=2)
 
 
 def save_png(image, path):

@@ -54,12 +54,16 @@ def build_parser():
     p.add_argument("--no-download", dest="download", action="store_false", help="never download missing data")
     p.add_argument("--image-size", type=int, help="resize images to this size (default: the data set's own)")
     p.add_argument("--channels", type=int, default=3, help="channels of --data synthetic (default 3)")
-    p.add_argument("--epochs", type=int, help="epochs to train (default depends on the model)")
-    p.add_argument("--steps", type=int, help="total optimizer steps; overrides --epochs")
+    p.add_argument("--epochs", type=int, help="epochs to train (default: " + ", ".join(
+        f"{m} {d['epochs']}" for m, d in DEFAULTS.items()) + ")")
+    p.add_argument("--steps", type=int, help="total training steps; overrides --epochs. A step is one batch for the "
+                                             "discriminator or critic: a WGAN's generator steps every --critic-iters")
     p.add_argument("--batch-size", type=int, default=64, help="global batch size, split over the ranks")
     p.add_argument("--lr", type=float, help="learning rate (default depends on the model)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the data order and the noise "
+                                                        "(default 0)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda when a GPU is visible)")
     p.add_argument("--arch", help="realnvp: mnist or celeba64 (default: the preset matching the data); "
                                   "vae: mlp or conv (default mlp up to 32x32, conv above)")
     p.add_argument("--num-scales", type=int, help="realnvp: override the preset's number of scales")
@@ -148,7 +152,7 @@ def check_args(args):
     is_image = args.data not in POINT_SETS
     if args.model == "beta-vae" and args.beta <= 1:
         raise GenperfError(f"beta-vae needs --beta > 1 (got {args.beta}); use vae for beta = 1")
-    if not is_image and args.model not in ("dcgan", "wgan-gp", "wgan"):
+    if not is_image and args.model not in GAN_MODELS:
         raise GenperfError(f"{args.model} needs image data; {args.data} is 2-D points (GANs only)")
     if args.fsdp and args.model == "wgan-gp":
         raise GenperfError("wgan-gp does not run under --fsdp yet: FSDP2 frees the critic's gathered parameters "
@@ -162,7 +166,7 @@ def check_args(args):
         raise GenperfError(f"--channels-last applies to image data; {args.data} is 2-D points")
     if args.label_smoothing and args.model != "dcgan":
         raise GenperfError("--label-smoothing applies to dcgan only")
-    if args.ema and (args.model not in ("dcgan", "wgan-gp", "wgan") or not 0 < args.ema < 1):
+    if args.ema and (args.model not in GAN_MODELS or not 0 < args.ema < 1):
         raise GenperfError(f"--ema takes a decay in (0, 1) and applies to GANs (got --ema {args.ema} for {args.model})")
     if args.tensorboard:
         try:
@@ -172,6 +176,26 @@ def check_args(args):
     for name in ("batch_size", "critic_iters", "log_every", "steps", "epochs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise GenperfError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
+
+
+# Options that apply only to some models or data sets: config.json leaves them out elsewhere.
+GAN_MODELS = ("dcgan", "wgan-gp", "wgan")
+APPLIES_TO = {
+    "channels": lambda a: a.data == "synthetic", "loader": lambda a: a.data == "celeba",
+    "workers": lambda a: a.data == "celeba", "image_size": lambda a: a.data not in POINT_SETS,
+    "channels_last": lambda a: a.data not in POINT_SETS,
+    "label_smoothing": lambda a: a.model == "dcgan", "critic_iters": lambda a: a.model in ("wgan-gp", "wgan"),
+    "gp_weight": lambda a: a.model == "wgan-gp", "clip": lambda a: a.model == "wgan",
+    "ema": lambda a: a.model in GAN_MODELS, "latent_dim": lambda a: a.model != "realnvp",
+    "beta": lambda a: a.model in ("vae", "beta-vae"), "arch": lambda a: a.model in ("vae", "beta-vae", "realnvp"),
+    **{k: (lambda a: a.model == "realnvp") for k in ("num_scales", "mid_channels", "num_blocks", "checkpointing",
+                                                      "invertible")},
+}
+
+
+def applicable_options(args):
+    """The options of `args` that mean something for its model and data (for config.json)."""
+    return {k: v for k, v in vars(args).items() if k not in APPLIES_TO or APPLIES_TO[k](args)}
 
 
 def realnvp_config(args, shape):
@@ -328,7 +352,7 @@ def fit(args, dist):
         raise GenperfError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
     log = RunLog(args.out, dist.is_main, resume_step=step if args.resume else None, tensorboard=args.tensorboard)
     n_params = sum(p.numel() for m in objective.modules.values() for p in m.parameters())
-    log.write_json("config.json", dict(vars(args), world_size=dist.world_size, parameters=n_params,
+    log.write_json("config.json", dict(applicable_options(args), world_size=dist.world_size, parameters=n_params,
                                        steps_per_epoch=steps_per_epoch, total_steps=total_steps, data_notes=data.notes))
     if dist.is_main:
         for note in data.notes:

@@ -37,6 +37,10 @@ def test_every_model_trains_and_writes_its_run_directory(model, tmp_path):
     assert _run(model, tmp_path, "--steps", "6") == 0
     for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "loss.png"):
         assert (tmp_path / name).exists(), name
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert not {"channels", "loader", "workers"} & set(config)  # options that do not apply to digits
+    assert ("gp_weight" in config) == (model == "wgan-gp") and ("beta" in config) == (model in ("vae", "beta-vae"))
+    assert ("critic_iters" in config) == (model in ("wgan-gp", "wgan")) and config["seed"] == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["samples"] == ["step_000006.png"]
     assert all(math.isfinite(v) for v in summary["train"].values())
@@ -54,7 +58,10 @@ def test_main_command_as_a_subprocess(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "genperf.train", "vae", "--data", "digits", "--epochs", "1",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "samples" / "epoch_001.png").exists()
+    from PIL import Image
+
+    # 8 digits of 8x8 a row, each enlarged 4x (was 82 pixels wide), 2-pixel gaps
+    assert Image.open(tmp_path / "samples" / "epoch_001.png").size == (8 * 32 + 9 * 2, 8 * 32 + 9 * 2)
     assert "held-out" in proc.stdout
 
 
@@ -125,6 +132,14 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
     assert train.main(["--resume", "--out", str(tmp_path), "--steps", "2"]) == 2
     assert "at step 4, beyond the 2 steps asked for; pass a larger --steps" in capsys.readouterr().err
     assert {name: (tmp_path / name).read_bytes() for name in files} == files
+
+
+def test_help_says_what_a_step_is_and_the_default_epochs(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a WGAN's generator steps every --critic-iters" in text and "dcgan 5, wgan-gp 5" in text
+    assert "--seed SEED seed of the initial weights" in text and "--device DEVICE cpu, cuda or cuda:N" in text
 
 
 def test_unknown_model_is_an_argparse_error():
