@@ -1,0 +1,49 @@
+"""benchmarks/bench_kernels.py: prints unless asked to write a CSV, marks noisy timings, and never times
+eager code under the torch.compile label."""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORDED = os.path.join(ROOT, "benchmarks", "results", "kernels.csv")
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_kernels", os.path.join(ROOT, "benchmarks", "bench_kernels.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    real_compile = torch.compile  # dynamo's guards and recompile limit as ever, without the C++ compiler's minutes
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: real_compile(fn, backend="eager"))
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        yield module
+    torch._dynamo.reset()
+
+
+def test_prints_only_unless_given_a_csv(bench, tmp_path, capsys):
+    recorded = open(RECORDED, "rb").read()
+    assert bench.main(["--only", "penalty", "--batches", "2", "--reps", "3"]) == 0
+    assert open(RECORDED, "rb").read() == recorded  # was: rows appended to the tracked file
+    assert "appended" not in capsys.readouterr().out
+    assert bench.main(["--only", "penalty", "--batches", "2", "--reps", "3", "--csv", str(tmp_path / "k.csv")]) == 0
+    assert len((tmp_path / "k.csv").read_text().splitlines()) == 1 + 2 * len(bench.providers(torch.device("cpu")))
+
+
+def test_noisy_timings_are_marked(bench, capsys):
+    rows = []
+    bench.report(rows, "op", "x", "fwd", {"eager": (1.0, 5.0, 10.0), "cpu": (0.0100, 0.0101, 0.0102)}, 0,
+                 torch.device("cpu"), torch.float32)
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.endswith("NOISY (eager)") for line in lines)  # the cpu ratio rests on a noisy baseline
+    assert [r["noisy"] for r in rows] == [True, False]
+
+
+def test_compile_column_never_hits_the_recompile_limit(bench):
+    """Every coupling shape of both presets, forward and backward: more graphs than dynamo's limit of 8 for
+    one function, which made the old shared torch.compile fall back to eager part way through."""
+    shapes = bench.coupling_shapes("mnist", 2) + bench.coupling_shapes("celeba64", 2)
+    assert 2 * len(shapes) > torch._dynamo.config.recompile_limit
+    bench.bench_coupling(torch.device("cpu"), [2, 4], 2, torch.float32, rows := [])
+    assert {r["provider"] for r in rows} >= {"eager", "compile"}
