@@ -28,6 +28,7 @@ from genperf.scale import (Precision, all_reduce_sum, apply_fsdp, default_nproc,
                            under_torchrun)
 
 MODELS = ("dcgan", "wgan-gp", "wgan", "vae", "beta-vae", "realnvp")
+GAN_MODELS = MODELS[:3]
 DEFAULTS = {  # per model: learning rate, epochs, latent size, beta
     "dcgan": dict(lr=2e-4, epochs=5, latent_dim=100),
     "wgan-gp": dict(lr=1e-4, epochs=5, latent_dim=100),
@@ -179,7 +180,6 @@ def check_args(args):
 
 
 # Options that apply only to some models or data sets: config.json leaves them out elsewhere.
-GAN_MODELS = ("dcgan", "wgan-gp", "wgan")
 APPLIES_TO = {
     "channels": lambda a: a.data == "synthetic", "loader": lambda a: a.data == "celeba",
     "workers": lambda a: a.data == "celeba", "image_size": lambda a: a.data not in POINT_SETS,
