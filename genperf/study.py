@@ -127,6 +127,7 @@ class Study:
         self.say(f"**Claim: {text}** Verdict: **{verdict}** ({evidence}).\n")
 
     def write(self, seconds):
+        self.seconds = seconds
         self.results.update(wall_time_s=seconds, seeds=self.seeds, claims=self.claims)
         with open(os.path.join(self.out, "results.json"), "w") as f:
             json.dump(self.results, f, indent=2)
@@ -611,8 +612,9 @@ def write_summary(args, studies, seconds):
     if args.quick:
         lines += [QUICK_WARNING, ""]
     lines += [f"`python -m genperf.study all --out {args.out}{given}{' --quick' if args.quick else ''}`: "
-              f"{seconds:.0f} s on {args.device}. Each experiment's report, figures and numbers are in its own "
-              f"folder; m +- s is the mean over the seeds and their sample standard deviation.", "",
+              f"{seconds:.0f} s on {args.device} (" + ", ".join(f"{st.experiment} {st.seconds:.0f} s" for st in studies)
+              + "). Each experiment's report, figures and numbers are in its own folder; m +- s is the mean over the "
+              "seeds and their sample standard deviation.", "",
               "| experiment | quantity | mean +- std | seeds |", "| --- | --- | --- | --- |"]
     lines += [f"| [{exp}]({exp}/report.md) | {what} | {value} | {n} |" for st in studies for exp, what, value, n in
               st.headlines]
