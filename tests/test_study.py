@@ -117,6 +117,10 @@ def test_verdicts():
     assert study.verdict([8, 8, 8], [8, 8, 8], 1)[0] == study.NOT_REPRODUCED  # no difference, no spread
     assert study.verdict([2, 3, 2], [8, 7, 8], 1)[0] == study.NOT_REPRODUCED  # the opposite
     assert study.verdict([5, 8, 2], [4, 3, 7], 1)[0] == study.INCONCLUSIVE  # within the noise
+    # d = 1, 2 se = 1.15: above zero is possible, and so is below the smallest effect that counts
+    assert study.verdict([3, 2, 1], [1, 1, 1], 1)[0] == study.INCONCLUSIVE
+    # d = 0.5 +- 0.115: a real difference, but smaller than the smallest that counts
+    assert study.verdict([2.0, 2.1, 1.9], [1.5, 1.5, 1.5], 1)[0] == study.NOT_REPRODUCED
     assert study.verdict([8], [3], 1) == (study.INCONCLUSIVE, "one seed: no spread to judge a difference by")
     # a fixed threshold as `lower`: only the first sample varies
     assert study.verdict([0.2, 0.3, 0.25], 0.05, 0.0)[0] == study.REPRODUCED
