@@ -628,9 +628,10 @@ def write_summary(args, studies, seconds):
     lines += [f"| [{exp}]({exp}/report.md) | {what} | {value} | {n} |" for st in studies for exp, what, value, n in
               st.headlines]
     lines += ["", "## The source study's claims", "",
-              "Judged from the seeds' spread: *reproduced* when the difference exceeds two standard errors, *not "
-              "reproduced* when the data rule out the claimed effect (or show the opposite), *inconclusive at this "
-              "budget* otherwise.", "", "| claim | verdict | evidence |", "| --- | --- | --- |"]
+              "Judged from the seeds' spread (`genperf.study.verdict`): with d the difference of the means and se its "
+              "standard error, *reproduced* when d - 2 se reaches the smallest effect the claim counts, *not "
+              "reproduced* when d + 2 se stays below it (ruled out, or the opposite), *inconclusive at this budget* "
+              "when the interval straddles it.", "", "| claim | verdict | evidence |", "| --- | --- | --- |"]
     lines += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for st in studies for c in st.claims]
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
