@@ -194,10 +194,10 @@ def verdict(higher, lower, smallest):
     se = math.sqrt(sum(std ** 2 / len(v) for (_, std), v in zip(stats, samples)))
     text = f"difference {d:+.3g} +- {2 * se:.2g} (2 standard errors, {len(higher)} seeds)"
     if d + 2 * se < smallest:
-        return NOT_REPRODUCED, text + f"; an effect of {smallest:g} or more is ruled out"
+        return NOT_REPRODUCED, text + f"; an effect of {smallest:.3g} or more is ruled out"
     if d - 2 * se >= smallest:
         return REPRODUCED, text
-    return INCONCLUSIVE, text + f"; it may or may not reach {smallest:g}"
+    return INCONCLUSIVE, text + f"; it may or may not reach {smallest:.3g}"
 
 
 def to_float(images):
