@@ -91,7 +91,7 @@ class RunLog:
             return None
         path = self.path("samples", f"{name}.png")
         if samples.dim() == 4:
-            grid = image_grid(samples)
+            grid = image_grid(samples, min_cell=MIN_GRID_CELL)
             with writing(path):
                 save_png(grid, path)
             if self.tensorboard:
@@ -145,17 +145,17 @@ def pyplot():
     return plt
 
 
-MIN_GRID_CELL = 28  # pixels: the side under which grid images are enlarged
+MIN_GRID_CELL = 28  # pixels: the per-epoch grids enlarge smaller images, so 8x8 digits stay legible
 
 
-def image_grid(images, nrow=8):
+def image_grid(images, nrow=8, min_cell=0):
     """(N, C, H, W) in [0, 1] -> one (C, H', W') grid image, `nrow` images a row, 2-pixel gaps. Images
-    under 28 pixels are enlarged (nearest neighbour, by a whole factor), so 8x8 digits stay legible."""
+    under `min_cell` pixels are enlarged (nearest neighbour, by a whole factor)."""
     import torch
     import torchvision
 
     images = images.float().cpu().clamp(0, 1)
-    scale = -(-MIN_GRID_CELL // images.shape[-1])
+    scale = -(-min_cell // images.shape[-1])
     if scale > 1:
         images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
     return torchvision.utils.make_grid(images, nrow=nrow, padding=2)
