@@ -140,8 +140,11 @@ def launch_workers(nproc: int, module: str, argv: list, shutdown_timeout: int = 
         elastic_launch(LaunchConfig(**options), sys.executable)("-u", "-m", module, *argv)
     except ChildFailedError as e:
         rank, first = min(e.failures.items())  # rank 0 where it failed: it prints the run's messages
-        if first.exitcode in SELF_REPORTED_EXITS:
-            return first.exitcode
+        # Every rank meets the same error: one that said why and exited may be seen before rank 0, which
+        # the launcher then stops after it has printed its line.
+        reported = [f.exitcode for _, f in sorted(e.failures.items()) if f.exitcode in SELF_REPORTED_EXITS]
+        if reported:
+            return reported[0]
         how = (f"killed by {signal.Signals(-first.exitcode).name}" if first.exitcode < 0
                else f"exit code {first.exitcode}")
         print(f"genperf: error: worker rank {rank} failed ({how}); its output is above", file=sys.stderr, flush=True)

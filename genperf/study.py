@@ -143,8 +143,8 @@ class Study:
             f.write("\n".join(head + self.lines) + "\n")
 
 
-QUICK_WARNING = ("**Quick budgets are smoke tests**: minutes of CPU on the 8x8 `digits` (and 600 generator updates on "
-                 "ring8); they show that every experiment runs end to end, not what the full budgets find.")
+QUICK_WARNING = ("**Quick budgets are smoke tests**: minutes of CPU on the 8x8 `digits` (and 300-600 generator updates "
+                 "on ring8); they show that every experiment runs end to end, not what the full budgets find.")
 
 
 # ---- aggregation over seeds ----
@@ -332,7 +332,7 @@ MODE_COLLAPSE_MODELS = {"dcgan": [], "wgan-gp": ["--gp-weight", "0.1"], "wgan": 
 # Generator updates per run (the script runs 100k; see README for the CPU budget behind the full one), scored
 # every `every` updates. DCGAN's update costs a fifth of a WGAN's 5 critic steps, so it gets 3x the updates
 # (still less CPU time): a collapse must outlast that, not just be slower learning.
-MODE_COLLAPSE_BUDGET = {"quick": dict(every=300, updates={"dcgan": 600, "wgan-gp": 600, "wgan": 600}, toys=("ring8",)),
+MODE_COLLAPSE_BUDGET = {"quick": dict(every=300, updates={"dcgan": 300, "wgan-gp": 600, "wgan": 300}, toys=("ring8",)),
                         "full": dict(every=200, updates={"dcgan": 3000, "wgan-gp": 1000, "wgan": 1000},
                                      toys=("ring8", "grid25"))}
 SCATTER_COLUMNS = 5  # scatter plots per model: at 1/5, 2/5, ... of its budget
