@@ -88,9 +88,8 @@ def bench_coupling(device, batches, reps, dtype, rows):
                 for mode in ("fwd", "fwd+bwd"):
                     results = {}
                     for prov in providers(device):
-                        fn = {"eager": affine_coupling_ref,
-                              "compile": fresh_compile(affine_coupling_ref) if prov == "compile" else None}.get(
-                            prov, affine_coupling)
+                        fn = (affine_coupling_ref if prov == "eager" else
+                              fresh_compile(affine_coupling_ref) if prov == "compile" else affine_coupling)
 
                         def run():
                             if mode == "fwd":

@@ -139,10 +139,11 @@ def launch_workers(nproc: int, module: str, argv: list, shutdown_timeout: int = 
     try:
         elastic_launch(LaunchConfig(**options), sys.executable)("-u", "-m", module, *argv)
     except ChildFailedError as e:
-        rank, first = min(e.failures.items())  # rank 0 where it failed: it prints the run's messages
+        failures = sorted(e.failures.items())
+        rank, first = failures[0]  # rank 0 where it failed: it prints the run's messages
         # Every rank meets the same error: one that said why and exited may be seen before rank 0, which
         # the launcher then stops after it has printed its line.
-        reported = [f.exitcode for _, f in sorted(e.failures.items()) if f.exitcode in SELF_REPORTED_EXITS]
+        reported = [f.exitcode for _, f in failures if f.exitcode in SELF_REPORTED_EXITS]
         if reported:
             return reported[0]
         how = (f"killed by {signal.Signals(-first.exitcode).name}" if first.exitcode < 0

@@ -44,11 +44,11 @@ class Study:
         os.makedirs(self.out, exist_ok=True)
 
     # ---- training and loading ----
-    def _train(self, name, model, options):
-        """python -m genperf.train MODEL into RUNS/name, resuming what is there."""
+    def _train(self, name, model, options, seed):
+        """python -m genperf.train MODEL --seed SEED into RUNS/name, resuming what is there."""
         out = os.path.join(self.runs, name)
         argv = [model, *(self.data if "--data" not in options else []), "--out", out, "--device", self.device,
-                *(["--log-every", "5"] if "--log-every" not in options else []), *options]
+                *(["--log-every", "5"] if "--log-every" not in options else []), *options, "--seed", str(seed)]
         if checkpoint.find(out):
             argv.append("--resume")  # an interrupted study picks up where it stopped
         print(f"genperf.study: training {name}: python -m genperf.train {' '.join(argv)}", flush=True)
@@ -67,17 +67,18 @@ class Study:
         out = os.path.join(self.runs, name)
         if os.path.exists(os.path.join(out, "summary.json")):
             return out
-        return self._train(name, model, [*options, "--seed", str(seed)])
+        return self._train(name, model, options, seed)
 
     def train_stages(self, name, model, stages, *options, seed=0):
         """Trains RUNS/name[-seedN] to each step count of `stages` in turn (through --resume, which
-        continues bit-exactly) and keeps a copy of the checkpoint of each: [(steps, checkpoint path)]."""
+        continues bit-exactly) and keeps a copy of the checkpoint of each, beside it in the run folder:
+        [(steps, checkpoint path)]."""
         name = self.run_name(name, seed)
         out, snapshots = os.path.join(self.runs, name), []
         for steps in stages:
             snapshot = os.path.join(out, f"checkpoint-step{steps:06d}.pt")
             if not os.path.exists(snapshot):
-                self._train(name, model, ["--steps", str(steps), *options, "--seed", str(seed)])
+                self._train(name, model, ["--steps", str(steps), *options], seed)
                 shutil.copyfile(os.path.join(out, checkpoint.CHECKPOINT), snapshot)
             snapshots.append((steps, snapshot))
         return snapshots
@@ -346,6 +347,7 @@ def mode_collapse(s: Study):
         columns = min(SCATTER_COLUMNS, min(budget["updates"].values()) // budget["every"])
         fig, axes = plt.subplots(len(MODE_COLLAPSE_MODELS), columns,
                                  figsize=(2.6 * columns, 2.6 * len(MODE_COLLAPSE_MODELS)), squeeze=False)
+        real = None  # the first seed's held-out points, drawn behind every panel
         for i, (model, options) in enumerate(MODE_COLLAPSE_MODELS.items()):
             critic_steps = 1 if model == "dcgan" else 5  # a WGAN step is a critic step
             updates = budget["updates"][model]
@@ -356,15 +358,17 @@ def mode_collapse(s: Study):
                 snapshots = s.train_stages(f"{model}-{toy}", model, stage_steps, "--data", toy, *TOY_PROTOCOL,
                                            *options, seed=seed)
                 for steps, snapshot in snapshots:
-                    loaded = s.load(os.path.join(s.runs, s.run_name(f"{model}-{toy}", seed)), snapshot)
+                    loaded = s.load(os.path.dirname(snapshot), snapshot)
                     points = loaded.sample(2500, seed=3).cpu()
                     score = metrics.mode_coverage(points, toy)
                     final[seed] = {"modes_covered": score["modes_covered"], "high_quality": score["high_quality"]}
                     history.setdefault(steps // critic_steps, {})[seed] = final[seed]
                     if seed == s.seeds[0] and steps in shown:
+                        if real is None:  # makes the 500,000-point data set: once, not per panel
+                            real = loaded.data().heldout[:2500]
                         ax, lim = axes[i, shown.index(steps)], 3 if toy == "ring8" else 5
                         ax.scatter(*points.T, s=1, alpha=0.3, color="tab:orange")
-                        ax.scatter(*loaded.data().heldout[:2500].T, s=1, color="tab:blue")  # on top: the modes are tiny
+                        ax.scatter(*real.T, s=1, color="tab:blue")  # on top: the modes are tiny
                         ax.set_title(f"{model}, {steps // critic_steps} G steps: {score['modes_covered']}/"
                                      f"{score['modes']}", fontsize=8)
                         ax.set_xlim(-lim, lim)
@@ -561,27 +565,26 @@ INSTABILITY = 0.05  # bits/dim: a rise of the held-out curve larger than this be
 def flow_stability(s: Study):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
-    found = {}
+    found, held_curves = {}, {}
     for seed in s.seeds:
         run = s.flow(seed)
         train_log, held = curves(run)
         if seed == s.seeds[0]:
+            shown = run
             ax.plot([r["step"] for r in train_log], [r["bits_per_dim"] for r in train_log], color="0.6",
                     label=f"train, seed {seed}")
             every = json.load(open(os.path.join(run, "config.json")))["eval_every"]
         ax.plot([r["step"] for r in held], [r["bits_per_dim"] for r in held], "o-", ms=2, label=f"held-out, seed {seed}")
         values = [r["bits_per_dim"] for r in held]
         found[seed] = {"heldout_bits_per_dim": values[-1],
-                       "largest_heldout_rise": max([0.0] + [b - a for a, b in zip(values, values[1:])]),
-                       "heldout_curve": [(r["step"], r["bits_per_dim"]) for r in held]}
+                       "largest_heldout_rise": max([0.0] + [b - a for a, b in zip(values, values[1:])])}
+        held_curves[str(seed)] = [(r["step"], r["bits_per_dim"]) for r in held]
     ax.set_xlabel("step")
     ax.set_ylabel("bits/dim")
     ax.set_ylim(top=min(ax.get_ylim()[1], 2 * max(v["heldout_bits_per_dim"] for v in found.values()) + 1))
     ax.legend(fontsize=8)
     s.figure(fig, "flow-stability.png", f"RealNVP bits/dim, held-out every {every} steps, one curve per seed")
-    curves_by_seed = {seed: v.pop("heldout_curve") for seed, v in found.items()}
-    s.results = dict(spread(found), heldout_curves={str(k): v for k, v in curves_by_seed.items()},
-                     run=s.flow(s.seeds[0]))
+    s.results = dict(spread(found), heldout_curves=held_curves, run=shown)
     s.headline("RealNVP final held-out bits/dim", s.results, "heldout_bits_per_dim", 3)
     s.headline("RealNVP largest rise of held-out bits/dim between evaluations", s.results, "largest_heldout_rise", 3)
     s.say(f"Final held-out bits/dim {pm(s.results, 'heldout_bits_per_dim', 3)}; the largest rise of the held-out "
