@@ -1,15 +1,22 @@
 """RealNVP affine coupling + log-determinant in Triton: one pass forward, one pass backward.
 
 Tensors are (N, C, ...), read as (N, C, L): outputs contiguous, inputs with every sample contiguous but
-samples any stride apart (a channel slice st[:, :C] is read in place); one program handles BLOCK elements of one (n, c) plane,
-so the per-channel scale is a scalar load and the per-sample log-det / per-channel scale gradient
-are one atomic add per program. tanh and exp are recomputed in the backward, nothing is saved.
+samples any stride apart (a channel slice st[:, :C] is read in place). One program handles a (ROWS, BLOCK) tile:
+ROWS consecutive (n, c) planes times BLOCK elements of each, so small planes (7x7, 8x8 at a flow's last scale)
+share a program instead of each masking most of a 1024-wide block; each row's log-det / scale-gradient partial
+is one atomic add. tanh and exp are recomputed in the backward, nothing is saved.
 """
 import torch
 import triton
 import triton.language as tl
 
-BLOCK = 1024
+TILE = 1024  # elements per program
+
+
+def _tile(length):
+    """(ROWS, BLOCK) for planes of `length` elements: BLOCK covers a plane where it fits, ROWS fill the tile."""
+    block = min(TILE, triton.next_power_of_2(max(length, 1)))
+    return TILE // block, block
 
 
 @triton.jit
@@ -18,11 +25,14 @@ def _tanh(r):
 
 
 @triton.jit
-def _block(C, L, BLOCK: tl.constexpr):
-    """This program's sample n, channel c, element offsets into the (N, C, L) tensors and in-plane offsets."""
-    plane = tl.program_id(0)
+def _block(P, C, L, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's planes (ROWS,), their sample n and channel c, element offsets (ROWS, BLOCK) into the
+    (N, C, L) outputs, in-plane offsets (BLOCK,), the in-bounds mask (ROWS, BLOCK) and the valid rows (ROWS,)."""
+    planes = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    return plane // C, plane % C, plane.to(tl.int64) * L + offs, offs, offs < L
+    rows = planes < P
+    inb = rows[:, None] & (offs < L)[None, :]
+    return planes // C, planes % C, planes.to(tl.int64)[:, None] * L + offs[None, :], offs, inb, rows
 
 
 @triton.jit
@@ -32,20 +42,26 @@ def _load(ptr, idx, inb):
 
 @triton.jit
 def _load_input(ptr, n, sample_stride, c, L, offs, inb):
-    """Plane (n, c) of an input whose samples are `sample_stride` elements apart."""
-    return _load(ptr + n.to(tl.int64) * sample_stride + c.to(tl.int64) * L, offs, inb)
+    """Planes (n, c) of an input whose samples are `sample_stride` elements apart."""
+    return _load(ptr + (n.to(tl.int64) * sample_stride + c.to(tl.int64) * L)[:, None], offs[None, :], inb)
 
 
 @triton.jit
-def _coupling_fwd(x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, y_ptr, logdet_ptr, C, L, sx, sr, st, mask_sn, mask_sc,
-                  HAS_MASK: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
-    n, c, idx, offs, inb = _block(C, L, BLOCK)
+def _load_keep(mask_ptr, n, mask_sn, c, mask_sc, offs, inb):
+    """1 - mask: where the coupling transforms."""
+    return 1.0 - tl.load(mask_ptr + (n * mask_sn + c * mask_sc)[:, None] + offs[None, :], mask=inb, other=1.0)
+
+
+@triton.jit
+def _coupling_fwd(x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, y_ptr, logdet_ptr, P, C, L, sx, sr, st, mask_sn, mask_sc,
+                  HAS_MASK: tl.constexpr, REVERSE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    n, c, idx, offs, inb, rows = _block(P, C, L, ROWS, BLOCK)
     x = _load_input(x_ptr, n, sx, c, L, offs, inb)
     r = _load_input(r_ptr, n, sr, c, L, offs, inb)
     t = _load_input(t_ptr, n, st, c, L, offs, inb)
-    s = tl.load(scale_ptr + c).to(tl.float32) * _tanh(r)
+    s = tl.load(scale_ptr + c, mask=rows, other=0.0).to(tl.float32)[:, None] * _tanh(r)
     if HAS_MASK:
-        keep = 1.0 - tl.load(mask_ptr + n * mask_sn + c * mask_sc + offs, mask=inb, other=1.0)
+        keep = _load_keep(mask_ptr, n, mask_sn, c, mask_sc, offs, inb)
         s = s * keep
         t = t * keep
     if REVERSE:
@@ -53,25 +69,25 @@ def _coupling_fwd(x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, y_ptr, logdet_ptr, C
     else:
         y = x * tl.exp(s) + t
     tl.store(y_ptr + idx, y.to(y_ptr.dtype.element_ty), mask=inb)
-    part = tl.sum(tl.where(inb, s, 0.0), axis=0)
-    tl.atomic_add(logdet_ptr + n, -part if REVERSE else part)
+    part = tl.sum(tl.where(inb, s, 0.0), axis=1)
+    tl.atomic_add(logdet_ptr + n, -part if REVERSE else part, mask=rows)
 
 
 @triton.jit
 def _coupling_bwd(gy_ptr, gl_ptr, x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, dx_ptr, dr_ptr, dt_ptr, dscale_ptr,
-                  C, L, sx, sr, st, mask_sn, mask_sc, HAS_MASK: tl.constexpr, REVERSE: tl.constexpr,
-                  BLOCK: tl.constexpr):
-    n, c, idx, offs, inb = _block(C, L, BLOCK)
+                  P, C, L, sx, sr, st, mask_sn, mask_sc, HAS_MASK: tl.constexpr, REVERSE: tl.constexpr,
+                  ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    n, c, idx, offs, inb, rows = _block(P, C, L, ROWS, BLOCK)
     gy = _load(gy_ptr, idx, inb)
     x = _load_input(x_ptr, n, sx, c, L, offs, inb)
     r = _load_input(r_ptr, n, sr, c, L, offs, inb)
     t = _load_input(t_ptr, n, st, c, L, offs, inb)
-    gl = tl.load(gl_ptr + n).to(tl.float32)
-    sc = tl.load(scale_ptr + c).to(tl.float32)
+    gl = tl.load(gl_ptr + n, mask=rows, other=0.0).to(tl.float32)[:, None]
+    sc = tl.load(scale_ptr + c, mask=rows, other=0.0).to(tl.float32)[:, None]
     th = _tanh(r)
     keep = 1.0
     if HAS_MASK:
-        keep = 1.0 - tl.load(mask_ptr + n * mask_sn + c * mask_sc + offs, mask=inb, other=1.0)
+        keep = _load_keep(mask_ptr, n, mask_sn, c, mask_sc, offs, inb)
     s = sc * th * keep
     if REVERSE:
         e = tl.exp(-s)
@@ -87,7 +103,7 @@ def _coupling_bwd(gy_ptr, gl_ptr, x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, dx_p
     tl.store(dx_ptr + idx, dx.to(dx_ptr.dtype.element_ty), mask=inb)
     tl.store(dr_ptr + idx, dr.to(dr_ptr.dtype.element_ty), mask=inb)
     tl.store(dt_ptr + idx, dt.to(dt_ptr.dtype.element_ty), mask=inb)
-    tl.atomic_add(dscale_ptr + c, tl.sum(tl.where(inb, ds * th, 0.0), axis=0))
+    tl.atomic_add(dscale_ptr + c, tl.sum(tl.where(inb, ds * th, 0.0), axis=1), mask=rows)
 
 
 def _mask_args(mask, x):
@@ -118,9 +134,10 @@ def coupling_forward(x, r, t, scale, mask, reverse):
     y = _empty(x)
     logdet = torch.zeros(n, device=x.device, dtype=torch.float32)
     m, msn, msc = _mask_args(mask, x)
-    grid = (n * c, triton.cdiv(length, BLOCK))
-    _coupling_fwd[grid](x, r, t, scale, m, y, logdet, c, length, *_sample_strides(x, r, t), msn, msc,
-                        HAS_MASK=mask is not None, REVERSE=reverse, BLOCK=BLOCK)
+    rows, block = _tile(length)
+    grid = (triton.cdiv(n * c, rows), triton.cdiv(length, block))
+    _coupling_fwd[grid](x, r, t, scale, m, y, logdet, n * c, c, length, *_sample_strides(x, r, t), msn, msc,
+                        HAS_MASK=mask is not None, REVERSE=reverse, ROWS=rows, BLOCK=block)
     return y, logdet
 
 
@@ -130,7 +147,9 @@ def coupling_backward(grad_y, grad_logdet, x, r, t, scale, mask, reverse):
     dx, dr, dt = _empty(x), _empty(r), _empty(t)
     dscale = torch.zeros(c, device=x.device, dtype=torch.float32)
     m, msn, msc = _mask_args(mask, x)
-    grid = (n * c, triton.cdiv(length, BLOCK))
-    _coupling_bwd[grid](grad_y, grad_logdet, x, r, t, scale, m, dx, dr, dt, dscale, c, length,
-                        *_sample_strides(x, r, t), msn, msc, HAS_MASK=mask is not None, REVERSE=reverse, BLOCK=BLOCK)
+    rows, block = _tile(length)
+    grid = (triton.cdiv(n * c, rows), triton.cdiv(length, block))
+    _coupling_bwd[grid](grad_y, grad_logdet, x, r, t, scale, m, dx, dr, dt, dscale, n * c, c, length,
+                        *_sample_strides(x, r, t), msn, msc, HAS_MASK=mask is not None, REVERSE=reverse, ROWS=rows,
+                        BLOCK=block)
     return dx, dr, dt, dscale
