@@ -1,6 +1,8 @@
 // Shared by the CPU and CUDA kernels: input validation (messages name the argument), dtype dispatch.
 #pragma once
-#include <torch/extension.h>
+// ATen and the op registry only: torch/extension.h (pybind11, the C++ frontend) triples the compile time.
+#include <ATen/ATen.h>
+#include <torch/library.h>
 
 namespace genperf {
 

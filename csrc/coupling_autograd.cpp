@@ -2,7 +2,7 @@
 // costs one dispatcher call each way instead of the Python custom-op machinery (about 0.1 ms per
 // coupling). The device kernels are coupling_forward / coupling_backward (*_cpu.cpp, *_cuda.cu).
 #include <torch/autograd.h>
-#include <torch/extension.h>
+#include <torch/library.h>
 
 namespace genperf {
 namespace {

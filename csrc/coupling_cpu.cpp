@@ -2,7 +2,6 @@
 // (n, c) planes with at::parallel_for (OpenMP), inner loops vectorized (omp simd).
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
 
 #include "common.h"
 #include "cpu_math.h"

@@ -2,7 +2,6 @@
 // gradient, and the penalty's backward in one pass over that gradient.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
 
 #include <cmath>
 

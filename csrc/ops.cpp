@@ -1,6 +1,8 @@
 // One registration file: the schemas of genperf's kernels (torch.ops.genperf_kernels.*) and the
 // Python module genperf._C. The CPU kernels live in *_cpu.cpp, the CUDA kernels in *_cuda.cu.
-#include <torch/extension.h>
+// The module is plain CPython: pybind11 (torch/extension.h) would double this file's compile time for one function.
+#include <Python.h>
+#include <torch/library.h>
 
 TORCH_LIBRARY(genperf_kernels, m) {
   // x, s_raw, t: (N, C, ...), each sample contiguous (a channel slice of a larger tensor will do), L elements per
@@ -16,14 +18,19 @@ TORCH_LIBRARY(genperf_kernels, m) {
   m.def("gp_penalty_backward(Tensor grad_out, Tensor grad, Tensor sumsq, float weight, float norm_eps) -> Tensor");
 }
 
-static bool has_cuda() {
+static PyObject* has_cuda(PyObject*, PyObject*) {
 #ifdef GENPERF_WITH_CUDA
-  return true;
+  Py_RETURN_TRUE;
 #else
-  return false;
+  Py_RETURN_FALSE;
 #endif
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("has_cuda", &has_cuda, "whether genperf._C was compiled with its CUDA kernels");
-}
+static PyMethodDef methods[] = {
+    {"has_cuda", has_cuda, METH_NOARGS, "whether genperf._C was compiled with its CUDA kernels"},
+    {nullptr, nullptr, 0, nullptr}};
+
+static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "genperf's C++/CUDA kernels (torch.ops.genperf_kernels)",
+                                 -1, methods};
+
+PyMODINIT_FUNC PyInit__C() { return PyModule_Create(&module_def); }

@@ -33,7 +33,8 @@ def _probe():
 
         reasons["cpu"] = None
         if not _C.has_cuda():
-            reasons["cuda"] = "genperf._C was built without CUDA (no nvcc at install time)"
+            reasons["cuda"] = ("genperf._C was built without CUDA (no GPU visible or no nvcc at install time; "
+                               "reinstall where the GPU is, or with TORCH_CUDA_ARCH_LIST set)")
         elif not torch.cuda.is_available():
             reasons["cuda"] = "no CUDA device"
         else:
