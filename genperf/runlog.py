@@ -6,6 +6,7 @@ import contextlib
 import json
 import numbers
 import os
+import time
 
 from genperf.errors import GenperfError
 
@@ -49,6 +50,7 @@ class RunLog:
 
     def __init__(self, out, enabled=True, resume_step=None, tensorboard=False):
         self.out, self.enabled = out, enabled
+        self._plotted_at = None  # time.monotonic() of the last loss.png
         self.metrics_path = os.path.join(out, "metrics.jsonl")
         self.tensorboard = None
         if not enabled:
@@ -110,10 +112,15 @@ class RunLog:
         if self.tensorboard:
             self.tensorboard.close()
 
-    def plot_losses(self):
-        """loss.png: each training metric against the step, held-out metrics as markers."""
+    def plot_losses(self, final=False):
+        """loss.png: each training metric against the step, held-out metrics as markers. Redrawn at most every
+        LOSS_PLOT_EVERY_S and at the end (`final`): drawing it takes about 0.3 s, which at every epoch of a
+        small model was half of the run."""
         if not self.enabled or not os.path.exists(self.metrics_path):
             return
+        if not final and self._plotted_at is not None and time.monotonic() - self._plotted_at < LOSS_PLOT_EVERY_S:
+            return
+        self._plotted_at = time.monotonic()
         records = read_metrics(self.metrics_path)
         train = [r for r in records if r.get("split") == "train"]
         heldout = [r for r in records if r.get("split") == "heldout"]
@@ -145,6 +152,7 @@ def pyplot():
     return plt
 
 
+LOSS_PLOT_EVERY_S = 30.0
 MIN_GRID_CELL = 28  # pixels: the per-epoch grids enlarge smaller images, so 8x8 digits stay legible
 
 

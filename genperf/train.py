@@ -464,6 +464,7 @@ def fit(args, dist):
     finally:
         bar.close()  # ends the bar's line, so a message after it starts a line of its own
     if stop:
+        log.plot_losses(final=True)
         log.close()
         if dist.is_main:
             print(f"genperf: stopped by {signal.Signals(stop).name} at step {step}; checkpoint written to {ckpt}; continue "
@@ -485,6 +486,7 @@ def fit(args, dist):
                    mfu=images_per_s * flops / peak if peak else None, compile_s=compile_s if args.compile else None,
                    samples=sorted(os.listdir(log.path("samples"))) if dist.is_main else None)
     log.write_json("summary.json", summary)
+    log.plot_losses(final=True)
     log.close()
     if dist.is_main:
         print(f"genperf: done. held-out {json.dumps(held)}; run directory {args.out}", flush=True)

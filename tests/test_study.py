@@ -17,8 +17,8 @@ def runs(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")  # shared: experiments reuse each other's trained models
 
 
-def _run(name, out, runs):
-    assert study.main([name, "--quick", *SEEDS, "--out", str(out), "--runs", str(runs)]) == 0
+def _run(name, out, runs, seeds=SEEDS):
+    assert study.main([name, "--quick", *seeds, "--out", str(out), "--runs", str(runs)]) == 0
     report = (out / "report.md").read_text()
     figures = re.findall(r"^!\[.*\]\((.+\.png)\)$", report, flags=re.M)
     assert all((out / f).exists() for f in figures), figures  # every figure the report shows exists
@@ -69,24 +69,26 @@ def test_experiment_quick(name, tmp_path, runs):
 
 def test_mode_collapse_quick(tmp_path, runs):
     """The quick budget (600 generator updates of the published toy protocol on ring8) is enough for WGAN-GP
-    to cover most of the ring with every seed: fails if toy training breaks."""
-    results, report, _ = _run("mode-collapse", tmp_path / "mc", runs)
+    to cover most of the ring: fails if toy training breaks. One seed (its runs take most of a minute each; the
+    other experiments check the aggregation over two)."""
+    results, report, _ = _run("mode-collapse", tmp_path / "mc", runs, seeds=["--seeds", "1"])
     for model in ("dcgan", "wgan-gp", "wgan"):
         r = results["ring8"][model]
-        _check_spread(r, "modes_covered")
-        _check_spread(r, "high_quality")
+        assert list(r["per_seed"]) == ["0"] and r["modes_covered_std"] is None
+        assert r["modes_covered"] == r["per_seed"]["0"]["modes_covered"]
         assert [h["generator_steps"] for h in r["history"]] == ([300, 600] if model == "wgan-gp" else [300])
     for model in ("dcgan", "wgan-gp"):  # the top-level ring8 entries
         assert set(results[model]) == {"modes_covered", "modes_covered_std", "high_quality", "high_quality_std",
                                        "per_seed"}
         assert results[model]["modes_covered"] == results["ring8"][model]["modes_covered"]
-    assert all(v["modes_covered"] >= 6 for v in results["wgan-gp"]["per_seed"].values()), results["wgan-gp"]
+    assert results["wgan-gp"]["modes_covered"] >= 6, results["wgan-gp"]
     assert "WGAN-GP covers more modes of ring8" in report
 
 
 def test_all_writes_the_summary(tmp_path, runs):
-    """`all` after the experiments above: every run is reused; one summary table and the verdicts."""
-    assert study.main(["all", "--quick", *SEEDS, "--out", str(tmp_path), "--runs", str(runs)]) == 0
+    """`all` after the experiments above, with their first seed: every run is reused; one summary table and the
+    verdicts (all inconclusive with one seed)."""
+    assert study.main(["all", "--quick", "--seeds", "1", "--out", str(tmp_path), "--runs", str(runs)]) == 0
     report = (tmp_path / "report.md").read_text()
     assert "**Quick budgets are smoke tests**" in report.splitlines()[2]
     for name in study.RUNNERS:
@@ -94,10 +96,10 @@ def test_all_writes_the_summary(tmp_path, runs):
     assert "| [mode-collapse](mode-collapse/report.md) | ring8 wgan-gp: modes covered of 8 |" in report
     verdicts = re.findall(r"^\| .+ \| \*\*(.+?)\*\* \| .+ \|$", report, flags=re.M)
     assert len(verdicts) == 4  # mode collapse on ring8, label smoothing, beta, flow stability
-    assert set(verdicts) <= {study.REPRODUCED, study.NOT_REPRODUCED, study.INCONCLUSIVE}
+    assert set(verdicts) == {study.INCONCLUSIVE}
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["experiments"]) == set(study.RUNNERS)
-    assert all(r["seeds"] == [0, 1] for r in results["experiments"].values())
+    assert all(r["seeds"] == [0] for r in results["experiments"].values())
 
 
 def test_spread_matches_hand_computed_values():
@@ -137,3 +139,18 @@ def test_seeds_option():
 def test_unknown_experiment_is_an_argparse_error():
     with pytest.raises(SystemExit):
         study.main(["nothing", "--out", "x"])
+
+
+def test_a_run_trained_with_other_options_is_refused(tmp_path, capsys):
+    """A finished run that an earlier study trained with other options (here the old 3-epoch quick VAE) is not
+    reported as the run asked for."""
+    run = tmp_path / "runs" / "vae-beta1"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    (run / "study-options.json").write_text(json.dumps(["vae", "--data", "digits", "--beta", "1", "--epochs", "3",
+                                                        "--seed", "0"]))
+    assert study.main(["beta-sweep", "--quick", "--seeds", "1", "--out", str(tmp_path / "out"),
+                       "--runs", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "vae-beta1 was trained with `vae --data digits --beta 1 --epochs 3 --seed 0`" in err
+    assert "--image-size 28 --epochs 20" in err
