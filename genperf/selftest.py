@@ -25,6 +25,7 @@ table), and exits 1 if a correctness stage (build, op-tests, train, fsdp, resume
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
@@ -188,10 +189,15 @@ def stage_train(suite):
     import math
 
     compile_all = not (suite.args.quick and suite.device == "cpu")
+    flags = {model: ["--amp"] + (["--compile"] if compile_all or model == "vae" else []) for model in MODELS}
+    # A CPU run takes one thread (OMP_NUM_THREADS=1), so as many run side by side as there are cores.
+    workers = 1 if suite.device == "cuda" else max(1, min(len(MODELS), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        runs = dict(zip(MODELS, pool.map(lambda m: _train(suite, m, os.path.join(suite.tmp, f"train-{m}"), *flags[m]),
+                                         MODELS)))
     results, problems = {}, []
-    for model in MODELS:
-        extra = ["--amp"] + (["--compile"] if compile_all or model == "vae" else [])
-        train, summary, _ = _train(suite, model, os.path.join(suite.tmp, f"train-{model}"), *extra)
+    for model, (train, summary, _) in runs.items():
+        extra = flags[model]
         key = {"realnvp": "bits_per_dim", "vae": "loss", "beta-vae": "loss"}.get(model)
         losses = {k: [r[k] for r in train] for k in train[0] if k.endswith("loss") or k == "bits_per_dim"}
         if not all(math.isfinite(v) for series in losses.values() for v in series):
@@ -223,8 +229,9 @@ def stage_resume(suite):
     import torch
 
     whole, parts = os.path.join(suite.tmp, "whole"), os.path.join(suite.tmp, "parts")
-    _train(suite, "realnvp", whole, "--amp", steps=20)
-    _train(suite, "realnvp", parts, "--amp", steps=10)
+    with concurrent.futures.ThreadPoolExecutor(1 if suite.device == "cuda" else 2) as pool:  # one thread each on CPU
+        list(pool.map(lambda out_steps: _train(suite, "realnvp", out_steps[0], "--amp", steps=out_steps[1]),
+                      [(whole, 20), (parts, 10)]))
     _train(suite, "realnvp", parts, "--amp", "--resume", steps=20)
     a = torch.load(os.path.join(whole, "checkpoint.pt"), weights_only=True)["models"]["realnvp"]
     b = torch.load(os.path.join(parts, "checkpoint.pt"), weights_only=True)["models"]["realnvp"]

@@ -292,6 +292,8 @@ def evaluate(objective, batches, seed):
 def run(args, argv):
     check_args(args)
     if args.fsdp and not under_torchrun():
+        # Data errors (and a download) once, here, before any worker starts.
+        load_dataset(args.data, args.data_root, args.image_size, args.channels, args.download, args.seed)
         return launch_workers(args.nproc, "genperf.train", argv)
     exit_with_launcher()
     dist = init_distributed(args.device)

@@ -407,6 +407,7 @@ def test_an_fsdp_data_error_is_printed_once_and_exits_2(tmp_path):
                            str(tmp_path / "none"), "--no-download", "--out", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode == 2
+    assert "launching" not in proc.stdout  # found before any worker started
     assert proc.stderr.strip() == (f"genperf: error: mnist: no IDX files under {tmp_path}/none (looked in "
                                    f"{tmp_path}/none and {tmp_path}/none/MNIST/raw); pass --data-root to the folder "
                                    f"holding them")
