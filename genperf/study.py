@@ -36,7 +36,7 @@ COLLAPSED_KL = 0.1  # nats: a VAE whose held-out KL is below this encodes nothin
 
 # Quick VAEs see the digits upsampled to MNIST's 28x28 for 20 epochs: over 8x8 pixels the binary cross-entropy
 # rewards a latent so little that beta 4 and above collapse to the mean digit, and in 3 epochs even beta 1 did
-# (KL 0.5 nats); at 28x28 beta 1 / 10 / 100 reach KL 14 / 1.8 / 0 nats.
+# (KL 0.5 nats); at 28x28 beta 1 / 10 / 100 reach KL 14 / 1.9 / 0 nats.
 QUICK_VAE = ["--image-size", "28", "--epochs", "20"]
 REALNVP = ["--mid-channels", "16", "--num-blocks", "2", "--amp", "--epochs", "12"]  # 0.32M parameters: CPU-sized
 
