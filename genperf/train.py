@@ -17,7 +17,7 @@ import time
 import torch
 
 from genperf import checkpoint, models, objectives, perf
-from genperf.data import DATASETS, LOADERS, POINT_SETS, default_loader, load_dataset, make_batches
+from genperf.data import DATASETS, LOADERS, POINT_SETS, check_dataset, default_loader, load_dataset, make_batches
 from genperf.errors import GenperfError
 from genperf.faults import (EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters, exit_with_launcher,
                             lock_run_folder)
@@ -292,8 +292,7 @@ def evaluate(objective, batches, seed):
 def run(args, argv):
     check_args(args)
     if args.fsdp and not under_torchrun():
-        # Data errors (and a download) once, here, before any worker starts.
-        load_dataset(args.data, args.data_root, args.image_size, args.channels, args.download, args.seed)
+        check_dataset(args.data, args.data_root, args.download)  # data errors (and a download) before any worker starts
         return launch_workers(args.nproc, "genperf.train", argv)
     exit_with_launcher()
     dist = init_distributed(args.device)

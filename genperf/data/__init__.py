@@ -94,12 +94,27 @@ def make_batches(source, batch_size, seed=0, rank=0, world_size=1, device="cpu",
     return Batches(source, batch_size, seed, rank, world_size, device, shuffle, drop_last, workers)
 
 
+def _check_root(name, root):
+    if name in ("mnist", "fashion-mnist", "celeba") and os.path.isfile(root):
+        raise DataError(f"--data-root {root} is a file; pass the folder that holds the {name} data")
+
+
+def check_dataset(name, root="data", download=True):
+    """Raises what load_dataset would about where the data is (downloading MNIST if it must), without opening
+    CelebA's images, which each worker of a launch scans anyway: the launcher's check before workers start."""
+    if name != "celeba":
+        load_dataset(name, root, download=download)  # in memory and quick: IDX files, digits, toys, synthetic
+        return
+    _check_root(name, root)
+    for split in ("train", "test"):
+        celeba.list_split(root, split)
+
+
 def load_dataset(name, root="data", image_size=None, channels=3, download=True, seed=0, flip=True) -> Data:
     """`image_size` resizes image sets (None keeps the native size; CelebA defaults to 64)."""
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
-    if name in ("mnist", "fashion-mnist", "celeba") and os.path.isfile(root):
-        raise DataError(f"--data-root {root} is a file; pass the folder that holds the {name} data")
+    _check_root(name, root)
     if name in POINT_SETS:
         # The toy protocol draws fresh points every step; 500,000 (1,953 batches of 256) stand in for that
         # and keep the per-epoch sample plot and checkpoint rare next to steps of a few milliseconds.
@@ -125,4 +140,4 @@ def load_dataset(name, root="data", image_size=None, channels=3, download=True, 
     return Data(name, train, heldout, tuple(train.shape[1:]), notes, labels)
 
 
-__all__ = ["Batches", "Data", "DataError", "DATASETS", "LOADERS", "default_loader", "load_dataset", "make_batches"]
+__all__ = ["Batches", "Data", "DataError", "DATASETS", "LOADERS", "check_dataset", "default_loader", "load_dataset", "make_batches"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from genperf import train
-from genperf.data import celeba, load_dataset, make_batches
+from genperf.data import celeba, check_dataset, load_dataset, make_batches
 from genperf.errors import DataError
 
 dali = pytest.mark.skipif(not celeba.dali_available(), reason="nvidia-dali is not installed")
@@ -108,6 +108,18 @@ def test_missing_or_empty_folders_fail_at_start(tmp_path):
         (tmp_path / "celeba" / "img_align_celeba" / name).write_bytes(b"junk")
     with pytest.raises(DataError, match="none of the 1 images .* is readable"):
         load_dataset("celeba", str(tmp_path))
+
+
+def test_the_launchers_check_finds_missing_data_without_opening_images(root, tmp_path, monkeypatch):
+    """check_dataset (run once before --fsdp workers start) raises load_dataset's errors about where the data
+    is, and leaves the scan of every image to the workers."""
+    with pytest.raises(DataError, match="CelebA not found"):
+        check_dataset("celeba", str(tmp_path / "nowhere"))
+    (tmp_path / "celeba" / "img_align_celeba").mkdir(parents=True)
+    with pytest.raises(DataError, match="no images for the train split"):
+        check_dataset("celeba", str(tmp_path))
+    monkeypatch.setattr(celeba, "scan", lambda paths, threads=8: pytest.fail("check_dataset opened the images"))
+    check_dataset("celeba", root)
 
 
 @pytest.mark.parametrize("loader", [pytest.param("dali", marks=dali), "torch"])
