@@ -185,16 +185,21 @@ def _train(suite, model, out, *extra, steps=30):
         return train, json.load(f), proc
 
 
+def _train_side_by_side(suite, jobs):
+    """_train of each (model, out, extra, steps): on CPU as many at once as there are cores, since each run takes
+    one thread (OMP_NUM_THREADS=1); on a GPU one at a time. Returns their results in order."""
+    workers = 1 if suite.device == "cuda" else max(1, min(len(jobs), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda job: _train(suite, job[0], job[1], *job[2], steps=job[3]), jobs))
+
+
 def stage_train(suite):
     import math
 
     compile_all = not (suite.args.quick and suite.device == "cpu")
     flags = {model: ["--amp"] + (["--compile"] if compile_all or model == "vae" else []) for model in MODELS}
-    # A CPU run takes one thread (OMP_NUM_THREADS=1), so as many run side by side as there are cores.
-    workers = 1 if suite.device == "cuda" else max(1, min(len(MODELS), os.cpu_count() or 1))
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        runs = dict(zip(MODELS, pool.map(lambda m: _train(suite, m, os.path.join(suite.tmp, f"train-{m}"), *flags[m]),
-                                         MODELS)))
+    runs = dict(zip(MODELS, _train_side_by_side(suite, [(m, os.path.join(suite.tmp, f"train-{m}"), flags[m], 30)
+                                                         for m in MODELS])))
     results, problems = {}, []
     for model, (train, summary, _) in runs.items():
         extra = flags[model]
@@ -229,9 +234,7 @@ def stage_resume(suite):
     import torch
 
     whole, parts = os.path.join(suite.tmp, "whole"), os.path.join(suite.tmp, "parts")
-    with concurrent.futures.ThreadPoolExecutor(1 if suite.device == "cuda" else 2) as pool:  # one thread each on CPU
-        list(pool.map(lambda out_steps: _train(suite, "realnvp", out_steps[0], "--amp", steps=out_steps[1]),
-                      [(whole, 20), (parts, 10)]))
+    _train_side_by_side(suite, [("realnvp", whole, ["--amp"], 20), ("realnvp", parts, ["--amp"], 10)])
     _train(suite, "realnvp", parts, "--amp", "--resume", steps=20)
     a = torch.load(os.path.join(whole, "checkpoint.pt"), weights_only=True)["models"]["realnvp"]
     b = torch.load(os.path.join(parts, "checkpoint.pt"), weights_only=True)["models"]["realnvp"]

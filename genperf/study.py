@@ -72,7 +72,6 @@ class Study:
     def _train(self, name, model, options, seed, steps=None):
         """python -m genperf.train MODEL --seed SEED into RUNS/name, resuming what is there."""
         out, wanted = os.path.join(self.runs, name), self._options(model, options, seed)
-        self._check_reuse(out, wanted)
         argv = [*wanted, "--out", out, "--device", self.device, *(["--steps", str(steps)] if steps else []),
                 *(["--log-every", "5"] if "--log-every" not in options else [])]
         if checkpoint.find(out):
@@ -92,8 +91,8 @@ class Study:
         """The run directory RUNS/name[-seedN], trained unless it already finished (summary.json present)."""
         name = self.run_name(name, seed)
         out = os.path.join(self.runs, name)
+        self._check_reuse(out, self._options(model, options, seed))  # finished, or interrupted and resumed below
         if os.path.exists(os.path.join(out, "summary.json")):
-            self._check_reuse(out, self._options(model, options, seed))
             return out
         return self._train(name, model, options, seed)
 

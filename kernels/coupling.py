@@ -13,10 +13,12 @@ import triton.language as tl
 TILE = 1024  # elements per program
 
 
-def _tile(length):
-    """(ROWS, BLOCK) for planes of `length` elements: BLOCK covers a plane where it fits, ROWS fill the tile."""
+def _launch(planes, length):
+    """(grid, ROWS, BLOCK) for `planes` planes of `length` elements: BLOCK covers a plane where it fits, ROWS fill
+    the tile."""
     block = min(TILE, triton.next_power_of_2(max(length, 1)))
-    return TILE // block, block
+    rows = TILE // block
+    return (triton.cdiv(planes, rows), triton.cdiv(length, block)), rows, block
 
 
 @triton.jit
@@ -134,8 +136,7 @@ def coupling_forward(x, r, t, scale, mask, reverse):
     y = _empty(x)
     logdet = torch.zeros(n, device=x.device, dtype=torch.float32)
     m, msn, msc = _mask_args(mask, x)
-    rows, block = _tile(length)
-    grid = (triton.cdiv(n * c, rows), triton.cdiv(length, block))
+    grid, rows, block = _launch(n * c, length)
     _coupling_fwd[grid](x, r, t, scale, m, y, logdet, n * c, c, length, *_sample_strides(x, r, t), msn, msc,
                         HAS_MASK=mask is not None, REVERSE=reverse, ROWS=rows, BLOCK=block)
     return y, logdet
@@ -147,8 +148,7 @@ def coupling_backward(grad_y, grad_logdet, x, r, t, scale, mask, reverse):
     dx, dr, dt = _empty(x), _empty(r), _empty(t)
     dscale = torch.zeros(c, device=x.device, dtype=torch.float32)
     m, msn, msc = _mask_args(mask, x)
-    rows, block = _tile(length)
-    grid = (triton.cdiv(n * c, rows), triton.cdiv(length, block))
+    grid, rows, block = _launch(n * c, length)
     _coupling_bwd[grid](grad_y, grad_logdet, x, r, t, scale, m, dx, dr, dt, dscale, n * c, c, length,
                         *_sample_strides(x, r, t), msn, msc, HAS_MASK=mask is not None, REVERSE=reverse, ROWS=rows,
                         BLOCK=block)
