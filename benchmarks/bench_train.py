@@ -13,7 +13,8 @@ them alike; a round is one generator cycle (critic_iters steps for the WGANs, on
 Reported per variant: median step time, images/s, speedup over the baseline, model FLOP/s and MFU.
 FLOPs per image are counted by FlopCounterMode (genperf.perf) on one eager step; the peaks are an
 fp32 and a bf16 matmul timed in the same run on the same device, and each variant's MFU is taken
-against the peak of its own compute dtype (bf16 under --amp, else fp32).
+against the peak of its own compute dtype (bf16 under --amp, else fp32; --amp is fp32 on a CPU without
+bf16 kernels, as in genperf.train, and the header says so).
 
 Variants:
   baseline       plain PyTorch: the pure-torch reference ops (--backend reference), fp32, eager,
@@ -84,7 +85,8 @@ class Variant:
         self.args = train.parse_args([model, "--batch-size", str(batch), *extra, *VARIANTS[name]])
         data = Data("random", None, None, shape)
         torch.manual_seed(0)
-        self.objective = train.build_objective(self.args, data, Precision(device.type, self.args.amp), device)
+        self.precision = Precision(device.type, self.args.amp)
+        self.objective = train.build_objective(self.args, data, self.precision, device)
         if name == "baseline":  # torch.optim.Adam as a plain script would make it (foreach, not fused)
             for key, opt in self.objective.optimizers.items():
                 if isinstance(opt, torch.optim.Adam):
@@ -136,7 +138,7 @@ def bench_config(name, device, rounds, variants, peaks, rows):
         per_step = [t / variant.cycle for t in variant.times]
         p50 = statistics.median(per_step)
         ips = batch / p50
-        dtype = torch.bfloat16 if variant.args.amp else torch.float32
+        dtype = variant.precision.dtype or torch.float32
         mfu = ips * flops / peaks[dtype]
         speedup = base / p50 if base else float("nan")
         print(f"  {variant.name:17s} {1e3 * p50:9.1f} [{1e3 * min(per_step):6.1f}-{1e3 * max(per_step):6.1f}] "
@@ -178,9 +180,10 @@ def main(argv=None):
     setattr(config, "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit", 64)
     kept = device.type == "cpu" and keep_freed_cpu_memory()  # as genperf.train does
     peaks = {dtype: peak_flops(device.type, dtype, seconds=1.0) for dtype in (torch.float32, torch.bfloat16)}
+    note = Precision(device.type, True).note  # --amp variants run fp32 on a CPU without bf16 kernels
     print(f"# {device_name(device)}, torch {torch.__version__}; measured matmul peak: fp32 "
           f"{peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s"
-          + ("; freed CPU memory kept for reuse" if kept else ""), flush=True)
+          + ("; freed CPU memory kept for reuse" if kept else "") + (f"\n# {note}" if note else ""), flush=True)
     rows = []
     bench_config(args.models[0], device, args.rounds, args.variants, peaks, rows)
     if args.csv and rows:

@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from genperf.dtypes import cpu_has_bf16
+
 
 class _AllModules:
     """Stands in for FlopCounterMode's module tracker: every count goes to the total. The tracker's
@@ -63,8 +65,12 @@ def _best_seconds(fn, device, seconds):
 @functools.lru_cache(maxsize=None)
 def peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seconds: float = 0.3) -> float:
     """FLOP/s of an (n x n) @ (n x n) matmul in `dtype` on this device, best of repeated timings over
-    about `seconds` (n = `size`, default 8192 on CUDA and 2048 on CPU). Cached per process."""
+    about `seconds` (n = `size`, default 8192 on CUDA and 2048 on CPU). Cached per process. A CPU without
+    bf16 kernels (genperf.dtypes.cpu_has_bf16) does bf16 work with its fp32 units, so its bf16 peak is the
+    fp32 one: the fallback bf16 matmul (~1 GFLOP/s there) is no peak, a bf16 step's convolutions outran it."""
     device = torch.device(device_type)
+    if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_bf16():
+        dtype = torch.float32
     n = size or (8192 if device.type == "cuda" else 2048)
     g = torch.Generator(device).manual_seed(0)  # its own stream: measuring (once per process) never moves the caller's
     a = torch.randn(n, n, device=device, generator=g).to(dtype)

@@ -9,17 +9,27 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from genperf.dtypes import cpu_has_bf16
+
+
+CPU_BF16_ENV = "GENPERF_CPU_BF16"  # =1: bf16 autocast on a CPU even without bf16 kernels (slow; for checks)
+
 
 class Precision:
-    """--amp: bf16 autocast where the device has bf16, else fp16 with a GradScaler.
+    """--amp: bf16 autocast where the device computes bf16, fp16 with a GradScaler on a GPU without bf16,
+    and fp32 on a CPU without bf16 kernels (where autocast would only make the run slower), said in `note`.
 
     `step` runs backward and the optimizer step; with a GradScaler a step whose gradients overflowed
     is skipped by the scaler, and counted here in `skipped_steps`."""
 
     def __init__(self, device_type: str, enabled: bool):
         self.device_type, self.enabled = device_type, enabled
-        self.dtype = None
-        if enabled:
+        self.dtype, self.note = None, None
+        if enabled and device_type == "cpu" and not cpu_has_bf16() and os.environ.get(CPU_BF16_ENV) != "1":
+            self.enabled = False
+            self.note = (f"--amp: this CPU has no bf16 kernels (they need AVX-512), so bf16 autocast would run 15-90x "
+                         f"slower than fp32; training in fp32 instead ({CPU_BF16_ENV}=1 forces bf16)")
+        elif enabled:
             bf16 = device_type != "cuda" or torch.cuda.is_bf16_supported()
             self.dtype = torch.bfloat16 if bf16 else torch.float16
         self.scaler = torch.amp.GradScaler(device_type) if self.dtype == torch.float16 else None

@@ -80,7 +80,9 @@ def build_parser():
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out with the options it was started with (only those that change "
                         "neither its math nor its data may be given again, e.g. --steps, --epochs, --nproc)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast where supported, else fp16 with a GradScaler")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: bf16 autocast where the device has bf16 kernels, fp16 with a GradScaler on a "
+                        "GPU without bf16; a CPU without bf16 kernels (no AVX-512) trains in fp32 and says so")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 over --nproc processes (self-launched unless under torchrun)")
     p.add_argument("--checkpointing", nargs="?", const="coupling", default="none", choices=models.CHECKPOINTING,
                    help="realnvp: recompute activations in backward per coupling or per residual block "
@@ -354,9 +356,11 @@ def fit(args, dist):
     log = RunLog(args.out, dist.is_main, resume_step=step if args.resume else None, tensorboard=args.tensorboard)
     n_params = sum(p.numel() for m in objective.modules.values() for p in m.parameters())
     log.write_json("config.json", dict(applicable_options(args), world_size=dist.world_size, parameters=n_params,
-                                       steps_per_epoch=steps_per_epoch, total_steps=total_steps, data_notes=data.notes))
+                                       steps_per_epoch=steps_per_epoch, total_steps=total_steps, data_notes=data.notes,
+                                       autocast_dtype=str(precision.dtype) if precision.dtype else None,
+                                       precision_note=precision.note))
     if dist.is_main:
-        for note in data.notes:
+        for note in data.notes + ([precision.note] if precision.note else []):
             print(f"genperf: {note}", flush=True)
         print(f"genperf: {args.model} on {args.data} {'x'.join(map(str, data.shape))}, {n_params / 1e6:.2f}M parameters, "
               f"{dist.world_size} rank(s) on {device.type}, {steps_per_epoch} steps/epoch, {total_steps} steps"
@@ -481,7 +485,7 @@ def fit(args, dist):
         print(f"genperf: skipped {skipped_images} images that failed to decode (named above)", flush=True)
     images_per_s = (step - start_step) * args.batch_size / max(elapsed, 1e-9)
     summary = dict(model=args.model, data=args.data, steps=step, epochs=step / steps_per_epoch, parameters=n_params,
-                   world_size=dist.world_size, amp=str(precision.dtype) if args.amp else None,
+                   world_size=dist.world_size, amp=str(precision.dtype) if precision.dtype else None,
                    skipped_steps=precision.skipped_steps, skipped_images=skipped_images, train=last, heldout=held,
                    wall_time_s=elapsed, images_per_s=images_per_s, flops_per_image=flops, peak_flops=peak,
                    mfu=images_per_s * flops / peak if peak else None, compile_s=compile_s if args.compile else None,
