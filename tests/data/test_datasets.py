@@ -5,13 +5,18 @@ import pytest
 import torch
 from PIL import Image
 
-from genperf.data import Batches, load_dataset
+from genperf.data import Batches, digits_arrays, load_dataset
 from genperf.data.celeba import CelebAFolder
 from genperf.data.toy import toy_mixture
 from genperf.errors import DataError
 
 
 def test_digits_are_8bit_images():
+    from sklearn.datasets import load_digits
+
+    pixels, labels = digits_arrays()  # read from sklearn's CSV without importing sklearn
+    reference = load_digits()
+    assert np.array_equal(pixels, reference.images) and np.array_equal(labels, reference.target)
     data = load_dataset("digits")
     assert data.train.shape == (1597, 1, 8, 8) and data.heldout.shape == (200, 1, 8, 8)
     assert data.train.dtype == torch.uint8 and data.train.max() == 255
