@@ -1,6 +1,8 @@
 """--compile: compiled steps against eager ones for every model, no recompiles after warm-up, and
 runs that switch --compile on or off across a resume."""
 import json
+import os
+from unittest import mock
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ from torch._dynamo.utils import counters
 
 from genperf import train
 from genperf.data import load_dataset, make_batches
-from genperf.scale import Precision
+from genperf.scale import CPU_BF16_ENV, Precision
 
 SMALL = {  # tiny versions of every model family (vae and beta-vae share the model and step)
     "realnvp": ["--mid-channels", "8", "--num-blocks", "1"],
@@ -33,7 +35,9 @@ def _objective(model, amp, compiled, extra=()):
     args = train.parse_args([model, "--data", "digits", "--image-size", "16", "--batch-size", "16", *SMALL[model], *extra])
     data = load_dataset("digits", image_size=16, download=False)
     torch.manual_seed(0)
-    objective = train.build_objective(args, data, Precision("cpu", amp), torch.device("cpu"))
+    with mock.patch.dict(os.environ, {CPU_BF16_ENV: "1"}):  # bf16 is what these tests compile, bf16 kernels or not
+        precision = Precision("cpu", amp)
+    objective = train.build_objective(args, data, precision, torch.device("cpu"))
     if compiled:
         objective.compile(fullgraph=True, dynamic=False)
     return objective, data
@@ -86,14 +90,15 @@ def test_compiled_steps_match_eager_steps(model):
 @pytest.mark.parametrize("model", ["realnvp", "wgan-gp"])
 def test_no_recompiles_after_warm_up(model):
     objective, data = _objective(model, True, True)
+    assert objective.precision.dtype == torch.bfloat16
     batches = make_batches(data.train, 16, seed=0)
     cycle = getattr(objective, "critic_iters", 1)
-    for step, x in enumerate(batches.epoch(0)):
+    for step, x in zip(range(4 * cycle), batches.epoch(0)):
         objective.train_step(x, step)
         if step + 1 == cycle:  # a whole generator cycle: every graph of the step exists now
             warm = counters["stats"]["unique_graphs"]
             assert warm >= 1
-    assert step + 1 >= 3 * cycle
+    assert step + 1 == 4 * cycle
     assert counters["stats"]["unique_graphs"] == warm, "recompiled after warm-up"
     assert not counters["graph_break"]
 

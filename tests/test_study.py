@@ -78,7 +78,7 @@ def test_experiment_quick(name, tmp_path, runs):
 
 def test_mode_collapse_quick(tmp_path, runs):
     """The quick budget (600 generator updates of the published toy protocol on ring8) is enough for WGAN-GP
-    to cover most of the ring: fails if toy training breaks. One seed (its runs take most of a minute each; the
+    to learn the ring: fails if toy training breaks. One seed (its runs take most of a minute each; the
     other experiments check the aggregation over two)."""
     results, report, _ = _run("mode-collapse", tmp_path / "mc", runs, seeds=["--seeds", "1"])
     for model in ("dcgan", "wgan-gp", "wgan"):
@@ -90,7 +90,9 @@ def test_mode_collapse_quick(tmp_path, runs):
         assert set(results[model]) == {"modes_covered", "modes_covered_std", "high_quality", "high_quality_std",
                                        "per_seed"}
         assert results[model]["modes_covered"] == results["ring8"][model]["modes_covered"]
-    assert results["wgan-gp"]["modes_covered"] >= 6, results["wgan-gp"]
+    # WGAN-GP has learnt the ring's shape. Seeds 0 and 1 reached 5 and 7 modes, high-quality 0.19 and 0.25, on an
+    # AVX2 EPYC, and 7 or 8 modes on an AVX-512 Xeon (the two round differently); 100 updates in: 0 modes, 0.01
+    assert results["wgan-gp"]["modes_covered"] >= 4 and results["wgan-gp"]["high_quality"] > 0.1, results["wgan-gp"]
     assert "WGAN-GP covers more modes of ring8" in report
 
 
