@@ -145,6 +145,9 @@ def check_parameters(modules, step, device):
         raise NonFinite(f"non-finite weights in {', '.join(names)} after step {step}")
 
 
+_LAUNCHER = {"pid": None, "said": threading.Lock()}  # the elastic launcher of this worker; its "gone" line, once
+
+
 def exit_with_launcher(poll_s=0.5):
     """In a worker started by torch's elastic launcher (genperf's --fsdp or torchrun): exit as soon as
     the launcher is gone. The launcher starts each worker in a session of its own, so a kill of the
@@ -152,16 +155,26 @@ def exit_with_launcher(poll_s=0.5):
     workers training and writing into the run folder."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:
         return
-    launcher = os.getppid()
+    _LAUNCHER["pid"] = os.getppid()
 
     def watch():
-        while os.getppid() == launcher:
+        while not launcher_gone():
             time.sleep(poll_s)
-        if os.environ.get("RANK") == "0":
-            print(f"genperf: the launcher (pid {launcher}) is gone; its workers stop", file=sys.stderr, flush=True)
+        say_launcher_gone()
         os._exit(1)
 
     threading.Thread(target=watch, name="genperf-launcher-watch", daemon=True).start()
+
+
+def launcher_gone():
+    return _LAUNCHER["pid"] is not None and os.getppid() != _LAUNCHER["pid"]
+
+
+def say_launcher_gone():
+    """Rank 0's one line, whichever notices first: its watcher, or a collective that failed because another
+    rank's watcher had already stopped that rank."""
+    if os.environ.get("RANK") == "0" and _LAUNCHER["said"].acquire(blocking=False):
+        print(f"genperf: the launcher (pid {_LAUNCHER['pid']}) is gone; its workers stop", file=sys.stderr, flush=True)
 
 
 def lock_run_folder(out, is_main):

@@ -20,7 +20,7 @@ from genperf import checkpoint, models, objectives, perf
 from genperf.data import DATASETS, LOADERS, POINT_SETS, check_dataset, default_loader, load_dataset, make_batches
 from genperf.errors import GenperfError
 from genperf.faults import (EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters, exit_with_launcher,
-                            lock_run_folder)
+                            launcher_gone, lock_run_folder, say_launcher_gone)
 from genperf.ops.backends import NAMES, use_backend
 from genperf.runlog import RunLog
 from genperf.scale import (Precision, all_reduce_sum, apply_fsdp, default_nproc, gather_objects, init_distributed,
@@ -506,11 +506,17 @@ def main(argv=None):
         with use_backend(args.backend) if args.backend else contextlib.nullcontext():
             return run(args, argv)
     except GenperfError as e:
+        if launcher_gone():  # e.g. a save whose collective failed because another rank stopped with the launcher
+            say_launcher_gone()
+            return 1
         if is_main_process():  # every rank meets the same error; the first says it
             print(f"genperf: error: {e}", file=sys.stderr, flush=True)
         shutdown_distributed()
         return 2
     except Exception as e:
+        if lost_a_peer(e) and launcher_gone():  # another rank saw the launcher killed and stopped first
+            say_launcher_gone()
+            return 1
         if not is_main_process() and lost_a_peer(e):
             return 1  # another rank failed first and says why; a traceback here would only bury that
         raise
