@@ -12,6 +12,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.environ.get("GENPERF_SHARED_MNIST", os.path.join(REPO, "..", "shared", "data", "mnist"))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs of the quick study, the CPU selftest and FSDP under "
+                                       "torch.compile, minutes each on a 2-core CPU; README's test command leaves them "
+                                       "out (-m 'not slow') and its slow-test command runs them")
+
+
 @pytest.fixture
 def mnist_root():
     """The real MNIST test split beside the checkout (../shared/data/mnist); CI always has it."""

@@ -104,7 +104,9 @@ def test_no_recompiles_after_warm_up(model):
 
 
 def _run(out, *extra):
-    argv = ["realnvp", "--data", "digits", "--image-size", "16", "--batch-size", "32", "--out", str(out),
+    # batch 16 as in _objective: these runs compile the graphs test_compiled_steps_match_eager_steps compiled, which
+    # inductor's cache then holds (its C++ kernels took 1-2 minutes to build on a cold cache here)
+    argv = ["realnvp", "--data", "digits", "--image-size", "16", "--batch-size", "16", "--out", str(out),
             "--log-every", "5", *SMALL["realnvp"], *extra]
     return train.main(argv)
 

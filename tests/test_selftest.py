@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from genperf import selftest
 
 
+@pytest.mark.slow
 def test_quick_selftest_runs_every_stage_and_reports(tmp_path):
     # As a user starts it: without the Triton interpreter that this suite's conftest switches on (under it the
     # kernels stage also times the interpreted Triton kernels)

@@ -42,6 +42,7 @@ def _check_spread(entry, key, seeds=("0", "1")):
 ONE_SEED = {"evolution", "interpolation", "latent-sweep", "flow-stability"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["evolution", "interpolation", "latent-sweep", "label-smoothing", "beta-sweep",
                                   "flow-stability"])
 def test_experiment_quick(name, tmp_path, runs):
@@ -76,6 +77,7 @@ def test_experiment_quick(name, tmp_path, runs):
         _check_spread(results["VAE"], "elbo", seeds)
 
 
+@pytest.mark.slow
 def test_mode_collapse_quick(tmp_path, runs):
     """The quick budget (600 generator updates of the published toy protocol on ring8) is enough for WGAN-GP
     to learn the ring: fails if toy training breaks. One seed (its runs take most of a minute each; the
@@ -96,6 +98,7 @@ def test_mode_collapse_quick(tmp_path, runs):
     assert "WGAN-GP covers more modes of ring8" in report
 
 
+@pytest.mark.slow
 def test_all_writes_the_summary(tmp_path, runs):
     """`all` after the experiments above, with their first seed: every run is reused; one summary table and the
     verdicts (all inconclusive with one seed)."""
