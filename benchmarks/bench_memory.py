@@ -106,7 +106,7 @@ def worker(opts):
         keep_freed_cpu_memory()  # time with the allocator settings genperf.train uses, not the tracking ones
     step(large)
     seconds = step(large)
-    low = 2 if opts.amp else 0  # bytes per parameter of autocast's (or FSDP's) low-precision weights
+    low = 2 if precision.dtype else 0  # bytes per parameter of autocast's (or FSDP's) low-precision weights
     if world > 1:
         fixed = 16 * n_params / world + 2 * largest_unit * (low or 4)
     else:
@@ -155,6 +155,11 @@ def main(argv=None):
     print(f"# RealNVP {args.preset}, {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else f'{os.cpu_count()} CPUs'}), "
           f"batches {args.batches[0]} and {args.batches[1]}; fit for {args.gpus} x {args.gpu_gib:g} GiB, "
           f"{RESERVE_GIB:g} GiB reserved per GPU", flush=True)
+    from genperf.scale import Precision
+
+    note = Precision(args.device.split(":")[0], True).note  # the +amp modes are fp32 on a CPU without bf16 kernels
+    if note:
+        print(f"# {note}", flush=True)
     print(f"{'mode':18s} {'fixed/rank':>11s} {'per sample':>11s} {'max global batch':>17s} {'s/sample':>9s} {'time vs base':>13s}")
     base = None
     for name, mode in MODES:
