@@ -114,7 +114,9 @@ def extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     # -fno-trapping-math lets GCC if-convert the clamps in cpu_math.h, which is what vectorizes the loops.
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", *os.environ.get("GENPERF_CPU_FLAGS", CPU_FLAGS).split()]
+    # -g0 overrides the -g in Python's own CFLAGS: debug info for torch's headers doubled each file's compile
+    # time (coupling_cpu.cpp 83 s -> 38 s on the 2-core EPYC).
+    cxx = ["-O3", "-g0", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", *os.environ.get("GENPERF_CPU_FLAGS", CPU_FLAGS).split()]
     sources = ["csrc/ops.cpp", "csrc/coupling_cpu.cpp", "csrc/coupling_autograd.cpp", "csrc/gradient_penalty_cpu.cpp"]
     if cuda_home:
         ext = CUDAExtension("genperf._C", sources + ["csrc/coupling_cuda.cu", "csrc/gradient_penalty_cuda.cu"],

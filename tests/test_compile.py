@@ -129,9 +129,11 @@ def test_a_compiled_run_resumes_with_and_without_compile(tmp_path, capsys):
     assert _run(on, "--steps", "20", "--resume", "--compile") == 0  # eager run continued compiled
     summary = json.loads((on / "summary.json").read_text())
     assert summary["compile_s"] > 0 and summary["steps"] == 20
+    expected = _params(whole)
     for out in (off, on):
-        for key, value in _params(whole).items():
-            torch.testing.assert_close(_params(out)[key], value, rtol=1e-3, atol=1e-5, msg=key)
+        got = _params(out)
+        for key, value in expected.items():
+            torch.testing.assert_close(got[key], value, rtol=1e-3, atol=1e-5, msg=key)
 
 
 def test_compile_refuses_invertible(tmp_path, capsys):
