@@ -56,9 +56,8 @@ def applicable(run, data):
 def split_batches(run, source):
     from genperf.data import default_loader, make_batches
 
-    loader = default_loader() if run.config.data == "celeba" else "torch"
     return make_batches(source, run.config.batch_size, 0, 0, 1, run.device, shuffle=False, drop_last=False,
-                        loader=loader, workers=run.config.workers)
+                        loader=default_loader(run.config.data), workers=run.config.workers)
 
 
 def _mean_se(per_image):

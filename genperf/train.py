@@ -146,8 +146,7 @@ def parse_args(argv=None):
             setattr(args, key, value)
     args.out = args.out or os.path.join("runs", args.model)
     args.nproc = args.nproc or default_nproc()
-    # Only CelebA's files go through a loader; probing DALI costs every other run 0.4 s of imports.
-    args.loader = args.loader or (default_loader() if args.data == "celeba" else "torch")
+    args.loader = args.loader or default_loader(args.data)
     return args
 
 

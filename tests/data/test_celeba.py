@@ -128,3 +128,11 @@ def test_training_on_celeba_with_each_loader(root, loader, tmp_path):
             "--latent-dim", "8", "--steps", "3", "--loader", loader, "--out", str(tmp_path)]
     assert train.main(argv) == 0
     assert (tmp_path / "samples" / "step_000003.png").exists()
+
+
+def test_only_celeba_probes_dali_for_its_default_loader(monkeypatch):
+    probed = []
+    monkeypatch.setattr(celeba, "dali_available", lambda: probed.append(True) or True)
+    assert train.parse_args(["vae", "--data", "digits"]).loader == "torch"
+    assert not probed  # importing DALI costs a run that reads no files 0.4 s
+    assert train.parse_args(["vae", "--data", "celeba"]).loader == "dali" and probed
