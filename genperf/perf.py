@@ -67,7 +67,8 @@ def peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seconds: flo
     """FLOP/s of an (n x n) @ (n x n) matmul in `dtype` on this device, best of repeated timings over
     about `seconds` (n = `size`, default 8192 on CUDA and 2048 on CPU). Cached per process. A CPU without
     bf16 kernels (genperf.dtypes.cpu_has_bf16) does bf16 work with its fp32 units, so its bf16 peak is the
-    fp32 one: the fallback bf16 matmul (~1 GFLOP/s there) is no peak, a bf16 step's convolutions outran it."""
+    fp32 one: the fallback bf16 matmul (~1 GFLOP/s there) is no peak, a bf16 step's convolutions outran it.
+    On CUDA the fp32 peak is TF32's where cuDNN may use TF32 (torch.backends.cudnn.allow_tf32)."""
     device = torch.device(device_type)
     if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_bf16():
         dtype = torch.float32
@@ -75,7 +76,16 @@ def peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seconds: flo
     g = torch.Generator(device).manual_seed(0)  # its own stream: measuring (once per process) never moves the caller's
     a = torch.randn(n, n, device=device, generator=g).to(dtype)
     b = torch.randn(n, n, device=device, generator=g).to(dtype)
-    return 2 * n ** 3 / _best_seconds(lambda: a @ b, device, seconds)
+    # The models' FLOPs are convolutions, which cuDNN runs on TF32 tensor cores unless cudnn.allow_tf32 is off
+    # (torch's default is on): their fp32 peak is the TF32 matmul's. Against strict fp32 an fp32 RealNVP step
+    # read 177% MFU on an H200.
+    matmul = torch.backends.cuda.matmul
+    was = matmul.allow_tf32
+    matmul.allow_tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
+    try:
+        return 2 * n ** 3 / _best_seconds(lambda: a @ b, device, seconds)
+    finally:
+        matmul.allow_tf32 = was
 
 
 @functools.lru_cache(maxsize=None)

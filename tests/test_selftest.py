@@ -19,7 +19,7 @@ def test_quick_selftest_runs_every_stage_and_reports(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "selftest.json").read_text())
     stages = {s["name"]: s for s in result["stages"]}
-    assert list(stages) == ["build", "op-tests", "train", "fsdp", "resume", "dali", "throughput", "kernels", "memory"]
+    assert list(stages) == ["build", *(name for name, _ in selftest.STAGES)]
     assert result["ok"] and result["device"] == "cpu"
     for name in ("build", "op-tests", "train", "fsdp", "resume", "kernels", "throughput"):
         assert stages[name]["status"] == "pass", stages[name]
@@ -29,6 +29,7 @@ def test_quick_selftest_runs_every_stage_and_reports(tmp_path):
     assert stages["memory"]["status"] == "skip" and stages["memory"]["summary"]  # skipped, with its reason
     assert stages["dali"]["status"] in ("pass", "skip") and stages["dali"]["summary"]
     assert any("% of the copy" in line for line in stages["kernels"]["lines"])
+    assert "passed" in (tmp_path / "op-tests.log").read_text()  # each stage's commands, whole
     table = (tmp_path / "selftest.md").read_text()
     assert table.startswith("# genperf selftest: ") and "| throughput | pass |" in table
 
@@ -41,3 +42,13 @@ def test_a_failed_correctness_stage_fails_the_run(tmp_path, monkeypatch):
     result = json.loads((tmp_path / "selftest.json").read_text())
     assert not result["ok"] and result["failed"] == ["op-tests"]
     assert result["verdict"].startswith("FAILED: op-tests")
+
+
+def test_every_command_of_a_stage_is_logged_whole(tmp_path):
+    args = selftest.argparse.Namespace(out=str(tmp_path), budget_s=60, built_s=0, device="cpu", quick=True)
+    suite = selftest.Suite(args)
+    suite.stage_name = "train"
+    long_line = "x" * 5000  # longer than the report's tails
+    suite.command([sys.executable, "-c", f"import sys; print('first'); print('{long_line}', file=sys.stderr); sys.exit(3)"])
+    log = (tmp_path / "train.log").read_text()
+    assert log.startswith("$ ") and "first\n" in log and long_line in log and "[exit 3]" in log
