@@ -48,11 +48,13 @@ class RunLock:
             self.fd = None
 
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal number, as shells report it
+# The signals that stop a run with a checkpoint (SIGHUP: its terminal closed), and its exit code for each: 128 + the
+# signal number, as shells report it.
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
 
 class StopSignals:
-    """While active, the first SIGTERM or SIGINT only asks the run to stop (`requested`), so it can
+    """While active, the first SIGTERM, SIGINT or SIGHUP only asks the run to stop (`requested`), so it can
     finish its step and write a checkpoint; a second one exits at once (saying so where `verbose`)."""
 
     def __init__(self, verbose=True):
@@ -95,8 +97,9 @@ class StepChecks:
         names = list(metrics)
         values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()])
         sig = self.signals.requested
-        # (SIGINT, SIGTERM) asked: zeros are made on the device; a copy from the host would sync (rare: a signal).
-        asked = values.new_zeros(2) if sig is None else values.new_tensor([sig == signal.SIGINT, sig == signal.SIGTERM])
+        # Which of EXIT_CODES' signals was asked for: zeros are made on the device; a copy from the host would sync
+        # (rare: a signal).
+        asked = values.new_zeros(len(EXIT_CODES)) if sig is None else values.new_tensor([sig == s for s in EXIT_CODES])
         flags = all_reduce_sum(torch.cat([(~torch.isfinite(values)).float(), asked.float()]))
         if not self.lagged:
             return self._verdict((step, names, flags, None))
@@ -122,8 +125,7 @@ class StepChecks:
         bad = [n for n, f in zip(names, flags) if f]
         if bad:
             raise NonFinite(f"non-finite {', '.join(bad)} at step {step}")
-        interrupts, terms = flags[-2:]
-        return signal.SIGINT if interrupts else (signal.SIGTERM if terms else None)
+        return next((sig for sig, f in zip(EXIT_CODES, flags[len(names):]) if f), None)
 
 
 class NonFinite(GenperfError):

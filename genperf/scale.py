@@ -119,8 +119,9 @@ def is_main_process():
     return int(os.environ.get("RANK", "0")) == 0
 
 
-# Exit codes with which a worker has already said what happened in one line: an error, a stop by SIGINT or SIGTERM.
-SELF_REPORTED_EXITS = (2, 130, 143)
+# Exit codes with which a worker has already said what happened in one line: an error, a stop by SIGHUP, SIGINT or
+# SIGTERM (genperf.faults.EXIT_CODES).
+SELF_REPORTED_EXITS = (2, 129, 130, 143)
 
 
 def launch_workers(nproc: int, module: str, argv: list, shutdown_timeout: int = 300) -> int:

@@ -18,7 +18,7 @@ import torch
 
 from genperf import checkpoint, models, objectives, perf
 from genperf.data import DATASETS, LOADERS, POINT_SETS, check_dataset, default_loader, load_dataset, make_batches
-from genperf.errors import GenperfError
+from genperf.errors import DataError, GenperfError
 from genperf.faults import (EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters, exit_with_launcher,
                             launcher_gone, lock_run_folder, say_launcher_gone)
 from genperf.ops.backends import NAMES, use_backend
@@ -425,13 +425,15 @@ def fit(args, dist):
         return held
 
     kept_step = step if args.resume else None  # the step of the checkpoint on disk
-    stop = None  # the signal that asked the run to stop
+    stop, finished = None, False  # the signal that asked the run to stop; whether it ran to its end
     signals = StopSignals(verbose=dist.is_main)
     checks = StepChecks(device, signals)
     try:
+        # Signals stay deferred until the run has stopped or finished, so a stop always ends with a checkpoint;
+        # one during the final grid, evaluation and checkpoint lets them finish.
         with signals:
             while step < total_steps and not stop:
-                epoch = step // steps_per_epoch
+                epoch, epoch_start = step // steps_per_epoch, step
                 for x in train.epoch(epoch, start=step % steps_per_epoch):
                     if args.channels_last and x.dim() == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
@@ -458,27 +460,49 @@ def fit(args, dist):
                         save_checkpoint()
                     if step >= total_steps:
                         break
+                if step == epoch_start:  # a loader that yields nothing would otherwise loop over empty epochs
+                    raise DataError(f"epoch {epoch} gave no batch: every image of it was unreadable")
                 if step % steps_per_epoch == 0 and not stop:
                     held, artifacts_step = epoch_artifacts(f"epoch_{step // steps_per_epoch:03d}"), step
             if stop:
                 save_checkpoint()
+            else:
+                report_compile()
+                if artifacts_step != step:
+                    held = epoch_artifacts(f"step_{step:06d}")
+                finish_run(args, dist, log, step, start_step, t_start, steps_per_epoch, n_params, precision,
+                           flops, peak, compile_s, last, held, train, heldout)
+                finished, stop = True, signals.requested
     except NonFinite as e:
         kept = f"The last good checkpoint (step {kept_step}) is kept at {ckpt}" if kept_step is not None else \
             "No checkpoint was written before it"
         raise GenperfError(f"{e}; stopping. {kept}") from None
+    except DataError as e:
+        # The weights are fine: a single process keeps its steps (under FSDP the ranks fail at different steps,
+        # so a collective save is not attempted; the last checkpoint stays).
+        if dist.world_size == 1 and step and step != kept_step:
+            save_checkpoint()
+        kept = f"checkpoint of step {kept_step} at {ckpt}" if kept_step is not None else "no checkpoint was written"
+        raise DataError(f"{e} ({kept})") from None
     finally:
         bar.close()  # ends the bar's line, so a message after it starts a line of its own
-    if stop:
+    if stop and finished:
+        if dist.is_main:
+            print(f"genperf: {signal.Signals(stop).name} arrived as the run finished; it finished (step {step}, "
+                  f"checkpoint {ckpt})", file=sys.stderr, flush=True)
+    elif stop:
         log.plot_losses(final=True)
         log.close()
         if dist.is_main:
             print(f"genperf: stopped by {signal.Signals(stop).name} at step {step}; checkpoint written to {ckpt}; continue "
                   f"with: python -m genperf.train --resume --out {args.out}", file=sys.stderr, flush=True)
-        shutdown_distributed()
-        return EXIT_CODES[stop]
-    report_compile()
-    if artifacts_step != step:
-        held = epoch_artifacts(f"step_{step:06d}")
+    shutdown_distributed()
+    return EXIT_CODES[stop] if stop else 0
+
+
+def finish_run(args, dist, log, step, start_step, t_start, steps_per_epoch, n_params, precision, flops, peak,
+               compile_s, last, held, train, heldout):
+    """The end of a finished run: skipped images reported, summary.json, the final loss plot, one line."""
     elapsed = time.perf_counter() - t_start
     skipped_images = sum(gather_objects(train.skipped + heldout.skipped))  # found while decoding, on any rank
     if skipped_images and dist.is_main:
@@ -495,8 +519,6 @@ def fit(args, dist):
     log.close()
     if dist.is_main:
         print(f"genperf: done. held-out {json.dumps(held)}; run directory {args.out}", flush=True)
-    shutdown_distributed()
-    return 0
 
 
 def main(argv=None):

@@ -249,7 +249,7 @@ def test_a_second_run_in_a_busy_folder_stops_naming_the_holder_and_a_dead_holder
 
 
 # ---- 4. signals ----
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_a_signal_finishes_the_step_writes_a_checkpoint_and_exits_with_its_code(tmp_path, sig, code):
     out = tmp_path / "run"
     proc = _spawn(out)
@@ -266,6 +266,61 @@ def test_a_signal_finishes_the_step_writes_a_checkpoint_and_exits_with_its_code(
         assert _ring(tmp_path / "whole", "--steps", str(step + 20)) == 0
         a, b = (torch.load(p / "checkpoint.pt", weights_only=True)["models"] for p in (out, tmp_path / "whole"))
         assert all(torch.equal(a[m][k], b[m][k]) for m in a for k in a[m])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_final_grid_evaluation_and_checkpoint_lets_them_finish(tmp_path, monkeypatch, capsys, sig):
+    """15 steps is mid-epoch: the run's last steps exist only once its final checkpoint is written."""
+    from genperf.runlog import RunLog
+
+    real_save_samples = RunLog.save_samples
+
+    def signalled(self, *args, **kwargs):  # the final phase starts with the sample grid
+        os.kill(os.getpid(), sig)
+        return real_save_samples(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunLog, "save_samples", signalled)
+    assert _ring(tmp_path, "--steps", "15") == faults.EXIT_CODES[sig]
+    assert _error(capsys) == (f"genperf: {signal.Signals(sig).name} arrived as the run finished; it finished "
+                              f"(step 15, checkpoint {tmp_path}/checkpoint.pt)")
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 15
+    assert json.load(open(tmp_path / "summary.json"))["steps"] == 15
+
+
+def _celeba_vanishing_after(tmp_path, monkeypatch, reads):
+    """A fake CelebA folder whose images are all deleted once `reads` of them have been read."""
+    celeba.write_fake_celeba(str(tmp_path / "data"), 60)
+    real_getitem, count = celeba.CelebAFolder.__getitem__, [0]
+
+    def getitem(self, i):
+        count[0] += 1
+        if count[0] == reads + 1:
+            for name in os.listdir(os.path.dirname(self.paths[0])):
+                os.remove(os.path.join(os.path.dirname(self.paths[0]), name))
+        return real_getitem(self, i)
+
+    monkeypatch.setattr(celeba.CelebAFolder, "__getitem__", getitem)
+    return ["vae", "--data", "celeba", "--data-root", str(tmp_path / "data"), "--loader", "torch", "--workers", "0",
+            "--image-size", "16", "--batch-size", "8", "--steps", "100", "--out", str(tmp_path / "run")]
+
+
+def test_images_vanishing_mid_run_end_it_with_one_line_and_a_checkpoint(tmp_path, monkeypatch, capsys):
+    argv = _celeba_vanishing_after(tmp_path, monkeypatch, reads=3 * 8)  # three steps' batches
+    assert train.main(argv) == 2
+    err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("genperf")]
+    assert err == [f"genperf: error: 8 images of epoch 0 could not be read (named above): the data set changed during "
+                   f"the run; restore it and resume (checkpoint of step 3 at {tmp_path}/run/checkpoint.pt)"]
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
+def test_an_epoch_without_a_single_readable_batch_is_an_error_not_a_loop(tmp_path, monkeypatch, capsys):
+    from genperf.data import loader
+
+    monkeypatch.setattr(loader.Batches, "count_unreadable", lambda self, n, lost, epoch: lost + n)  # no threshold
+    argv = _celeba_vanishing_after(tmp_path, monkeypatch, reads=0)
+    assert train.main(argv) == 2
+    assert capsys.readouterr().err.strip().endswith("genperf: error: epoch 0 gave no batch: every image of it was "
+                                                    "unreadable (no checkpoint was written)")
 
 
 def test_a_second_signal_exits_at_once():

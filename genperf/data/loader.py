@@ -52,10 +52,21 @@ class Batches:
         slices = list(self._rank_slices(epoch, start))
         loader = torch.utils.data.DataLoader(self.source, batch_sampler=slices, num_workers=self.workers,
                                              collate_fn=_stack_readable, pin_memory=self.device.type == "cuda")
+        lost = 0
         for idx, batch in zip(slices, loader):
-            self.skipped += len(idx) - len(batch)
+            lost = self.count_unreadable(len(idx) - len(batch), lost, epoch)
             if len(batch):
                 yield self._to_float(batch)
+
+    def count_unreadable(self, n, lost, epoch):
+        """Counts `n` more images of `epoch` dropped as unreadable (`lost` so far); returns the epoch's count.
+        A whole batch's worth, or 1% of the data set, in one epoch means the data changed under the run
+        (files deleted or damaged after the start's scan): one error, not an endless stream of skips."""
+        self.skipped, lost = self.skipped + n, lost + n
+        if n and lost >= max(self.batch_size // self.world_size, len(self.source) // 100):
+            raise DataError(f"{lost} images of epoch {epoch} could not be read (named above): the data set changed "
+                            f"during the run; restore it and resume")
+        return lost
 
     def _to_float(self, batch):
         batch = batch.to(self.device, non_blocking=True)
