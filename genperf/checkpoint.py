@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import errno
 import os
+import pickle
 import shutil
 
 import torch
@@ -169,6 +170,29 @@ def _renamer(mapping):
     return rename
 
 
+def check_shards(path):
+    """The metadata of the sharded checkpoint `path`, once every shard file it names is there and long enough;
+    a one-line error naming the damage otherwise (a deleted or cut-short file)."""
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        metadata = dcp.FileSystemReader(path).read_metadata()
+    except (OSError, EOFError, RuntimeError, ValueError, AttributeError, pickle.UnpicklingError) as e:
+        what = "is missing" if isinstance(e, FileNotFoundError) else f"is unreadable ({type(e).__name__})"
+        raise GenperfError(f"{path}: the sharded checkpoint is damaged: its index .metadata {what}") from None
+    needed = {}  # file -> bytes its entries reach
+    for info in getattr(metadata, "storage_data", {}).values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            raise GenperfError(f"{path}: the sharded checkpoint is damaged: its shard {name} is missing")
+        if os.path.getsize(file) < size:
+            raise GenperfError(f"{path}: the sharded checkpoint is damaged: its shard {name} is cut short "
+                               f"({os.path.getsize(file)} of {size} bytes)")
+    return metadata
+
+
 def _dcp_load(states, path, old_names):
     """dcp.load of `states` from `path`, whose parameters may carry older names (`old_names` maps
     old name endings to today's); returns the loaded states under today's names. In a process
@@ -178,7 +202,7 @@ def _dcp_load(states, path, old_names):
     import torch.distributed.checkpoint as dcp
 
     warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-    stored = dcp.FileSystemReader(path).read_metadata().state_dict_metadata if old_names else {}
+    stored = check_shards(path).state_dict_metadata
     try:
         if any(key.endswith("." + old) or f".{old}." in key for key in stored for old in old_names or {}):
             old_states = _rename_params(states, _renamer({new: old for old, new in old_names.items()}))
@@ -186,9 +210,20 @@ def _dcp_load(states, path, old_names):
             return _rename_params(old_states, _renamer(old_names))
         dcp.load(states, checkpoint_id=path)
         return states
-    except Exception as e:  # missing keys, other shapes, unreadable shards
-        raise GenperfError(f"{path}: the sharded checkpoint does not load into this model "
-                           f"({type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''})") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # missing keys, other shapes, damaged shards; DCP's CheckpointException is a BaseException
+        raise GenperfError(f"{path}: the sharded checkpoint does not load into this model ({_first_cause(e)})") from None
+
+
+def _first_cause(e):
+    """'Type: first line' of an exception, or of the first rank's failure inside DCP's CheckpointException."""
+    failures = getattr(e, "failures", None)  # {rank: exception or (exception, traceback)}
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        e = first[0] if isinstance(first, tuple) else first
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def load_sharded(modules, optimizers, path, old_names=None):

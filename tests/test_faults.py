@@ -323,6 +323,36 @@ def test_an_epoch_without_a_single_readable_batch_is_an_error_not_a_loop(tmp_pat
                                                     "unreadable (no checkpoint was written)")
 
 
+@pytest.mark.parametrize("damage, line", [
+    ("a shard deleted", "its shard __1_0.distcp is missing"),
+    ("the index deleted", "its index .metadata is missing"),
+    ("a shard cut to 7%", "its shard __0_0.distcp is cut short"),
+])
+def test_a_damaged_sharded_checkpoint_is_one_line_for_resume_sample_and_evaluate(tmp_path, capsys, damage, line):
+    from genperf import evaluate, sample
+
+    out = tmp_path / "run"
+    assert _ring(out, "--fsdp", "--steps", "5") == 0
+    shards = out / "checkpoint"
+    if damage == "a shard deleted":
+        os.remove(shards / "__1_0.distcp")
+    elif damage == "the index deleted":
+        os.remove(shards / ".metadata")
+    else:
+        data = (shards / "__0_0.distcp").read_bytes()
+        (shards / "__0_0.distcp").write_bytes(data[:len(data) * 7 // 100])
+    capsys.readouterr()
+    proc = subprocess.run([sys.executable, "-m", "genperf.train", "--resume", "--out", str(out), "--steps", "10"],
+                          capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    messages = _messages_of(proc.stderr)
+    assert len(messages) == 1 and messages[0].startswith(f"genperf: error: {shards}: the sharded checkpoint is "
+                                                         f"damaged: {line}"), messages
+    for name, module in (("sample", sample), ("evaluate", evaluate)):
+        assert module.main([str(out)]) == 2
+        assert _error(capsys).startswith(f"genperf.{name}: error: {shards}: the sharded checkpoint is damaged: {line}")
+
+
 def test_a_second_signal_exits_at_once():
     code = ("import os, signal, time\n"
             "from genperf.faults import StopSignals\n"
