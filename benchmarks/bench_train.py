@@ -129,7 +129,7 @@ def bench_config(name, device, rounds, variants, peaks, rows):
     for _ in range(rounds):
         for variant in built:
             variant.times.append(variant.run_cycle())
-    flops = train.flops_per_image(built[0].args, Data("random", None, None, shape), device)
+    flops = train.step_cost(built[0].args, Data("random", None, None, shape), batch).flops_per_image
     base = statistics.median(built[0].times) / built[0].cycle if built[0].name == "baseline" else None
     print(f"\n{name}: {model} {'x'.join(map(str, shape))}, batch {batch}, {flops / 1e9:.3f} GFLOP per image "
           f"(model FLOPs of a step, forward + backward), {rounds} rounds", flush=True)

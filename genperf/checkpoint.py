@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import pickle
 import shutil
@@ -103,9 +104,16 @@ def read_meta(path):
         raise GenperfError(f"no checkpoint at {path}")
     try:
         meta = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupt, or not a torch file at all
-        raise GenperfError(f"{file} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    except Exception as e:
+        if isinstance(e, pickle.UnpicklingError) and "unsupported global" in str(e).lower():
+            # A torch file of objects genperf never writes; torch's advice, weights_only=False, would run the
+            # code such a file may hold.
+            raise GenperfError(f"{file} is not a genperf checkpoint: it holds Python objects a checkpoint never "
+                               f"holds") from None  # truncated, corrupt, or not a torch file at all
+        # The cause's first sentence, never torch's advice to load with weights_only=False.
+        first = "" if isinstance(e, pickle.UnpicklingError) else str(e).strip().split(". ")[0].splitlines()[0]
+        raise GenperfError(f"{file} is not a readable checkpoint (truncated, corrupt, or not a torch file)"
+                           + (f": {first}" if first else "")) from None
     if not isinstance(meta, dict) or "config" not in meta or "step" not in meta:
         raise GenperfError(f"{file} is not a genperf checkpoint (no step and config in it)")
     return meta
@@ -240,11 +248,12 @@ def load_sharded(modules, optimizers, path, old_names=None):
 
 
 # ---- training: write and resume ----
-def save(out, objective, precision, step, args, is_main, data_shape, kept_step=None):
+def save(out, objective, precision, step, args, is_main, data, kept_step=None):
     """Writes the run's checkpoint atomically (a collective under FSDP). A failed write (a full disk,
     on any rank) leaves the previous checkpoint, of step `kept_step`, in place, removes the partial
-    one and raises one line on every rank."""
-    meta = {"step": step, "config": vars(args), "data_shape": list(data_shape), "precision": precision.state_dict(),
+    one and raises one line on every rank. `data`: the data's shape and fingerprint (genperf.data.Data)."""
+    meta = {"step": step, "config": vars(args), "data_shape": list(data["shape"]), "data_fingerprint": data,
+            "precision": precision.state_dict(),
             "rng": gather_objects(rng_state()),  # every rank's generators, so a resume is bit-identical
             "last_g_loss": getattr(objective, "last_g_loss", None)}
     path = os.path.join(out, SHARDED_CHECKPOINT if args.fsdp else CHECKPOINT)
@@ -301,29 +310,41 @@ def _write_error(e, folder):
     return reason
 
 
-PATH_OPTIONS = {"data_root"}  # compared as the folders they name, not as spelled
-
-
-def _same(key, old, new):
-    if key in PATH_OPTIONS and isinstance(old, str) and isinstance(new, str):
-        return os.path.realpath(old) == os.path.realpath(new)
-    return old == new
-
-
 def check_same_options(path, stored, args, may_change):
     """Refuses to continue a run whose options differ from `stored` in anything but `may_change`."""
     changed = {k: (v, getattr(args, k, None)) for k, v in stored.items()
-               if k not in may_change and not _same(k, v, getattr(args, k, None))}
+               if k not in may_change and v != getattr(args, k, None)}
     if changed:
         diff = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
         raise GenperfError(f"{path} was written with other options ({diff}); resume with the same options")
 
 
-def restore(path, objective, precision, args, rank, world_size, device, may_change, old_names=None):
+def check_belongs(out, path):
+    """Refuses to resume from a checkpoint that is not the run of folder `out`: one copied in from another run
+    (its run id, or for runs without one its model and data, differ from OUT/config.json's)."""
+    try:
+        with open(os.path.join(out, "config.json")) as f:
+            folder = json.load(f)
+    except (OSError, ValueError):
+        return  # nothing to compare with
+    if not isinstance(folder, dict):
+        return
+    stored = read_meta(path)["config"]
+    keys = ["run_id"] if folder.get("run_id") and stored.get("run_id") else ["model", "data"]
+    if any(folder.get(k) != stored.get(k) for k in keys):
+        raise GenperfError(f"{path} is not this folder's run: it trained {stored.get('model')} on {stored.get('data')}"
+                           f" (run {stored.get('run_id', 'without an id')}), {out}/config.json {folder.get('model')} on "
+                           f"{folder.get('data')} (run {folder.get('run_id', 'without an id')}); a checkpoint copied from "
+                           f"another run folder? Move it out, or resume the run it came from")
+
+
+def restore(path, objective, precision, args, data, rank, world_size, device, may_change, old_names=None):
     """Loads a checkpoint written by `save` into a training run (any number of ranks for a sharded
-    one) whose options differ from the checkpoint's in `may_change` only; returns its step."""
+    one) whose options differ from the checkpoint's in `may_change` only, on the data it trained on
+    (genperf.data.Data, compared by content); returns its step."""
     meta = read_meta(path)
     check_same_options(path, meta["config"], args, may_change)
+    data.check_same(meta.get("data_fingerprint"), args.data_root)
     if is_sharded(path) != bool(args.fsdp):
         raise GenperfError(f"{path} is a {'sharded' if is_sharded(path) else 'single-process'} checkpoint; "
                            f"resume it {'with' if is_sharded(path) else 'without'} --fsdp")
@@ -361,9 +382,10 @@ class Run:
     (`config`, an argparse.Namespace as `python -m genperf.train` parsed them) and the objective that
     samples and evaluates them. For GANs trained with --ema, `model` is the averaged generator."""
 
-    def __init__(self, path, checkpoint, step, config, data_shape, objective, device):
+    def __init__(self, path, checkpoint, step, config, data_shape, objective, device, data_fingerprint=None):
         self.path, self.checkpoint, self.step, self.config = path, checkpoint, step, config
         self.data_shape, self.is_image = tuple(data_shape), len(data_shape) == 3
+        self.data_fingerprint = data_fingerprint
         self.objective, self.device = objective, torch.device(device)
         self._data = None
 
@@ -389,7 +411,9 @@ class Run:
             from genperf.data import load_dataset
 
             c = self.config
-            self._data = load_dataset(c.data, c.data_root, c.image_size, c.channels, False, c.seed)
+            data = load_dataset(c.data, c.data_root, c.image_size, c.channels, False, c.seed)
+            data.check_same(self.data_fingerprint, c.data_root)
+            self._data = data
         return self._data
 
     def latents(self, n, seed=0, temperature=1.0):
@@ -404,10 +428,11 @@ class Run:
         return self.decode(self.latents(n, seed, temperature))
 
 
-def load_run(out, device="cpu", checkpoint=None):
+def load_run(out, device="cpu", checkpoint=None, data_root=None):
     """The run in folder `out`, from its latest checkpoint or from `checkpoint` (a checkpoint.pt file
     or a sharded checkpoint directory, e.g. a copy kept from earlier in the run), on `device`. Sharded
-    (--fsdp) checkpoints are gathered into one process."""
+    (--fsdp) checkpoints are gathered into one process. `data_root`: where its data is now, if it moved
+    (checked by content when the data is loaded)."""
     from genperf import models, train  # train builds the objective a run was trained with
 
     if not os.path.isdir(out):
@@ -418,6 +443,8 @@ def load_run(out, device="cpu", checkpoint=None):
     meta = read_meta(path)
     config = train.parse_args([meta["config"]["model"]])  # options added since the run was made keep their defaults
     vars(config).update(meta["config"], device=str(device), fsdp=False, compile=False)
+    if data_root is not None:
+        config.data_root = data_root
     if checkpoint:
         latest = find(out)
         run_config = read_meta(latest)["config"] if latest else None
@@ -436,7 +463,7 @@ def load_run(out, device="cpu", checkpoint=None):
     _load_module_states(path, objective.modules, states)
     for m in objective.modules.values():
         m.eval()
-    return Run(out, path, meta["step"], config, data.shape, objective, device)
+    return Run(out, path, meta["step"], config, data.shape, objective, device, meta.get("data_fingerprint"))
 
 
 def _data_like(meta, config):

@@ -8,3 +8,9 @@ class DataError(GenperfError):
 
 class BackendError(GenperfError, RuntimeError):
     """A fused-op backend was asked for where it cannot run."""
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError as the one line a user reads: what failed, on which path."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{e.strerror or e}: {where}" if where else str(e.strerror or e)

@@ -27,7 +27,7 @@ import sys
 
 import torch
 
-from genperf.errors import GenperfError
+from genperf.errors import GenperfError, os_error_line
 
 METRICS = ("bits_per_dim", "elbo", "nll", "classifier_fid", "inception_fid", "mode_coverage")
 DEFAULT_SAMPLES = {"flow": 4, "vae": 100}
@@ -176,6 +176,7 @@ def summary_lines(result):
 
 def main(argv=None):
     from genperf.checkpoint import load_run
+    from genperf.faults import usable_compile_cache
     from genperf.runlog import atomic_write_text
 
     p = argparse.ArgumentParser(prog="python -m genperf.evaluate", description=__doc__.split("\n")[0],
@@ -189,6 +190,8 @@ def main(argv=None):
                                                                    "10000, at most the split's size)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated samples (default 0)")
     p.add_argument("--checkpoint", help="a checkpoint.pt or sharded checkpoint folder (default: the run's latest)")
+    p.add_argument("--data-root", help="where the run's data set is now, if it moved since training (checked to be the "
+                                       "same data by its content)")
     p.add_argument("--classifier", help="feature classifier file for classifier FID (default: beside the run folder)")
     p.add_argument("--inception-weights", help="the FID Inception weights file (pt_inception-2015-12-05-6726825d.pth)")
     p.add_argument("--json", help="where to write the results (default RUN_DIR/eval.json)")
@@ -197,16 +200,23 @@ def main(argv=None):
     for name in ("samples", "fid_samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    usable_compile_cache("genperf.evaluate")
     try:
-        run = load_run(args.run, args.device, args.checkpoint)
+        run = load_run(args.run, args.device, args.checkpoint, args.data_root)
         result = evaluate_run(run, args.split, args.samples, args.metrics, args.fid_samples, args.seed, args.classifier,
                               args.inception_weights, progress=True)
-    except GenperfError as e:
-        print(f"genperf.evaluate: error: {e}", file=sys.stderr, flush=True)
+    except (GenperfError, OSError) as e:
+        print(f"genperf.evaluate: error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr, flush=True)
         return 2
+    # The results first: a long evaluation is never lost to a file that cannot be written.
+    print("\n".join(summary_lines(result)), flush=True)
     path = args.json or os.path.join(args.run, "eval.json")
-    atomic_write_text(json.dumps(result, indent=2) + "\n", path)
-    print("\n".join(summary_lines(result)) + f"\n-> {path}", flush=True)
+    try:
+        atomic_write_text(json.dumps(result, indent=2) + "\n", path)
+    except GenperfError as e:
+        print(f"genperf.evaluate: error: {e}; the results are printed above", file=sys.stderr, flush=True)
+        return 2
+    print(f"-> {path}", flush=True)
     return 0
 
 

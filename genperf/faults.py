@@ -20,26 +20,40 @@ LOCK = "run.lock"
 
 
 class RunLock:
-    """An exclusive lock on a run folder (flock on OUT/run.lock, which names the holder's PID), held
-    until release or the end of the process. The kernel drops a flock when its process dies, however
-    it dies, so the lock of a dead run is free and is simply taken over."""
+    """An exclusive lock on a run folder, held until release or the end of the process: a flock on the folder
+    itself, so that deleting a file cannot let a second run in; OUT/run.lock names the holder's PID for the
+    message a second run prints. The kernel drops a flock when its process dies, however it dies, so the lock
+    of a dead run is simply taken over."""
 
     def __init__(self, out):
         self.path, self.fd = os.path.join(out, LOCK), None
-        os.makedirs(out, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(out, exist_ok=True)
+            fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:  # --out names a file or lies under one
+            raise GenperfError(f"cannot use {out} as a run folder: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise GenperfError(f"cannot lock the run folder {out}: {e.strerror}") from None
-            raise GenperfError(f"{out} is in use by another genperf run (pid {holder}); wait for it to end, "
+            raise GenperfError(f"{out} is in use by another genperf run (pid {self._holder()}); wait for it to end, "
                                f"stop it, or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            with open(self.path, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as e:  # a read-only folder
+            os.close(fd)
+            raise GenperfError(f"cannot use {out} as a run folder: {e.strerror or e}") from None
         self.fd = fd
+
+    def _holder(self):
+        try:
+            with open(self.path) as f:
+                return f.read(64).strip() or "unknown"
+        except OSError:
+            return "unknown"
 
     def release(self):
         if self.fd is not None:
@@ -145,6 +159,25 @@ def check_parameters(modules, step, device):
     names = [name for name, c in zip(modules, counts) if c]
     if names:
         raise NonFinite(f"non-finite weights in {', '.join(names)} after step {step}")
+
+
+def usable_compile_cache(prog="genperf"):
+    """TORCHINDUCTOR_CACHE_DIR set to a folder that cannot be made or written would break every command, not only
+    --compile ones (torch's optimizers import dynamo, which makes that folder): such a setting is replaced by a fresh
+    temporary folder for this process, said in one line."""
+    import tempfile
+
+    wanted = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not wanted:
+        return
+    try:
+        os.makedirs(wanted, exist_ok=True)
+        with tempfile.TemporaryFile(dir=wanted):
+            pass
+    except OSError as e:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="genperf-inductor-")
+        print(f"{prog}: TORCHINDUCTOR_CACHE_DIR={wanted} cannot be used ({e.strerror or e}); this run compiles into "
+              f"{os.environ['TORCHINDUCTOR_CACHE_DIR']}", file=sys.stderr, flush=True)
 
 
 _LAUNCHER = {"pid": None, "said": threading.Lock()}  # the elastic launcher of this worker; its "gone" line, once

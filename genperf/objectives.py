@@ -220,6 +220,8 @@ class FlowObjective:
     def dequantization_noise(self, x, step):
         """This rank's slice of the global batch's noise, drawn from (seed, step) alone: every
         number of ranks trains on the same numbers, and a resumed run on the same as before."""
+        if x.device.type == "meta":  # genperf.memory's estimate of a step: no numbers, no generator
+            return torch.empty_like(x)
         g = torch.Generator(x.device).manual_seed(self.seed * 1_000_003 + step)
         noise = torch.rand((len(x) * self.world_size, *x.shape[1:]), generator=g, device=x.device)
         return noise.tensor_split(self.world_size)[self.rank]

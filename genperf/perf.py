@@ -1,4 +1,4 @@
-"""Throughput accounting: the model FLOPs of a training step, the device's measured peak, MFU.
+"""Throughput accounting: the model FLOPs and peak memory of a training step, the device's measured peak, MFU.
 
 FLOPs are counted by torch.utils.flop_counter.FlopCounterMode (matrix multiplies and convolutions,
 forward and backward, the WGAN-GP penalty's double backward included; elementwise work is not
@@ -10,6 +10,7 @@ import csv
 import functools
 import os
 import time
+import weakref
 
 import torch
 
@@ -40,6 +41,59 @@ def step_flops(step, steps=1):
         for i in range(steps):
             step(i)
     return counter.get_total_flops() / steps
+
+
+class PeakMemory:
+    """Inside the block, the most bytes that tensors made in it held at once: every op's outputs are counted
+    while their storage lives (views share theirs). Run on the meta device, this is a training step's memory
+    without allocating any: tensors there have shapes and dtypes but no data."""
+
+    def __init__(self):
+        self.live, self.now, self.peak = {}, 0, 0
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_leaves(out):
+                    if isinstance(t, torch.Tensor):
+                        tracker._count(t.untyped_storage())
+                return out
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+    def _count(self, storage):
+        key = storage._cdata
+        if key not in self.live:
+            self.live[key] = storage.nbytes()
+            self.now += self.live[key]
+            self.peak = max(self.peak, self.now)
+            weakref.finalize(storage, self._free, key)
+
+    def _free(self, key):
+        self.now -= self.live.pop(key, 0)
+
+
+def free_memory(device):
+    """Bytes free for a run on `device`: the GPU's free memory, or the memory Linux reports available."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
 
 
 def _sync(device):

@@ -6,6 +6,7 @@ import contextlib
 import json
 import numbers
 import os
+import sys
 import time
 
 from genperf.errors import GenperfError
@@ -20,29 +21,46 @@ def writing(path):
         raise GenperfError(f"could not write {path}: {e.strerror or e}") from None
 
 
-def atomic_write_text(text, path):
-    tmp = f"{path}.tmp"
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path` to write; it becomes `path` when the block ends, and is removed
+    when it fails (a full disk leaves neither a partial file nor an empty one); failures are one line."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
     with writing(path):
         try:
-            with open(tmp, "w") as f:
-                f.write(text)
+            yield tmp
             os.replace(tmp, path)
-        except OSError:
+        except BaseException:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
             raise
 
 
+def atomic_write_text(text, path):
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
 def read_metrics(path):
-    """metrics.jsonl's records; a line cut short by a crash or a full disk is left out."""
-    records = []
-    with open(path) as f:
-        for line in f:
+    """metrics.jsonl's records."""
+    return read_metrics_counted(path)[0]
+
+
+def read_metrics_counted(path):
+    """metrics.jsonl's records, and how many lines were left out: a line cut short by a crash or a full disk,
+    damaged bytes, or anything but a JSON object with a numeric step."""
+    records, bad = [], 0
+    with open(path, "rb") as f:
+        for raw in f:
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("step"), numbers.Real):
+                records.append(record)
+            elif raw.strip():
+                bad += 1
+    return records, bad
 
 
 class RunLog:
@@ -60,7 +78,11 @@ class RunLog:
         kept = []
         if resume_step is not None and os.path.exists(self.metrics_path):
             # Lines logged after the checkpoint we resume from are replaced by the resumed run.
-            kept = [r for r in read_metrics(self.metrics_path) if r["step"] <= resume_step]
+            records, bad = read_metrics_counted(self.metrics_path)
+            kept = [r for r in records if r["step"] <= resume_step]
+            if bad:
+                print(f"genperf: {self.metrics_path}: left out {bad} damaged line{'s' if bad > 1 else ''}",
+                      file=sys.stderr, flush=True)
         atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.metrics_path)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -94,14 +116,12 @@ class RunLog:
         path = self.path("samples", f"{name}.png")
         if samples.dim() == 4:
             grid = image_grid(samples, min_cell=MIN_GRID_CELL)
-            with writing(path):
-                save_png(grid, path)
+            save_png(grid, path)
             if self.tensorboard:
                 self.tensorboard.add_image("samples", grid, step)
         else:
             fig = scatter(samples, real, name)
-            with writing(path):
-                fig.savefig(path, dpi=100)
+            save_figure(fig, path)
             if self.tensorboard:
                 self.tensorboard.add_figure("samples", fig, step)  # closes it
             else:
@@ -138,8 +158,7 @@ class RunLog:
             ax.legend(loc="upper right")
         axes[-1, 0].set_xlabel("step")
         fig.tight_layout()
-        with writing(self.path("loss.png")):
-            fig.savefig(self.path("loss.png"), dpi=100)
+        save_figure(fig, self.path("loss.png"))
         plt.close(fig)
 
 
@@ -170,9 +189,17 @@ def image_grid(images, nrow=8, min_cell=0):
 
 
 def save_png(image, path):
+    """Writes an image (C, H, W in [0, 1]) as a PNG, atomically."""
     import torchvision
 
-    torchvision.utils.save_image(image, path)
+    with atomic_path(path) as tmp:
+        torchvision.utils.save_image(image, tmp, format="png")
+
+
+def save_figure(fig, path):
+    """Writes a matplotlib figure as a PNG, atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
 
 
 def scatter(points, real=None, title=None):

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from genperf.errors import GenperfError
+from genperf.errors import GenperfError, os_error_line
 
 
 def slerp(a, b, t):
@@ -35,10 +35,9 @@ def interpolation_latents(run, rows, steps, seed=0, temperature=1.0):
 
 
 def write_points(points, path):
-    with open(path, "w") as f:
-        f.write("x,y\n")
-        for x, y in points.tolist():
-            f.write(f"{x:.6g},{y:.6g}\n")
+    from genperf.runlog import atomic_write_text
+
+    atomic_write_text("x,y\n" + "".join(f"{x:.6g},{y:.6g}\n" for x, y in points.tolist()), path)
 
 
 def parse_args(argv):
@@ -68,9 +67,11 @@ def parse_args(argv):
 
 def main(argv=None):
     from genperf.checkpoint import load_run
-    from genperf.runlog import image_grid, save_png, scatter
+    from genperf.faults import usable_compile_cache
+    from genperf.runlog import image_grid, save_figure, save_png, scatter
 
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    usable_compile_cache("genperf.sample")
     try:
         run = load_run(args.run, args.device, args.checkpoint)
         points = not run.is_image
@@ -96,14 +97,14 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(grid)), exist_ok=True)
         if points:
             fig = scatter(samples, run.data().heldout[:2000], f"step {run.step}, T={args.temperature:g}")
-            fig.savefig(grid, dpi=100)
+            save_figure(fig, grid)
         else:
             nrow = args.nrow or (args.steps if args.interpolate else math.ceil(math.sqrt(len(samples))))
             save_png(image_grid(samples, nrow), grid)
         print(f"genperf.sample: {what} -> {grid}", flush=True)
         return 0
-    except GenperfError as e:
-        print(f"genperf.sample: error: {e}", file=sys.stderr, flush=True)
+    except (GenperfError, OSError) as e:  # OSError: a folder that cannot be made (--out naming a file, say)
+        print(f"genperf.sample: error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr, flush=True)
         return 2
 
 

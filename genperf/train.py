@@ -8,19 +8,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
+import math
 import os
 import signal
 import sys
 import time
+import uuid
 
 import torch
 
 from genperf import checkpoint, models, objectives, perf
 from genperf.data import DATASETS, LOADERS, POINT_SETS, check_dataset, default_loader, load_dataset, make_batches
-from genperf.errors import DataError, GenperfError
+from genperf.errors import DataError, GenperfError, os_error_line
 from genperf.faults import (EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters, exit_with_launcher,
-                            launcher_gone, lock_run_folder, say_launcher_gone)
+                            launcher_gone, lock_run_folder, say_launcher_gone, usable_compile_cache)
 from genperf.ops.backends import NAMES, use_backend
 from genperf.runlog import RunLog
 from genperf.scale import (Precision, all_reduce_sum, apply_fsdp, default_nproc, gather_objects, init_distributed,
@@ -42,7 +45,9 @@ NUM_SAMPLES = 64
 # any other difference is an error. --nproc may change: the sharded checkpoint is resharded on load.
 RESUMABLE_CHANGES = {"epochs", "steps", "resume", "nproc", "log_every", "ckpt_every", "workers", "download", "backend",
                      "checkpointing", "invertible", "loader", "eval_every", "compile", "compile_mode", "channels_last",
-                     "out", "tensorboard"}  # out: a run folder may be moved
+                     "out", "tensorboard",
+                     "data_root"}  # out: a run folder may be moved; data_root: so may the data (checked by content)
+RANK_0_FIRST_S = 3.0  # how long other ranks wait, after an error all ranks meet, for rank 0 to say it and exit
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -145,7 +150,7 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.out = args.out or os.path.join("runs", args.model)
-    args.nproc = args.nproc or default_nproc()
+    args.nproc = default_nproc() if args.nproc is None else args.nproc
     args.loader = args.loader or default_loader(args.data)
     return args
 
@@ -176,9 +181,31 @@ def check_args(args):
             import torch.utils.tensorboard  # noqa: F401
         except ImportError:
             raise GenperfError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    for name in ("batch_size", "critic_iters", "log_every", "steps", "epochs"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
+    for name in ("batch_size", "critic_iters", "log_every", "steps", "epochs", "latent_dim", "image_size", "channels",
+                 "num_scales", "mid_channels", "num_blocks", "nproc"):
+        if getattr(args, name, None) is not None and getattr(args, name) < 1:
             raise GenperfError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
+    for name in ("ckpt_every", "eval_every", "workers", "gp_weight"):
+        if getattr(args, name) < 0:
+            raise GenperfError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(args, name)})")
+    for name in ("lr", "clip"):
+        if not math.isfinite(getattr(args, name)) or getattr(args, name) <= 0:
+            raise GenperfError(f"--{name} must be a number > 0 (got {getattr(args, name)})")
+    if args.model == "vae" and not (math.isfinite(args.beta) and args.beta >= 0):
+        raise GenperfError(f"--beta must be >= 0 (got {args.beta}): a negative KL weight rewards the KL term")
+    if args.fsdp:
+        check_nproc(args.nproc, args.device)
+
+
+def check_nproc(nproc, device):
+    """--nproc within what the machine has: a GPU per rank on CUDA, a core per rank on CPU."""
+    if torch.device(device).type == "cuda":
+        have, what = torch.cuda.device_count(), "GPU"
+    else:
+        have, what = os.cpu_count() or 1, "CPU core"
+    if nproc > have:
+        raise GenperfError(f"--nproc {nproc} asks for more ranks than this machine's {have} {what}s (one {what} "
+                           f"per rank)")
 
 
 # Options that apply only to some models or data sets: config.json leaves them out elsewhere.
@@ -261,21 +288,53 @@ def build_objective(args, data, precision, device, rank=0, world_size=1):
         raise GenperfError(str(e)) from None
 
 
-def flops_per_image(args, data, device):
-    """Model FLOPs of one training step per image: one step (a whole generator cycle of critic steps
-    for WGANs) of a throwaway eager single-process copy of the model on 2 random images, counted by
-    FlopCounterMode (genperf.perf), with every random stream restored afterwards. Recomputation
-    (--checkpointing, --invertible) is not model work, so the copy runs without it."""
-    plain = argparse.Namespace(**dict(vars(args), fsdp=False, compile=False, checkpointing="none", invertible=False))
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        objective = build_objective(plain, data, Precision(device.type, args.amp), device)
-        if data.is_image:
-            x = torch.randint(0, 256, (2, *data.shape), device=device) / 255
-        else:
-            x = torch.randn(2, *data.shape, device=device)
-        steps = getattr(objective, "critic_iters", 1)
-        return perf.step_flops(lambda i: objective.train_step(x, i), steps) / len(x)
+@dataclasses.dataclass
+class StepCost:
+    flops_per_image: float  # model FLOPs per image of a step (averaged over a WGAN's generator cycle)
+    bytes: int  # peak memory of one rank's step: weights, gradients, optimizer state, activations (fp32)
+
+
+def step_cost(args, data, batch):
+    """What one training step of `args`' model costs at `batch` images, counted on the meta device (shapes,
+    no arithmetic, no memory) over one step (a whole generator cycle of critic steps for WGANs) of a throwaway
+    single-process copy: its model FLOPs by FlopCounterMode and its peak memory by perf.PeakMemory. Meta
+    tensors take no autocast, so the bytes are fp32's. Recomputation (--checkpointing, --invertible) saves
+    memory but is not model work, so the FLOPs are counted on a copy without it. Random streams are untouched."""
+    flops, peak = _count_step(args, data, batch)
+    if args.model == "realnvp" and (args.checkpointing != "none" or args.invertible):
+        flops = _count_step(argparse.Namespace(**dict(vars(args), checkpointing="none", invertible=False)), data,
+                            batch)[0]
+    return StepCost(flops, peak)
+
+
+def _count_step(args, data, batch):
+    """(model FLOPs per image, peak bytes) of one step of `args`' model on the meta device."""
+    meta = torch.device("meta")
+    with torch.random.fork_rng(devices=[]):
+        objective = build_objective(argparse.Namespace(**dict(vars(args), fsdp=False, compile=False)), data,
+                                    Precision("cpu", False), meta)
+        weights = sum(t.untyped_storage().nbytes() for m in objective.modules.values()
+                      for t in (*m.parameters(), *m.buffers()))
+        x = torch.empty(batch, *data.shape, device=meta)
+        with perf.PeakMemory() as memory:
+            flops = perf.step_flops(lambda i: objective.train_step(x, i), getattr(objective, "critic_iters", 1))
+    return flops / batch, weights + memory.peak
+
+
+def check_memory(cost, args, data, precision, device, world_size):
+    """Refuses a step that cannot fit the device's free memory (all ranks' steps, on a CPU); returns the line the
+    run prints about it."""
+    need = cost.bytes * (0.5 if precision.dtype else 1)  # bf16/fp16 activations: at most half of fp32's
+    need *= world_size if device.type == "cpu" else 1  # CPU ranks share the machine's memory
+    if device.type != "cpu":  # in-memory data sets move to the device (on a CPU they are loaded already)
+        need += sum(t.nbytes for t in (data.train, data.heldout) if torch.is_tensor(t))
+    free = perf.free_memory(device)
+    what = f"about {need / 2**30:.2f} GiB" + (" (half the fp32 estimate, under --amp)" if precision.dtype else "")
+    if free is not None and need > free:
+        raise GenperfError(f"a training step at --batch-size {args.batch_size} needs {what}, more than the "
+                           f"{free / 2**30:.1f} GiB free on {device.type}; lower --batch-size or --image-size, or save "
+                           f"memory with --amp" + (", --checkpointing or --invertible" if args.model == "realnvp" else ""))
+    return f"a step needs {what} of the {free / 2**30:.1f} GiB free" if free is not None else f"a step needs {what}"
 
 
 def compiled_graphs():
@@ -294,7 +353,11 @@ def evaluate(objective, batches, seed):
 def run(args, argv):
     check_args(args)
     if args.fsdp and not under_torchrun():
-        check_dataset(args.data, args.data_root, args.download)  # data errors (and a download) before any worker starts
+        # Errors every worker would meet come before any starts: the data's (and a download), a damaged checkpoint's.
+        check_dataset(args.data, args.data_root, args.download)
+        found = checkpoint.find(args.out) if args.resume else None
+        if found and checkpoint.is_sharded(found):
+            checkpoint.check_shards(found)
         return launch_workers(args.nproc, "genperf.train", argv)
     exit_with_launcher()
     dist = init_distributed(args.device)
@@ -317,14 +380,20 @@ def fit(args, dist):
     if args.compile:  # FSDP2's hooks break the graph at every sharded unit
         objective.compile(fullgraph=not args.fsdp, dynamic=False, mode=None if args.compile_mode == "default" else args.compile_mode)
     torch.manual_seed(args.seed * 1000 + dist.rank)  # then a stream of its own per rank
-    # MFU: model FLOPs per image against the measured matmul peak of every rank's device.
-    flops, peak = 0.0, 0.0
-    if dist.is_main:
-        try:
-            flops = flops_per_image(args, data, device)
+    # What a step costs, before any is taken: the memory it needs (refused where it cannot fit), and for MFU its
+    # model FLOPs per image against the measured matmul peak of every rank's device.
+    flops, peak, memory_line = 0.0, 0.0, None
+    try:
+        cost = step_cost(args, data, args.batch_size // dist.world_size)
+    except Exception as e:  # accounting must never stop a run
+        cost = None
+        if dist.is_main:
+            print(f"genperf: no MFU or memory estimate: counting the step failed ({type(e).__name__}: {e})", flush=True)
+    if cost is not None:
+        memory_line = check_memory(cost, args, data, precision, device, dist.world_size)
+        if dist.is_main:
+            flops = cost.flops_per_image
             peak = perf.peak_flops(device.type, precision.dtype or torch.float32) * dist.world_size
-        except Exception as e:  # accounting must never stop a run
-            print(f"genperf: MFU is not reported: counting the step's FLOPs failed ({type(e).__name__}: {e})", flush=True)
 
     train = make_batches(data.train, args.batch_size, args.seed, dist.rank, dist.world_size, device,
                          loader=args.loader, workers=args.workers)
@@ -333,6 +402,7 @@ def fit(args, dist):
     steps_per_epoch = len(train)
     total_steps = args.steps if args.steps is not None else args.epochs * steps_per_epoch
     fixed_noise = objective.noise(NUM_SAMPLES, torch.Generator().manual_seed(args.seed)).to(device)
+    data_print = data.fingerprint()
 
     ckpt = os.path.join(args.out, checkpoint.SHARDED_CHECKPOINT if args.fsdp else checkpoint.CHECKPOINT)
     found = checkpoint.find(args.out)
@@ -340,7 +410,8 @@ def fit(args, dist):
     if args.resume:
         if found is None:
             raise GenperfError(f"--resume: no checkpoint at {ckpt}")
-        step = checkpoint.restore(found, objective, precision, args, dist.rank, dist.world_size, device,
+        checkpoint.check_belongs(args.out, found)
+        step = checkpoint.restore(found, objective, precision, args, data, dist.rank, dist.world_size, device,
                                   RESUMABLE_CHANGES, old_names=models.WeightNormConv2d.OLD_KEYS)
         if step > total_steps:
             raise GenperfError(f"--resume: the checkpoint in {args.out} is at step {step}, beyond the {total_steps} "
@@ -353,6 +424,8 @@ def fit(args, dist):
             return 0
     elif found:
         raise GenperfError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
+    else:  # the run's identity, kept in config.json and every checkpoint, so that a stranger's checkpoint is refused
+        args.run_id = uuid.uuid4().hex
     log = RunLog(args.out, dist.is_main, resume_step=step if args.resume else None, tensorboard=args.tensorboard)
     n_params = sum(p.numel() for m in objective.modules.values() for p in m.parameters())
     log.write_json("config.json", dict(applicable_options(args), world_size=dist.world_size, parameters=n_params,
@@ -364,7 +437,7 @@ def fit(args, dist):
             print(f"genperf: {note}", flush=True)
         print(f"genperf: {args.model} on {args.data} {'x'.join(map(str, data.shape))}, {n_params / 1e6:.2f}M parameters, "
               f"{dist.world_size} rank(s) on {device.type}, {steps_per_epoch} steps/epoch, {total_steps} steps"
-              + (f", resuming at step {step}" if step else ""), flush=True)
+              + (f", resuming at step {step}" if step else "") + (f"; {memory_line}" if memory_line else ""), flush=True)
 
     from tqdm import tqdm
 
@@ -409,7 +482,7 @@ def fit(args, dist):
         nonlocal kept_step
         verify()
         flush_window()
-        checkpoint.save(args.out, objective, precision, step, args, dist.is_main, data.shape, kept_step)
+        checkpoint.save(args.out, objective, precision, step, args, dist.is_main, data_print, kept_step)
         kept_step = step
 
     def epoch_artifacts(name):
@@ -523,6 +596,7 @@ def finish_run(args, dist, log, step, start_step, t_start, steps_per_epoch, n_pa
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    usable_compile_cache()
     try:
         args = parse_args(argv)
         with use_backend(args.backend) if args.backend else contextlib.nullcontext():
@@ -533,6 +607,16 @@ def main(argv=None):
             return 1
         if is_main_process():  # every rank meets the same error; the first says it
             print(f"genperf: error: {e}", file=sys.stderr, flush=True)
+        else:  # the launcher stops every rank once one exits: rank 0 must have said why first
+            time.sleep(RANK_0_FIRST_S)
+        shutdown_distributed()
+        return 2
+    except OSError as e:  # a file or folder the run needs (outside the writes that say so themselves)
+        if lost_a_peer(e) and launcher_gone():
+            say_launcher_gone()
+            return 1
+        if is_main_process():
+            print(f"genperf: error: {os_error_line(e)}", file=sys.stderr, flush=True)
         shutdown_distributed()
         return 2
     except Exception as e:

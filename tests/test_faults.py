@@ -578,3 +578,194 @@ def test_a_missing_labels_file_and_a_short_split_are_named(tmp_path, mnist_root)
         (short / f"t10k-{kind}-idx{3 if kind == 'images' else 1}-ubyte").write_bytes(header + bytes(900 * item))
     with pytest.raises(DataError, match="its 900 images are too few to hold out 1000"):
         load_dataset("mnist", str(short), download=False)
+
+
+# ---- 10. results and folders that cannot be written ----
+def _vae_digits(out, *extra):
+    return train.main(["vae", "--data", "digits", "--batch-size", "32", "--steps", "4", "--out", str(out), *extra])
+
+
+def test_an_evaluation_whose_json_cannot_be_written_still_prints_its_results(tmp_path, capsys):
+    from genperf import evaluate
+
+    assert _vae_digits(tmp_path / "run") == 0
+    (tmp_path / "file").write_text("")
+    capsys.readouterr()
+    assert evaluate.main([str(tmp_path / "run"), "--samples", "2", "--json", str(tmp_path / "file" / "eval.json")]) == 2
+    captured = capsys.readouterr()
+    assert "ELBO" in captured.out  # the results, before the failed write
+    assert _messages_of(captured.err) == [f"genperf.evaluate: error: could not write {tmp_path}/file/eval.json: Not a "
+                                          f"directory; the results are printed above"]
+
+
+def test_a_sample_grid_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    import torchvision
+
+    from genperf import sample
+
+    assert _vae_digits(tmp_path / "run") == 0
+
+    def full_disk(image, path, **kwargs):
+        open(path, "wb").write(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torchvision.utils, "save_image", full_disk)
+    capsys.readouterr()
+    assert sample.main([str(tmp_path / "run"), "--grid", str(tmp_path / "grid.png")]) == 2
+    assert _error(capsys) == f"genperf.sample: error: could not write {tmp_path}/grid.png: No space left on device"
+    assert not [name for name in os.listdir(tmp_path) if "grid" in name]
+
+
+@pytest.mark.parametrize("where, reason", [("file", "File exists"), ("file/run", "Not a directory")])
+def test_an_out_that_is_a_file_or_under_one_is_one_line(tmp_path, capsys, where, reason):
+    (tmp_path / "file").write_text("")
+    assert _vae_digits(tmp_path / where) == 2
+    assert _error(capsys) == f"genperf: error: cannot use {tmp_path / where} as a run folder: {reason}"
+
+
+def test_a_read_only_run_folder_is_one_line_for_a_run_and_a_resume(tmp_path, monkeypatch, capsys):
+    assert _vae_digits(tmp_path) == 0
+    real_open = open
+
+    def read_only(path, mode="r", *args, **kwargs):  # root ignores chmod, so the folder's refusal is staged
+        if "w" in mode and str(path).startswith(str(tmp_path)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(faults, "open", read_only, raising=False)
+    capsys.readouterr()
+    for extra in (["--resume", "--steps", "8"], ["--out", str(tmp_path / "new")]):
+        assert _vae_digits(tmp_path, *extra) == 2
+        folder = tmp_path / "new" if "--resume" not in extra else tmp_path
+        assert _error(capsys) == f"genperf: error: cannot use {folder} as a run folder: Permission denied"
+
+
+def test_an_unusable_inductor_cache_folder_is_replaced_for_the_run_and_said(tmp_path):
+    (tmp_path / "file").write_text("")
+    env = dict(ENV, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "file" / "cache"))
+    for cmd in (["genperf.train", "vae", "--data", "digits", "--steps", "2", "--out", str(tmp_path / "run")],
+                ["genperf.sample", str(tmp_path / "run"), "--n", "4"]):
+        proc = subprocess.run([sys.executable, "-m", *cmd], capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        prog = "genperf" if cmd[0] == "genperf.train" else cmd[0]
+        line = next(line for line in proc.stderr.splitlines() if "TORCHINDUCTOR_CACHE_DIR" in line)
+        assert line.startswith(f"{prog}: TORCHINDUCTOR_CACHE_DIR={tmp_path}/file/cache cannot be used (Not a "
+                               f"directory); this run compiles into ")
+
+
+def test_a_damaged_metrics_log_is_resumed_past_with_its_bad_lines_counted(tmp_path, capsys):
+    assert _vae_digits(tmp_path, "--log-every", "2") == 0
+    with open(tmp_path / "metrics.jsonl", "ab") as f:
+        f.write(b"\xff\xfe not utf-8\n[1, 2]\n\"a string\"\n{\"no\": \"step\"}\n")
+    capsys.readouterr()
+    assert _vae_digits(tmp_path, "--resume", "--steps", "8", "--log-every", "2") == 0
+    assert f"genperf: {tmp_path}/metrics.jsonl: left out 4 damaged lines" in capsys.readouterr().err
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert steps == sorted(steps) and steps[-1] == 8
+
+
+# ---- 11. what a step costs, said and bounded before training ----
+def test_a_step_that_cannot_fit_memory_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    from genperf import perf
+
+    monkeypatch.setattr(perf, "free_memory", lambda device: 10 << 20)  # 10 MiB free
+    assert train.main(["realnvp", "--data", "digits", "--mid-channels", "32", "--num-blocks", "4", "--out",
+                       str(tmp_path)]) == 2
+    line = _error(capsys)
+    assert line.startswith("genperf: error: a training step at --batch-size 64 needs about 0.06 GiB, more than the "
+                           "0.0 GiB free on cpu; lower --batch-size or --image-size"), line
+    assert not os.path.exists(tmp_path / "metrics.jsonl")
+
+
+def test_the_step_memory_estimate_follows_the_measured_peak_of_a_gpu(tmp_path):
+    """The meta-device estimate against max_memory_allocated of the same configuration on one H200 (benchmarks/
+    bench_memory.py, RealNVP celeba64, fp32: 1.30 GiB fixed + 207 MiB a sample, 14.2 GiB at batch 64)."""
+    args = train.parse_args(["realnvp", "--data", "synthetic", "--image-size", "64", "--arch", "celeba64"])
+    data = load_dataset("synthetic", image_size=64, download=False)
+    estimate = train.step_cost(args, data, 64).bytes / 2**30
+    assert 0.85 * 14.2 < estimate < 1.15 * 14.2, estimate
+
+
+# ---- 12. a folder holds one run ----
+def test_a_checkpoint_copied_in_from_another_run_is_refused(tmp_path, capsys):
+    import shutil
+
+    assert _vae_digits(tmp_path / "a") == 0
+    assert _ring(tmp_path / "b", "--steps", "4") == 0
+    shutil.copy(tmp_path / "b" / "checkpoint.pt", tmp_path / "a" / "checkpoint.pt")
+    capsys.readouterr()
+    assert train.main(["--resume", "--out", str(tmp_path / "a"), "--steps", "8"]) == 2
+    line = _error(capsys)
+    assert line.startswith(f"genperf: error: {tmp_path}/a/checkpoint.pt is not this folder's run: it trained dcgan on "
+                           f"ring8 (run "), line
+    assert line.endswith("a checkpoint copied from another run folder? Move it out, or resume the run it came from")
+
+
+def test_deleting_the_lock_file_does_not_let_a_second_run_in(tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = _spawn(out)
+    try:
+        _wait_for(lambda: _steps_logged(str(out)), what="training")
+        os.remove(out / "run.lock")
+        assert _ring(out, "--steps", "10") == 2
+        assert _error(capsys) == (f"genperf: error: {out} is in use by another genperf run (pid unknown); wait for it "
+                                  f"to end, stop it, or choose another --out")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# ---- 13. options out of range ----
+@pytest.mark.parametrize("argv, line", [
+    (["--fsdp", "--nproc", "-2"], "--nproc must be >= 1 (got -2)"),
+    (["--fsdp", "--nproc", "0"], "--nproc must be >= 1 (got 0)"),
+    (["--fsdp", "--nproc", "4096"], "--nproc 4096 asks for more ranks than this machine's"),
+    (["--beta", "-1"], "--beta must be >= 0 (got -1.0): a negative KL weight rewards the KL term"),
+    (["--lr", "0"], "--lr must be a number > 0 (got 0.0)"),
+    (["--lr", "nan"], "--lr must be a number > 0 (got nan)"),
+    (["--latent-dim", "0"], "--latent-dim must be >= 1 (got 0)"),
+    (["--ckpt-every", "-1"], "--ckpt-every must be >= 0 (got -1)"),
+    (["--image-size", "0"], "--image-size must be >= 1 (got 0)"),
+])
+def test_options_out_of_range_are_one_line(tmp_path, capsys, argv, line):
+    assert train.main(["vae", "--data", "digits", "--out", str(tmp_path), *argv]) == 2
+    assert _error(capsys).startswith(f"genperf: error: {line}")
+    assert not os.path.exists(tmp_path / "config.json")
+
+
+# ---- 14. messages that point the right way ----
+def test_a_foreign_torch_file_as_checkpoint_gives_no_unsafe_advice(tmp_path, capsys):
+    assert _vae_digits(tmp_path) == 0
+    torch.save({"step": 1, "config": {}, "x": os.getcwd}, tmp_path / "checkpoint.pt")  # a pickled function
+    capsys.readouterr()
+    assert train.main(["--resume", "--out", str(tmp_path)]) == 2
+    line = _error(capsys)
+    assert line == f"genperf: error: {tmp_path}/checkpoint.pt is not a genperf checkpoint: it holds Python objects a " \
+                   f"checkpoint never holds"
+
+
+def test_a_moved_data_set_is_named_on_resume_and_evaluate_and_checked_by_content(tmp_path, mnist_root, capsys):
+    from genperf import evaluate
+
+    for name in ("old", "other"):
+        (tmp_path / name).mkdir()
+    for f in os.listdir(mnist_root):
+        os.symlink(os.path.join(mnist_root, f), tmp_path / "old" / f)
+    argv = ["vae", "--data", "mnist", "--data-root", str(tmp_path / "old"), "--no-download", "--batch-size", "32",
+            "--steps", "4", "--out", str(tmp_path / "run")]
+    assert train.main(argv) == 0
+    os.rename(tmp_path / "old", tmp_path / "moved")
+    assert train.main(["--resume", "--out", str(tmp_path / "run"), "--steps", "8", "--data-root",
+                       str(tmp_path / "moved")]) == 0
+    assert evaluate.main([str(tmp_path / "run"), "--samples", "2", "--metrics", "elbo", "--data-root",
+                          str(tmp_path / "moved")]) == 0
+    # Other images under the same names: refused, naming what differs.
+    for kind, (dims, item) in {"images": ((2000, 28, 28), 784), "labels": ((2000,), 1)}.items():
+        header = bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+        (tmp_path / "other" / f"t10k-{kind}-idx{3 if kind == 'images' else 1}-ubyte").write_bytes(
+            header + bytes(2000 * item))
+    capsys.readouterr()
+    assert train.main(["--resume", "--out", str(tmp_path / "run"), "--steps", "12", "--data-root",
+                       str(tmp_path / "other")]) == 2
+    assert _error(capsys).startswith(f"genperf: error: the mnist data under {tmp_path}/other is not the data this run "
+                                     f"trained on (train 9000 -> 1000, ")

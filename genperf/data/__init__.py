@@ -2,6 +2,7 @@
 dataset of float images; `Batches` turns either into float batches in [0, 1] on the device."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -34,13 +35,42 @@ class Data:
     def is_image(self):
         return len(self.shape) == 3
 
+    def fingerprint(self):
+        """What identifies this data's content, stored in checkpoints and compared when a run resumes or is
+        evaluated (perhaps from another --data-root): the split sizes, the shape and a hash of the first training
+        examples (for file-based CelebA, of their names and file sizes)."""
+        digest = hashlib.sha256()
+        if torch.is_tensor(self.train):
+            digest.update(self.train[:64].contiguous().numpy().tobytes())
+        else:
+            for path in self.train.paths[:64]:
+                digest.update(f"{os.path.basename(path)}:{os.path.getsize(path)};".encode())
+        return {"train": len(self.train), "heldout": len(self.heldout), "shape": list(self.shape),
+                "sha256": digest.hexdigest()[:16]}
 
-def _resize(images, size):
-    """uint8 (N, C, H, W) -> uint8 (N, C, size, size), bilinear with antialiasing."""
+    def check_same(self, stored, root):
+        """Refuses data whose fingerprint differs from `stored` (a checkpoint's), naming what differs."""
+        if not stored:
+            return  # a checkpoint from before fingerprints were kept
+        now = self.fingerprint()
+        changed = [k for k in stored if stored[k] != now.get(k)]
+        if changed:
+            what = ", ".join(f"{k} {stored[k]} -> {now.get(k)}" for k in changed)
+            raise DataError(f"the {self.name} data under {root} is not the data this run trained on ({what}); "
+                            f"pass --data-root to the folder it was trained on")
+
+
+def _resize(images, size, chunk=256):
+    """uint8 (N, C, H, W) -> uint8 (N, C, size, size), bilinear with antialiasing; `chunk` images at a time, so
+    that the float copies never hold the whole set (60,000 images at 1000x1000 would take 480 GB)."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8)
+    out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, len(images), chunk):
+        x = F.interpolate(images[start:start + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+        out[start:start + chunk] = x.round().clamp(0, 255)
+    return out
 
 
 def _idx_data(name, root, download):

@@ -92,7 +92,7 @@ def select(device: torch.device) -> str:
     for candidate in PREFERENCE.get(device.type, ()):
         if _REASONS[candidate] is None:
             return candidate
-    if device.type not in _warned:
+    if device.type not in _warned and device.type != "meta":  # meta: shapes only (genperf.memory's estimate)
         _warned.add(device.type)
         why = "; ".join(f"{n}: {_REASONS[n]}" for n in PREFERENCE.get(device.type, ()))
         print(f"genperf: no fused backend for {device.type} tensors ({why or 'none exists'}); "
