@@ -705,7 +705,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke-test budgets on the bundled digits data (minutes)")
     p.add_argument("--runs", help="folder of the training runs, shared between experiments (default OUT/runs)")
     p.add_argument("--data", default="mnist", help="image data of the full versions (default mnist)")
-    p.add_argument("--data-root", default="data", help="where --data lives (e.g. ../shared/data/mnist)")
+    p.add_argument("--data-root", default="data", help="where --data lives (default ./data, where MNIST is downloaded)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where to train and evaluate (default: cuda when available)")
     p.add_argument("--inception-weights", help="local FID Inception weights file; adds the standard FID "

@@ -9,7 +9,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_MNIST = os.environ.get("GENPERF_SHARED_MNIST", os.path.join(REPO, "..", "shared", "data", "mnist"))
+MNIST = os.environ.get("GENPERF_TEST_MNIST", os.path.join(REPO, "tests", "data", "mnist"))  # MNIST's test split
 
 
 def pytest_configure(config):
@@ -20,10 +20,10 @@ def pytest_configure(config):
 
 @pytest.fixture
 def mnist_root():
-    """The real MNIST test split beside the checkout (../shared/data/mnist); CI always has it."""
-    if not os.path.exists(os.path.join(SHARED_MNIST, "t10k-images-idx3-ubyte.gz")):
-        pytest.fail(f"the shared MNIST test split is missing at {SHARED_MNIST} (set GENPERF_SHARED_MNIST)")
-    return SHARED_MNIST
+    """The real MNIST test split, kept in tests/data/mnist (with its attribution)."""
+    if not os.path.exists(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz")):
+        pytest.fail(f"the MNIST test split is missing at {MNIST} (set GENPERF_TEST_MNIST)")
+    return MNIST
 
 
 @pytest.fixture(autouse=True)

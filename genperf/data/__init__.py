@@ -18,7 +18,7 @@ from genperf.errors import DataError
 IMAGE_SETS = ("mnist", "fashion-mnist", "digits", "celeba", "synthetic")
 POINT_SETS = tuple(toy.TOYS)
 DATASETS = IMAGE_SETS + POINT_SETS
-# When only MNIST's test split is present (as in ../shared/data), this many of its last images are held out.
+# When only MNIST's test split is present, this many of its last images are held out.
 CARVED_HELDOUT = 1000
 
 
