@@ -17,7 +17,7 @@ import time
 import torch
 
 from genperf.data import celeba, load_dataset, make_batches
-from genperf.scale import keep_freed_cpu_memory
+from genperf.precision import keep_freed_cpu_memory
 
 
 def throughput(data, loader, args, device):
@@ -34,7 +34,7 @@ def throughput(data, loader, args, device):
 def wait_fraction(data, loader, args, device):
     """Trains DCGAN (64x64) for --steps steps; returns (fraction of wall time in next(batch), s/step)."""
     from genperf import models, objectives
-    from genperf.scale import Precision
+    from genperf.precision import Precision
 
     torch.manual_seed(0)
     precision = Precision(device.type, enabled=True)

@@ -25,7 +25,7 @@ from genperf.models import REALNVP_ARCHS, RealNVP
 from genperf.ops import affine_coupling, affine_coupling_ref, available_backends, use_backend
 from genperf.ops.gradient_penalty import NORM_EPS
 from genperf.perf import append_csv, copy_bandwidth
-from genperf.scale import keep_freed_cpu_memory
+from genperf.precision import keep_freed_cpu_memory
 
 
 def coupling_shapes(arch, batch):

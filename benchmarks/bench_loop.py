@@ -20,7 +20,7 @@ import torch
 
 from genperf import train
 from genperf.data import load_dataset, make_batches
-from genperf.scale import Precision
+from genperf.precision import Precision
 
 TOY = ["--latent-dim", "2", "--batch-size", "256", "--gp-weight", "0.1", "--log-every", "100"]
 

@@ -55,8 +55,8 @@ def peak_bytes(device):
 def worker(opts):
     """One mode in this process (or this rank): prints a JSON line of measurements."""
     from genperf.models import REALNVP_ARCHS, RealNVP
-    from genperf.scale import (Precision, apply_fsdp, init_distributed, keep_freed_cpu_memory, make_adam,
-                               set_malloc_thresholds, shutdown_distributed)
+    from genperf.distributed import apply_fsdp, init_distributed, shutdown_distributed
+    from genperf.precision import Precision, keep_freed_cpu_memory, make_adam, set_malloc_thresholds
 
     if opts.device == "cpu":
         # The resident set then follows live tensor memory: every block of 64 KiB or more is mmapped and
@@ -155,7 +155,7 @@ def main(argv=None):
     print(f"# RealNVP {args.preset}, {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else f'{os.cpu_count()} CPUs'}), "
           f"batches {args.batches[0]} and {args.batches[1]}; fit for {args.gpus} x {args.gpu_gib:g} GiB, "
           f"{RESERVE_GIB:g} GiB reserved per GPU", flush=True)
-    from genperf.scale import Precision
+    from genperf.precision import Precision
 
     note = Precision(args.device.split(":")[0], True).note  # the +amp modes are fp32 on a CPU without bf16 kernels
     if note:

@@ -44,7 +44,7 @@ from genperf import train
 from genperf.data import Data
 from genperf.ops import use_backend
 from genperf.perf import append_csv, peak_flops
-from genperf.scale import Precision, keep_freed_cpu_memory
+from genperf.precision import Precision, keep_freed_cpu_memory
 
 # name -> (model, image shape (C, H, W), batch, extra genperf.train options)
 CONFIGS = {

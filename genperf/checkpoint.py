@@ -20,7 +20,8 @@ import shutil
 import torch
 
 from genperf.errors import GenperfError
-from genperf.scale import Precision, barrier, gather_objects
+from genperf.distributed import barrier, gather_objects
+from genperf.precision import Precision
 
 CHECKPOINT = "checkpoint.pt"
 SHARDED_CHECKPOINT = "checkpoint"  # a torch.distributed.checkpoint directory

@@ -14,7 +14,7 @@ import time
 import torch
 
 from genperf.errors import GenperfError
-from genperf.scale import all_reduce_sum, gather_objects
+from genperf.distributed import all_reduce_sum, gather_objects
 
 LOCK = "run.lock"
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from genperf.dtypes import at_least_fp32
 from genperf.layers import GradientPenalty
-from genperf.scale import all_reduce_sum, make_adam
+from genperf.distributed import all_reduce_sum
+from genperf.precision import make_adam
 
 DCGAN, WGAN_GP, WGAN_CLIP = "dcgan", "wgan-gp", "wgan"
 

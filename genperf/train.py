@@ -26,9 +26,9 @@ from genperf.faults import (EXIT_CODES, NonFinite, StepChecks, StopSignals, chec
                             launcher_gone, lock_run_folder, say_launcher_gone, usable_compile_cache)
 from genperf.ops.backends import NAMES, use_backend
 from genperf.runlog import RunLog
-from genperf.scale import (Precision, all_reduce_sum, apply_fsdp, default_nproc, gather_objects, init_distributed,
-                           is_main_process, keep_freed_cpu_memory, launch_workers, lost_a_peer, shutdown_distributed,
-                           under_torchrun)
+from genperf.distributed import (all_reduce_sum, apply_fsdp, default_nproc, gather_objects, init_distributed,
+                                 is_main_process, launch_workers, lost_a_peer, shutdown_distributed, under_torchrun)
+from genperf.precision import Precision, keep_freed_cpu_memory
 
 MODELS = ("dcgan", "wgan-gp", "wgan", "vae", "beta-vae", "realnvp")
 GAN_MODELS = MODELS[:3]

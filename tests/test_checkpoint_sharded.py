@@ -8,7 +8,8 @@ import torch.distributed as dist
 
 from genperf.models import RealNVP, WeightNormConv2d
 from genperf.checkpoint import _rename_params, _renamer, load_sharded, save_sharded, sharded_states
-from genperf.scale import apply_fsdp, make_adam
+from genperf.distributed import apply_fsdp
+from genperf.precision import make_adam
 
 
 def _trained_flow(seed):

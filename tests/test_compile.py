@@ -9,7 +9,7 @@ from torch._dynamo.utils import counters
 from genperf import train
 from genperf.data import load_dataset, make_batches
 from genperf.dtypes import cpu_has_bf16
-from genperf.scale import Precision
+from genperf.precision import Precision
 
 SMALL = {  # tiny versions of every model family (vae and beta-vae share the model and step)
     "realnvp": ["--mid-channels", "8", "--num-blocks", "1"],

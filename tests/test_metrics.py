@@ -11,7 +11,7 @@ from genperf.data.toy import sample_toy, toy_mixture
 from genperf.errors import GenperfError
 from genperf.models import VAE
 from genperf.objectives import VAEObjective, vae_terms
-from genperf.scale import Precision
+from genperf.precision import Precision
 
 
 @pytest.mark.parametrize("toy", ["ring8", "grid25"])

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from genperf import objectives, scale, train
+from genperf import objectives, precision, train
 from genperf.ops import available_backends
 
 SMALL = {  # per model: options that keep a CPU smoke run to a few seconds
@@ -57,10 +57,9 @@ def test_every_model_trains_and_writes_its_run_directory(model, tmp_path):
 def test_amp_on_a_cpu_without_bf16_kernels_trains_in_fp32_and_says_so(tmp_path, monkeypatch, capsys):
     """There bf16 autocast runs 15-90x slower than fp32 (measured on an AVX2 EPYC): --amp is a reported fp32 run,
     and GENPERF_CPU_BF16=1 insists on bf16."""
-    monkeypatch.setattr(scale, "cpu_has_bf16", lambda: False)
-    monkeypatch.delenv(scale.CPU_BF16_ENV, raising=False)
-    precision = scale.Precision("cpu", True)
-    with precision.autocast():
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
+    with precision.Precision("cpu", True).autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     assert _run("vae", tmp_path / "fp32", "--steps", "2", "--amp") == 0
     assert "--amp: this CPU has no bf16 kernels" in capsys.readouterr().out
@@ -68,15 +67,15 @@ def test_amp_on_a_cpu_without_bf16_kernels_trains_in_fp32_and_says_so(tmp_path, 
     assert config["amp"] is True and config["autocast_dtype"] is None and "fp32" in config["precision_note"]
     assert json.loads((tmp_path / "fp32" / "summary.json").read_text())["amp"] is None
 
-    monkeypatch.setenv(scale.CPU_BF16_ENV, "1")
-    with scale.Precision("cpu", True).autocast():
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
+    with precision.Precision("cpu", True).autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     assert _run("vae", tmp_path / "forced", "--steps", "2", "--amp") == 0
     assert "no bf16 kernels" not in capsys.readouterr().out
     assert json.loads((tmp_path / "forced" / "config.json").read_text())["autocast_dtype"] == "torch.bfloat16"
-    monkeypatch.delenv(scale.CPU_BF16_ENV)
-    monkeypatch.setattr(scale, "cpu_has_bf16", lambda: True)
-    assert scale.Precision("cpu", True).dtype == torch.bfloat16 and scale.Precision("cpu", True).note is None
+    monkeypatch.delenv(precision.CPU_BF16_ENV)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert precision.Precision("cpu", True).dtype == torch.bfloat16 and precision.Precision("cpu", True).note is None
 
 
 def test_main_command_as_a_subprocess(tmp_path):
