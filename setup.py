@@ -132,16 +132,9 @@ def extensions():
 
 
 ext_modules, cmdclass = extensions()
-setup(
-    name="genperf",
-    version="0.1.0",
-    description="Fast, trustworthy training of classic deep generative models (GANs, VAEs, RealNVP)",
+setup(  # the project's metadata and dependencies are in pyproject.toml; this adds the packages' layout and the extension
     packages=find_packages(include=["genperf", "genperf.*"]) + ["genperf.kernels"],
     package_dir={"genperf.kernels": "kernels"},  # kernels/ ships as genperf.kernels, never as a top-level package
-    python_requires=">=3.10",
-    install_requires=["torch>=2.6", "torchvision", "numpy", "scikit-learn", "matplotlib", "tqdm", "pillow"],
-    # --tensorboard; Inception FID (genperf.evaluate --inception-weights)
-    extras_require={"tensorboard": ["tensorboard"], "fid": ["torchmetrics[image]"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -33,14 +33,15 @@ def throughput(data, loader, args, device):
 
 def wait_fraction(data, loader, args, device):
     """Trains DCGAN (64x64) for --steps steps; returns (fraction of wall time in next(batch), s/step)."""
-    from genperf import models, objectives
+    from genperf import models
+    from genperf.families.gan import GANObjective
     from genperf.precision import Precision
 
     torch.manual_seed(0)
     precision = Precision(device.type, enabled=True)
     G = models.DCGANGenerator(100, 3, 64).to(device)
     D = models.DCGANDiscriminator(3, 64).to(device)
-    objective = objectives.GANObjective("dcgan", G, D, precision, 2e-4, device.type, False, 1, 10.0, 0.01, True)
+    objective = GANObjective("dcgan", G, D, precision, 2e-4, device.type, False, 1, 10.0, 0.01, True)
     it = make_batches(data.train, args.batch_size, seed=0, device=device, loader=loader, workers=args.workers).epoch(0)
     for step in range(2):  # warm-up
         objective.train_step(next(it), step)

@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from genperf import train
+from genperf import config, train
+from genperf.families import build_objective
 from genperf.data import load_dataset, make_batches
 from genperf.precision import Precision
 
@@ -36,11 +37,11 @@ def genperf_train(argv, steps):
 
 def bare_loop(argv, steps):
     """Seconds per step of train_step alone, on the batches genperf.train would draw."""
-    args = train.parse_args([*argv, "--out", "unused"])
+    args = config.parse_args([*argv, "--out", "unused"])
     device = torch.device(args.device)
     data = load_dataset(args.data, args.data_root, args.image_size, args.channels, False, args.seed)
     torch.manual_seed(args.seed)
-    objective = train.build_objective(args, data, Precision(device.type, args.amp), device)
+    objective = build_objective(args, data, Precision(device.type, args.amp), device)
     batches = make_batches(data.train, args.batch_size, args.seed, device=device)
     step, t0 = 0, time.perf_counter()
     while step < steps:

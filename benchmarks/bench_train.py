@@ -40,8 +40,9 @@ import time
 
 import torch
 
-from genperf import train
+from genperf import config, trainer
 from genperf.data import Data
+from genperf.families import build_objective
 from genperf.ops import use_backend
 from genperf.perf import append_csv, peak_flops
 from genperf.precision import Precision, keep_freed_cpu_memory
@@ -82,11 +83,11 @@ class Variant:
 
     def __init__(self, name, model, shape, batch, extra, device):
         self.name = name
-        self.args = train.parse_args([model, "--batch-size", str(batch), *extra, *VARIANTS[name]])
+        self.args = config.parse_args([model, "--batch-size", str(batch), *extra, *VARIANTS[name]])
         data = Data("random", None, None, shape)
         torch.manual_seed(0)
         self.precision = Precision(device.type, self.args.amp)
-        self.objective = train.build_objective(self.args, data, self.precision, device)
+        self.objective = build_objective(self.args, data, self.precision, device)
         if name == "baseline":  # torch.optim.Adam as a plain script would make it (foreach, not fused)
             for key, opt in self.objective.optimizers.items():
                 if isinstance(opt, torch.optim.Adam):
@@ -129,7 +130,7 @@ def bench_config(name, device, rounds, variants, peaks, rows):
     for _ in range(rounds):
         for variant in built:
             variant.times.append(variant.run_cycle())
-    flops = train.step_cost(built[0].args, Data("random", None, None, shape), batch).flops_per_image
+    flops = trainer.step_cost(built[0].args, Data("random", None, None, shape), batch).flops_per_image
     base = statistics.median(built[0].times) / built[0].cycle if built[0].name == "baseline" else None
     print(f"\n{name}: {model} {'x'.join(map(str, shape))}, batch {batch}, {flops / 1e9:.3f} GFLOP per image "
           f"(model FLOPs of a step, forward + backward), {rounds} rounds", flush=True)

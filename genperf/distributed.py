@@ -70,13 +70,16 @@ def launch_workers(nproc: int, module: str, argv: list, shutdown_timeout: int = 
     try:
         elastic_launch(LaunchConfig(**options), sys.executable)("-u", "-m", module, *argv)
     except ChildFailedError as e:
-        failures = sorted(e.failures.items())
-        rank, first = failures[0]  # rank 0 where it failed: it prints the run's messages
-        # Every rank meets the same error: one that said why and exited may be seen before rank 0, which
-        # the launcher then stops after it has printed its line.
-        reported = [f.exitcode for _, f in failures if f.exitcode in SELF_REPORTED_EXITS]
-        if reported:
-            return reported[0]
+        # Once one rank fails the launcher stops the others with SIGTERM, which they may report as a stop (143) or
+        # die of: the cause is a rank that said its error (2), else one that crashed otherwise, else a stop.
+        def rank_of(item):
+            code = item[1].exitcode
+            stopped = code in SELF_REPORTED_EXITS or code == -signal.SIGTERM
+            return (0 if code == 2 else 2 if stopped else 1), item[0]
+
+        rank, first = min(e.failures.items(), key=rank_of)
+        if first.exitcode in SELF_REPORTED_EXITS:
+            return first.exitcode
         how = (f"killed by {signal.Signals(-first.exitcode).name}" if first.exitcode < 0
                else f"exit code {first.exitcode}")
         print(f"genperf: error: worker rank {rank} failed ({how}); its output is above", file=sys.stderr, flush=True)

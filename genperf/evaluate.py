@@ -1,13 +1,12 @@
 """python -m genperf.evaluate RUN_DIR: a trained run's metrics again, with as many samples as wanted;
 prints them and writes RUN_DIR/eval.json (or --json FILE).
 
-- bits_per_dim (realnvp): the split's mean bits/dim over K dequantization draws (--samples, default 4),
-  with its standard error over images and the standard deviation between draws. Draw 0 uses the
-  noise of the training log's held-out evaluation, so for the same checkpoint `bits_per_dim_draw0`
-  is the figure the log shows.
-- elbo, nll (vae, beta-vae), nats per image: the ELBO at beta = 1 (analytic KL) averaged over K
-  posterior draws (--samples, default 100; draw 0 is the training log's), and the importance-sampled
-  negative log-likelihood with K samples (Burda et al.), a tighter bound.
+- each family's likelihoods (genperf.families: Family.likelihood), averaged over K draws (--samples; the
+  family's default): bits_per_dim (realnvp, K dequantization draws, default 4) with its standard error over
+  images and the standard deviation between draws; elbo and nll (vae, beta-vae, nats per image, K posterior
+  draws, default 100): the ELBO at beta = 1 (analytic KL) and the importance-sampled negative
+  log-likelihood (Burda et al.), a tighter bound. Draw 0 uses the noise of the training log's held-out
+  evaluation, so for the same checkpoint `bits_per_dim_draw0` and `elbo_draw0` are the figures the log shows.
 - classifier_fid (image models on labelled data: mnist, fashion-mnist, digits): the Frechet distance
   between --fid-samples real and generated images in the 128 features of a small CNN trained on the
   data set itself (accuracy reported beside it). It is not Inception FID: compare it only between runs
@@ -21,27 +20,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
 import torch
 
 from genperf.errors import GenperfError, os_error_line
+from genperf.families import FAMILIES
 
-METRICS = ("bits_per_dim", "elbo", "nll", "classifier_fid", "inception_fid", "mode_coverage")
-DEFAULT_SAMPLES = {"flow": 4, "vae": 100}
+SAMPLE_METRICS = ("classifier_fid", "inception_fid", "mode_coverage")  # of generated samples, any family
+METRICS = tuple(m for f in FAMILIES for m in f.likelihood_metrics) + SAMPLE_METRICS
 
 
 def applicable(run, data):
     """The metrics that apply to `run`, and for the others why not."""
-    family = run.family
     ok, why = [], {}
     for name in METRICS:
-        if name == "bits_per_dim" and family != "flow":
-            why[name] = "a likelihood of realnvp only"
-        elif name in ("elbo", "nll") and family != "vae":
-            why[name] = "a likelihood of vae / beta-vae only"
+        owner = next((f for f in FAMILIES if name in f.likelihood_metrics), None)
+        if owner is not None and owner is not run.family:
+            why[name] = f"a likelihood of {' / '.join(owner.models)} only"
         elif name == "mode_coverage" and run.is_image:
             why[name] = "for the 2-D mixtures only"
         elif name in ("classifier_fid", "inception_fid") and not run.is_image:
@@ -58,25 +55,6 @@ def split_batches(run, source):
 
     return make_batches(source, run.config.batch_size, 0, 0, 1, run.device, shuffle=False, drop_last=False,
                         loader=default_loader(run.config.data), workers=run.config.workers)
-
-
-def _mean_se(per_image):
-    """(mean, standard error over images) of (draws, N) values averaged over the draws per image."""
-    per_image = per_image.double().mean(0)
-    return per_image.mean().item(), (per_image.std().item() / math.sqrt(len(per_image))) if len(per_image) > 1 else 0.0
-
-
-def _draws(run, batches, samples, compute, desc, progress):
-    """compute() once per draw k, under the stream of seed (the run's seed + k); stacked."""
-    from tqdm import tqdm
-
-    from genperf.objectives import seeded
-
-    out = []
-    for k in tqdm(range(samples), desc=desc, disable=not progress, leave=False):
-        with seeded(run.config.seed + k, batches.device):
-            out.append(compute(batches).cpu())
-    return torch.stack(out)
 
 
 def generated(run, n, seed):
@@ -103,32 +81,16 @@ def evaluate_run(run, split="heldout", samples=None, metrics=None, fid_samples=1
     for name in wanted:
         if name not in ok:
             raise GenperfError(f"--metrics {name} does not apply to this run: {why[name]}")
-    samples = samples or DEFAULT_SAMPLES.get(run.family, 1)
+    samples = samples or run.family.default_samples
     out = {"run": run.path, "checkpoint": run.checkpoint, "step": run.step, "model": run.config.model,
            "data": run.config.data, "split": split,
            "skipped": {m: r for m, r in why.items() if run.is_image and m in ("classifier_fid", "inception_fid")}}
     if "inception_fid" in ok and "inception_fid" not in wanted:
         out["skipped"]["inception_fid"] = "needs --inception-weights (the FID Inception weights as a local file)"
-    objective = run.objective
     source = data.heldout if split == "heldout" else data.train
-    if run.is_image and ({"bits_per_dim", "elbo", "nll"} & set(wanted)):
-        batches = split_batches(run, source)
-    if "bits_per_dim" in wanted:
-        bpd = _draws(run, batches, samples, objective.image_bits, "bits/dim draws", progress)
-        out["bits_per_dim"], out["bits_per_dim_se"] = _mean_se(bpd)
-        out["bits_per_dim_draw0"] = bpd[0].double().mean().item()
-        out["bits_per_dim_draw_sd"] = bpd.double().mean(1).std().item() if samples > 1 else 0.0
-        out["dequantization_draws"], out["images"] = samples, bpd.shape[1]
-    if {"elbo", "nll"} & set(wanted):
-        terms = _draws(run, batches, samples, objective.image_terms, "posterior draws", progress)  # (K, 3, N)
-        bce, kl, log_w = terms[:, 0], terms[:, 1], terms[:, 2].double()
-        if "elbo" in wanted:
-            out["elbo"], out["elbo_se"] = _mean_se(-(bce + kl))
-            out["elbo_draw0"] = -(bce[0] + kl[0]).double().mean().item()
-            out["recon"], out["kl"] = bce.double().mean().item(), kl.double().mean().item()
-        if "nll" in wanted:
-            out["nll"], out["nll_se"] = _mean_se(-(torch.logsumexp(log_w, 0) - math.log(samples))[None])
-        out["posterior_samples"], out["images"] = samples, terms.shape[2]
+    likelihoods = [m for m in wanted if m in run.family.likelihood_metrics]
+    if likelihoods:
+        out.update(run.family.likelihood(run, split_batches(run, source), samples, likelihoods, progress))
     if {"classifier_fid", "inception_fid"} & set(wanted):
         real = real_images(source, fid_samples)
         fake = generated(run, len(real), seed)
@@ -153,15 +115,9 @@ def default_classifier_path(run):
 
 def summary_lines(result):
     lines = [f"{result['model']} on {result['data']} ({result['split']}), step {result['step']} of {result['run']}"]
-    if "bits_per_dim" in result:
-        lines.append(f"  bits/dim        {result['bits_per_dim']:.4f} +- {result['bits_per_dim_se']:.4f} "
-                     f"({result['dequantization_draws']} dequantization draws; draw 0 {result['bits_per_dim_draw0']:.4f})")
-    if "elbo" in result:
-        lines.append(f"  ELBO            {result['elbo']:.3f} +- {result['elbo_se']:.3f} nats "
-                     f"({result['posterior_samples']} posterior draws; draw 0 {result['elbo_draw0']:.3f})")
-    if "nll" in result:
-        lines.append(f"  NLL (IS)        {result['nll']:.3f} +- {result['nll_se']:.3f} nats "
-                     f"({result['posterior_samples']} importance samples)")
+    for family in FAMILIES:
+        if family.summary and any(m in result for m in family.likelihood_metrics):
+            lines += family.summary(result)
     if "classifier_fid" in result:
         lines.append(f"  classifier FID  {result['classifier_fid']:.4f} ({result['fid_samples']} images; "
                      f"classifier accuracy {result['classifier_accuracy']:.3f})")
@@ -175,7 +131,7 @@ def summary_lines(result):
 
 
 def main(argv=None):
-    from genperf.checkpoint import load_run
+    from genperf.run import load_run
     from genperf.faults import usable_compile_cache
     from genperf.runlog import atomic_write_text
 

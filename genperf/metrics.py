@@ -1,7 +1,7 @@
 """Metrics of generated data: the importance-sampled NLL of a VAE, a Frechet distance in the features
 of a classifier trained on the data set itself, the standard Inception FID (through torchmetrics, with
-local weights only), and mode coverage on the 2-D mixtures. Bits/dim and the ELBO come from the
-objectives (genperf.objectives); genperf.evaluate puts them all together for a run.
+local weights only), and mode coverage on the 2-D mixtures; repeated draws of a likelihood. Bits/dim and the
+ELBO come from the model families (genperf.families); genperf.evaluate puts them all together for a run.
 
 Images are float tensors (N, C, H, W) in [0, 1]."""
 from __future__ import annotations
@@ -15,8 +15,27 @@ from torch import nn
 
 from genperf.data.toy import toy_mixture
 from genperf.errors import GenperfError
+from genperf.streams import seeded
 
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"  # what torchmetrics' FID (torch-fidelity) loads
+
+
+def draws(seed, batches, samples, compute, desc, progress=False):
+    """compute(batches) once per draw k, under the random stream of seed + k; stacked (draw 0 under `seed`, the
+    stream of the training log's held-out evaluation)."""
+    from tqdm import tqdm
+
+    out = []
+    for k in tqdm(range(samples), desc=desc, disable=not progress, leave=False):
+        with seeded(seed + k, batches.device):
+            out.append(compute(batches).cpu())
+    return torch.stack(out)
+
+
+def mean_se(per_image):
+    """(mean, standard error over images) of (draws, N) values averaged over the draws per image."""
+    per_image = per_image.double().mean(0)
+    return per_image.mean().item(), (per_image.std().item() / math.sqrt(len(per_image))) if len(per_image) > 1 else 0.0
 
 
 @torch.no_grad()

@@ -86,6 +86,6 @@ def keep_freed_cpu_memory():
 
 def make_adam(params, lr, betas, device_type):
     """Adam, fused (one kernel over all parameters) on CUDA and CPU, the devices torch fuses it on."""
-    if device_type == "meta":  # genperf.train.step_cost: the same state, in a few ops instead of one per parameter
+    if device_type == "meta":  # genperf.trainer.step_cost: the same state, in a few ops instead of one per parameter
         return torch.optim.Adam(params, lr=lr, betas=betas, foreach=True)
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=device_type in ("cuda", "cpu"))

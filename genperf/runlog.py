@@ -175,9 +175,9 @@ LOSS_PLOT_EVERY_S = 30.0
 MIN_GRID_CELL = 28  # pixels: the per-epoch grids enlarge smaller images, so 8x8 digits stay legible
 
 
-def image_grid(images, nrow=8, min_cell=0):
-    """(N, C, H, W) in [0, 1] -> one (C, H', W') grid image, `nrow` images a row, 2-pixel gaps. Images
-    under `min_cell` pixels are enlarged (nearest neighbour, by a whole factor)."""
+def image_grid(images, nrow=8, min_cell=0, padding=2, pad_value=0.0):
+    """(N, C, H, W) in [0, 1] -> one (C, H', W') grid image, `nrow` images a row, `padding`-pixel gaps of
+    `pad_value`. Images under `min_cell` pixels are enlarged (nearest neighbour, by a whole factor)."""
     import torch
     import torchvision
 
@@ -185,7 +185,7 @@ def image_grid(images, nrow=8, min_cell=0):
     scale = -(-min_cell // images.shape[-1])
     if scale > 1:
         images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
-    return torchvision.utils.make_grid(images, nrow=nrow, padding=2)
+    return torchvision.utils.make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
 
 
 def save_png(image, path):

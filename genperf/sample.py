@@ -66,7 +66,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    from genperf.checkpoint import load_run
+    from genperf.run import load_run
     from genperf.faults import usable_compile_cache
     from genperf.runlog import image_grid, save_figure, save_png, scatter
 

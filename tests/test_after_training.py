@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 import genperf
-from genperf import evaluate, objectives, sample, train
+from genperf import evaluate, sample, train
+from genperf.families.gan import GANObjective
 from tests.test_train import SMALL, _lines
 
 MODELS = list(SMALL)
@@ -137,17 +138,17 @@ def test_resume_with_only_the_folder_equals_an_uninterrupted_run_ema_included(tm
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     options = ["--steps", "60", "--ckpt-every", "30", "--ema", "0.9", "--label-smoothing"]
     _train("dcgan", whole, *options)
-    real_step = objectives.GANObjective.train_step
+    real_step = GANObjective.train_step
 
     def crash_at_35(self, x, step):
         if step == 35:
             raise RuntimeError("simulated crash")  # after the checkpoint of step 30
         return real_step(self, x, step)
 
-    monkeypatch.setattr(objectives.GANObjective, "train_step", crash_at_35)
+    monkeypatch.setattr(GANObjective, "train_step", crash_at_35)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _train("dcgan", parts, *options)
-    monkeypatch.setattr(objectives.GANObjective, "train_step", real_step)
+    monkeypatch.setattr(GANObjective, "train_step", real_step)
     assert torch.load(parts / "checkpoint.pt", weights_only=True)["step"] == 30
     assert train.main(["--resume", "--out", str(parts)]) == 0
     a = torch.load(whole / "checkpoint.pt", weights_only=True)

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from genperf import train
+from genperf import config, train
 from genperf.data import load_dataset, make_batches
 from genperf.dtypes import cpu_has_bf16
+from genperf.families import build_objective
 from genperf.precision import Precision
 
 SMALL = {  # tiny versions of every model family (vae and beta-vae share the model and step)
@@ -31,10 +32,10 @@ def _fresh_dynamo():
 
 
 def _objective(model, amp, compiled, extra=()):
-    args = train.parse_args([model, "--data", "digits", "--image-size", "16", "--batch-size", "16", *SMALL[model], *extra])
+    args = config.parse_args([model, "--data", "digits", "--image-size", "16", "--batch-size", "16", *SMALL[model], *extra])
     data = load_dataset("digits", image_size=16, download=False)
     torch.manual_seed(0)
-    objective = train.build_objective(args, data, Precision("cpu", amp), torch.device("cpu"))
+    objective = build_objective(args, data, Precision("cpu", amp), torch.device("cpu"))
     if compiled:
         objective.compile(fullgraph=True, dynamic=False)
     return objective, data

@@ -10,7 +10,7 @@ from genperf.data import load_dataset, make_batches
 from genperf.data.toy import sample_toy, toy_mixture
 from genperf.errors import GenperfError
 from genperf.models import VAE
-from genperf.objectives import VAEObjective, vae_terms
+from genperf.families.vae import VAEObjective, vae_terms
 from genperf.precision import Precision
 
 

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from genperf import perf, train
+from genperf import config, perf, trainer
 from genperf.data import load_dataset
 from genperf.dtypes import cpu_has_bf16
 
@@ -27,8 +27,8 @@ def test_the_gradient_penalty_double_backward_is_counted():
     data = load_dataset("digits", image_size=16, download=False)
     flops = {}
     for model in ("wgan", "wgan-gp"):
-        args = train.parse_args([model, "--data", "digits", "--image-size", "16", "--latent-dim", "10"])
-        flops[model] = train.step_cost(args, data, 2).flops_per_image
+        args = config.parse_args([model, "--data", "digits", "--image-size", "16", "--latent-dim", "10"])
+        flops[model] = trainer.step_cost(args, data, 2).flops_per_image
     assert flops["wgan-gp"] > 1.3 * flops["wgan"] > 0
 
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from genperf import objectives, precision, train
+from genperf import precision, train
+from genperf.families.flow import FlowObjective
 from genperf.ops import available_backends
 
 SMALL = {  # per model: options that keep a CPU smoke run to a few seconds
@@ -107,13 +108,13 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(model, extra, tmp_path
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    real_step = objectives.FlowObjective.train_step
+    real_step = FlowObjective.train_step
 
     def diverging(self, x, step):
         out = real_step(self, x, step)
         return {k: v * float("nan") for k, v in out.items()} if step >= 6 else out
 
-    monkeypatch.setattr(objectives.FlowObjective, "train_step", diverging)
+    monkeypatch.setattr(FlowObjective, "train_step", diverging)
     # Every step is checked, not only the logged ones: the run stops at the first bad step.
     assert _run("realnvp", tmp_path, "--steps", "20", "--ckpt-every", "4", "--log-every", "10") == 2
     assert "non-finite bits_per_dim at step 7; stopping. The last good checkpoint (step 4)" in capsys.readouterr().err

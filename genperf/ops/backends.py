@@ -60,6 +60,11 @@ def available_backends():
     return [n for n in NAMES if _REASONS[n] is None]
 
 
+def unavailable_backends():
+    """{name: why it cannot run here} for the backends that cannot."""
+    return {n: why for n, why in _REASONS.items() if why}
+
+
 def _check(name):
     if name not in NAMES:
         raise ValueError(f"unknown genperf backend {name!r}; choose one of {', '.join(NAMES)}")

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from genperf import train
+from genperf import config, train
 from genperf.data import celeba, check_dataset, load_dataset, make_batches
 from genperf.errors import DataError
 
@@ -133,6 +133,6 @@ def test_training_on_celeba_with_each_loader(root, loader, tmp_path):
 def test_only_celeba_probes_dali_for_its_default_loader(monkeypatch):
     probed = []
     monkeypatch.setattr(celeba, "dali_available", lambda: probed.append(True) or True)
-    assert train.parse_args(["vae", "--data", "digits"]).loader == "torch"
+    assert config.parse_args(["vae", "--data", "digits"]).loader == "torch"
     assert not probed  # importing DALI costs a run that reads no files 0.4 s
-    assert train.parse_args(["vae", "--data", "celeba"]).loader == "dali" and probed
+    assert config.parse_args(["vae", "--data", "celeba"]).loader == "dali" and probed

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from genperf.models import VAE, DCGANDiscriminator, DCGANGenerator
-from genperf.objectives import smoothed_real_labels, vae_loss
+from genperf.families.gan import smoothed_real_labels
+from genperf.families.vae import vae_loss
 
 
 @pytest.mark.parametrize("channels, size, convs", [(1, 28, 3), (3, 64, 5)])

@@ -1,4 +1,4 @@
-"""Where the backend tests run: GENPERF_TEST_DEVICE (default cpu); genperf.selftest sets it to the GPU."""
+"""Where the backend tests run: GENPERF_TEST_DEVICE (default cpu); benchmarks/selftest.py sets it to the GPU."""
 import os
 
 import torch

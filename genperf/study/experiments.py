@@ -1,266 +1,65 @@
-"""python -m genperf.study EXPERIMENT|all --out DIR [--seeds N] [--quick]: the study's experiments, reproduced.
-
-Each experiment trains what it needs with genperf.train, once per seed (or reuses the run directories
-under --runs, default DIR/runs, so experiments that share models train them once), then writes
-DIR/report.md, its figures (PNG) and DIR/results.json: every number as the mean and standard deviation
-over the seeds with each seed's value, and a verdict on each claim of the source study it tests. `all`
-runs every experiment into DIR/NAME and writes a summary DIR/report.md. --quick is a smoke test on the
-bundled `digits` data for tests and CI; the full versions train on MNIST (--data-root).
-"""
+"""The seven experiments of the study, each a function of a Study (genperf.study.runner) that trains what it
+needs, draws its figures, states its numbers with their spread over seeds, and judges the source study's claims."""
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
-import shutil
-import sys
-import time
 
 import torch
 
-import genperf
-from genperf import checkpoint, metrics, train
-from genperf.errors import GenperfError
+from genperf import metrics
 from genperf.evaluate import evaluate_run
-from genperf.runlog import atomic_write_text, pyplot, read_metrics
+from genperf.runlog import pyplot
 from genperf.sample import slerp
+from genperf.study.report import coverage_curves, curves, seed_spread, show_rows
+from genperf.study.runner import Study
+from genperf.study.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, late_gain, mean_std, pm, spread,
+                                 values_of, verdict)
 
 # Training budgets in epochs: quick on the 8x8 digits (24 steps an epoch), full on MNIST (141). A quick budget is
 # the least at which the model shows what its experiments look at: a DCGAN's classifier FID on digits is 478
 # after 3 epochs (noise), 82 after 10 and 33 after 30; RealNVP at the width below rose by 0.24 held-out bits/dim
 # once within 12 epochs, a narrower one (8 channels, 1 block) never in 20.
 QUICK_EPOCHS, FULL_EPOCHS = 30, 20
-STUDY_OPTIONS = "study-options.json"  # in each run folder: the genperf.train options the study trained it with
 COLLAPSED_KL = 0.1  # nats: a VAE whose held-out KL is below this encodes nothing
 
 # Quick VAEs see the digits upsampled to MNIST's 28x28 for 20 epochs: over 8x8 pixels the binary cross-entropy
 # rewards a latent so little that beta 4 and above collapse to the mean digit, and in 3 epochs even beta 1 did
 # (KL 0.5 nats); at 28x28 beta 1 / 10 / 100 reach KL 14 / 1.9 / 0 nats.
-QUICK_VAE = ["--image-size", "28", "--epochs", "20"]
-REALNVP = ["--mid-channels", "16", "--num-blocks", "2", "--amp", "--epochs", "12"]  # 0.32M parameters: CPU-sized
+QUICK_VAE = {"image_size": 28, "epochs": 20}
+REALNVP = {"mid_channels": 16, "num_blocks": 2, "amp": True, "epochs": 12}  # 0.32M parameters: CPU-sized
 
 
-class Study:
-    def __init__(self, args, experiment, out=None):
-        self.experiment, self.quick, self.out = experiment, args.quick, out or args.out
-        self.runs = args.runs or os.path.join(args.out, "runs")
-        self.data = ["--data", "digits"] if args.quick else ["--data", args.data, "--data-root", args.data_root]
-        self.device, self.seeds = args.device, args.seeds or default_seeds(experiment, args.quick)
-        self.inception_weights = args.inception_weights
-        self.lines, self.results = [], {}
-        self.headlines, self.claims = [], []  # rows of the summary table, verdicts on the source study's claims
-        os.makedirs(self.out, exist_ok=True)
-
-    # ---- training and loading ----
-    def _options(self, model, options, seed):
-        """What makes a run the one asked for: model, data, options and seed (not its length, which stages grow)."""
-        return [model, *(self.data if "--data" not in options else []), *options, "--seed", str(seed)]
-
-    @staticmethod
-    def _check_reuse(out, wanted):
-        """A run folder that an earlier study trained with other options (a quick run, an older budget) is not the
-        run asked for: refuse it rather than report it."""
-        path = os.path.join(out, STUDY_OPTIONS)
-        if os.path.exists(path):
-            with open(path) as f:
-                before = json.load(f)
-            if before != wanted:
-                raise GenperfError(f"{out} was trained with `{' '.join(before)}`, not the `{' '.join(wanted)}` asked "
-                                   "for now; give the study another --runs folder or move that run away")
-
-    def _train(self, name, model, options, seed, steps=None):
-        """python -m genperf.train MODEL --seed SEED into RUNS/name, resuming what is there."""
-        out, wanted = os.path.join(self.runs, name), self._options(model, options, seed)
-        argv = [*wanted, "--out", out, "--device", self.device, *(["--steps", str(steps)] if steps else []),
-                *(["--log-every", "5"] if "--log-every" not in options else [])]
-        if checkpoint.find(out):
-            argv.append("--resume")  # an interrupted study picks up where it stopped
-        print(f"genperf.study: training {name}: python -m genperf.train {' '.join(argv)}", flush=True)
-        if train.main(argv) != 0:
-            raise GenperfError(f"training {name} failed (see above)")
-        atomic_write_text(json.dumps(wanted), os.path.join(out, STUDY_OPTIONS))
-        return out
-
-    @staticmethod
-    def run_name(name, seed):
-        """Seed 0 keeps the plain name, so runs trained before --seeds existed are reused."""
-        return name if seed == 0 else f"{name}-seed{seed}"
-
-    def train(self, name, model, *options, seed=0):
-        """The run directory RUNS/name[-seedN], trained unless it already finished (summary.json present)."""
-        name = self.run_name(name, seed)
-        out = os.path.join(self.runs, name)
-        self._check_reuse(out, self._options(model, options, seed))  # finished, or interrupted and resumed below
-        if os.path.exists(os.path.join(out, "summary.json")):
-            return out
-        return self._train(name, model, options, seed)
-
-    def train_stages(self, name, model, stages, *options, seed=0):
-        """Trains RUNS/name[-seedN] to each step count of `stages` in turn (through --resume, which
-        continues bit-exactly) and keeps a copy of the checkpoint of each, beside it in the run folder:
-        [(steps, checkpoint path)]."""
-        name = self.run_name(name, seed)
-        out, snapshots = os.path.join(self.runs, name), []
-        self._check_reuse(out, self._options(model, options, seed))
-        for steps in stages:
-            snapshot = os.path.join(out, f"checkpoint-step{steps:06d}.pt")
-            if not os.path.exists(snapshot):
-                self._train(name, model, options, seed, steps=steps)
-                shutil.copyfile(os.path.join(out, checkpoint.CHECKPOINT), snapshot)
-            snapshots.append((steps, snapshot))
-        return snapshots
-
-    # The runs several experiments share, spelled once so that a reused run is the one asked for.
-    def dcgan(self, seed):
-        return self.train("dcgan", "dcgan", *self.epochs(), seed=seed)
-
-    def vae(self, seed):
-        return self.train("vae-beta1", "vae", "--beta", "1", *self.vae_budget(), seed=seed)
-
-    def flow(self, seed):
-        """RealNVP with held-out bits/dim every few steps (evolution shows its samples, flow-stability its curve)."""
-        every = "10" if self.quick else "50"
-        return self.train("realnvp", "realnvp", *REALNVP, "--eval-every", every, seed=seed)
-
-    def family_runs(self, seed):
-        """A DCGAN, a VAE and a RealNVP."""
-        return {"DCGAN": self.dcgan(seed), "VAE": self.vae(seed), "RealNVP": self.flow(seed)}
-
-    def epochs(self, quick=QUICK_EPOCHS, full=FULL_EPOCHS):
-        return ["--epochs", str(quick if self.quick else full)]
-
-    def vae_budget(self):
-        return QUICK_VAE if self.quick else self.epochs()
-
-    def load(self, run, checkpoint=None):
-        return genperf.load(run, self.device, checkpoint)
-
-    # ---- report ----
-    def say(self, text=""):
-        self.lines.append(text)
-
-    def figure(self, fig, name, caption):
-        path = os.path.join(self.out, name)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        pyplot().close(fig)
-        self.say(f"![{caption}]({name})\n\n*{caption}*\n")
-        return path
-
-    def headline(self, what, entry, key, digits=2):
-        """A row of the summary table: `what`, and entry[key] as mean +- std over the seeds."""
-        self.headlines.append((self.experiment, what, pm(entry, key, digits), len(entry["per_seed"])))
-
-    def claim(self, text, verdict, evidence):
-        self.claims.append({"experiment": self.experiment, "claim": text, "verdict": verdict, "evidence": evidence})
-        self.say(f"**Claim: {text}** Verdict: **{verdict}** ({evidence}).\n")
-
-    def write(self, seconds):
-        self.seconds = seconds
-        self.results.update(wall_time_s=seconds, seeds=self.seeds, claims=self.claims)
-        with open(os.path.join(self.out, "results.json"), "w") as f:
-            json.dump(self.results, f, indent=2)
-        seeds = ",".join(map(str, self.seeds))
-        head = [f"# {self.experiment}{' (quick)' if self.quick else ''}", ""]
-        if self.quick:
-            head += [QUICK_WARNING, ""]
-        head += [f"`python -m genperf.study {self.experiment} --out {self.out} --seeds {seeds}"
-                 f"{' --quick' if self.quick else ''}`: {seconds:.0f} s on {self.device}, seeds {seeds}; runs in "
-                 f"`{self.runs}`; numbers in `results.json`. A value shown as m +- s is the mean over the seeds and "
-                 f"their sample standard deviation.", ""]
-        with open(os.path.join(self.out, "report.md"), "w") as f:
-            f.write("\n".join(head + self.lines) + "\n")
+def epochs(s: Study, quick=QUICK_EPOCHS, full=FULL_EPOCHS):
+    return {"epochs": quick if s.quick else full}
 
 
-QUICK_WARNING = ("**Quick budgets are smoke tests**: minutes of CPU on the 8x8 `digits` (VAEs on them upsampled to 28x28) "
-                 "and 300-600 generator updates on ring8; they show that every experiment runs end to end, not what the full budgets find.")
+def vae_budget(s: Study):
+    return QUICK_VAE if s.quick else epochs(s)
 
 
-# ---- aggregation over seeds ----
-
-def mean_std(values):
-    """Mean and sample standard deviation (n - 1); the deviation is None for a single value."""
-    values = [float(v) for v in values]
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+# The runs several experiments share, spelled once so that a reused run is the one asked for.
+def dcgan(s: Study, seed):
+    return s.train("dcgan", "dcgan", epochs(s), seed=seed)
 
 
-def spread(per_seed):
-    """{seed: {metric: value}} -> {metric: mean, metric_std: std, ..., "per_seed": {seed: {metric: value}}}."""
-    keys = next(iter(per_seed.values())).keys()
-    out = {}
-    for key in keys:
-        out[key], out[f"{key}_std"] = mean_std([values[key] for values in per_seed.values()])
-    out["per_seed"] = {str(seed): dict(values) for seed, values in per_seed.items()}
-    return out
+def vae(s: Study, seed):
+    return s.train("vae-beta1", "vae", {"beta": 1, **vae_budget(s)}, seed=seed)
 
 
-def pm(entry, key, digits=2):
-    std = entry[f"{key}_std"]
-    return f"{entry[key]:.{digits}f}" + (f" +- {std:.{digits}f}" if std is not None else " (one seed)")
+def flow(s: Study, seed):
+    """RealNVP with held-out bits/dim every few steps (evolution shows its samples, flow-stability its curve)."""
+    return s.train("realnvp", "realnvp", {**REALNVP, "eval_every": 10 if s.quick else 50}, seed=seed)
 
 
-def values_of(entry, key):
-    return [values[key] for values in entry["per_seed"].values()]
-
-
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive at this budget"
-
-
-def verdict(higher, lower, smallest):
-    """The claim "higher exceeds lower by at least `smallest`" (lists of per-seed values, or a fixed number
-    as `lower`), judged from the difference of means d and its standard error se (Welch): reproduced when
-    d - 2 se >= smallest (the interval clears the smallest effect that counts), not reproduced when
-    d + 2 se < smallest (the data rule such an effect out, or show the opposite), inconclusive when the
-    interval straddles it. Returns (verdict, text)."""
-    samples = [higher] if isinstance(lower, (int, float)) else [higher, lower]
-    if any(len(v) < 2 for v in samples):
-        return INCONCLUSIVE, "one seed: no spread to judge a difference by"
-    stats = [mean_std(v) for v in samples]
-    d = stats[0][0] - (stats[1][0] if len(stats) > 1 else lower)
-    se = math.sqrt(sum(std ** 2 / len(v) for (_, std), v in zip(stats, samples)))
-    text = f"difference {d:+.3g} +- {2 * se:.2g} (2 standard errors, {len(higher)} seeds)"
-    if d + 2 * se < smallest:
-        return NOT_REPRODUCED, text + f"; an effect of {smallest:.3g} or more is ruled out"
-    if d - 2 * se >= smallest:
-        return REPRODUCED, text
-    return INCONCLUSIVE, text + f"; it may or may not reach {smallest:.3g}"
+def family_runs(s: Study, seed):
+    """A DCGAN, a VAE and a RealNVP."""
+    return {"DCGAN": dcgan(s, seed), "VAE": vae(s, seed), "RealNVP": flow(s, seed)}
 
 
 def to_float(images):
     return images.float() / 255 if images.dtype == torch.uint8 else images.float()
 
-
-def image_grid(images, nrow):
-    import torchvision
-
-    grid = torchvision.utils.make_grid(images.float().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
-    return grid.permute(1, 2, 0).numpy()
-
-
-def show_rows(rows, row_labels, title, col_labels=None):
-    """A figure of image rows (each (K, C, H, W)), one labelled row each."""
-    plt = pyplot()
-    fig, axes = plt.subplots(len(rows), 1, figsize=(1.1 * rows[0].shape[0] + 1, 1.2 * len(rows) + 0.6), squeeze=False)
-    for ax, row, label in zip(axes[:, 0], rows, row_labels):
-        ax.imshow(image_grid(row, len(row)), cmap="gray")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center")
-    if col_labels:
-        axes[0, 0].set_title("   ".join(col_labels), fontsize=8)
-    fig.suptitle(title)
-    return fig
-
-
-def curves(run):
-    records = read_metrics(os.path.join(run, "metrics.jsonl"))
-    return [r for r in records if r["split"] == "train"], [r for r in records if r["split"] == "heldout"]
-
-
-# ---- experiments ----
 
 def epochs_shown(run):
     """The first, middle and last epoch of a run."""
@@ -269,7 +68,7 @@ def epochs_shown(run):
 
 
 def evolution(s: Study):
-    runs = {seed: s.family_runs(seed) for seed in s.seeds}
+    runs = {seed: family_runs(s, seed) for seed in s.seeds}
     shown = runs[s.seeds[0]]
     plt = pyplot()
     picks = {family: epochs_shown(run) for family, run in shown.items()}
@@ -300,7 +99,7 @@ def evolution(s: Study):
 
 def interpolation(s: Study, steps=9):
     seed = s.seeds[0]
-    runs = s.family_runs(seed)
+    runs = family_runs(s, seed)
     t = torch.linspace(0, 1, steps)
     rows, labels = [], []
     for family, run in runs.items():
@@ -325,16 +124,16 @@ def interpolation(s: Study, steps=9):
 
 
 def latent_sweep(s: Study, values=torch.linspace(-3, 3, 9)):
-    specs = [("dcgan-z10", "DCGAN, 10-d latent", "dcgan", ["--latent-dim", "10", *s.epochs(full=10)]),
-             ("beta-vae-z10", "beta-VAE (beta 4), 10-d", "beta-vae", ["--latent-dim", "10", "--beta", "4", *s.vae_budget()]),
-             ("beta-vae-z32", "beta-VAE (beta 4), 32-d", "beta-vae", ["--latent-dim", "32", "--beta", "4", *s.vae_budget()])]
+    specs = [("dcgan-z10", "DCGAN, 10-d latent", "dcgan", {"latent_dim": 10, **epochs(s, full=10)}),
+             ("beta-vae-z10", "beta-VAE (beta 4), 10-d", "beta-vae", {"latent_dim": 10, "beta": 4, **vae_budget(s)}),
+             ("beta-vae-z32", "beta-VAE (beta 4), 32-d", "beta-vae", {"latent_dim": 32, "beta": 4, **vae_budget(s)})]
     s.results = {}
     s.say(f"Each row sweeps one latent dimension from -3 to 3 with the others fixed at a prior draw (figures: seed "
           f"{s.seeds[0]}). A dimension is active when it changes the image by more than 1% on average.\n")
     for name, title, model, options in specs:
         active, shown = {}, None
         for seed in s.seeds:
-            objective = s.load(s.train(name, model, *options, seed=seed)).objective
+            objective = s.load(s.train(name, model, options, seed=seed)).objective
             base = objective.noise(1, torch.Generator().manual_seed(2)).to(s.device)
             rows = []
             for d in range(base.shape[1]):
@@ -358,8 +157,8 @@ def latent_sweep(s: Study, values=torch.linspace(-3, 3, 9)):
 # (genperf's MLPGenerator/MLPDiscriminator), 2-d noise, batch 256, 5 critic steps per generator step,
 # each model's own optimizer (WGAN-GP: Adam 1e-4 (0.5, 0.9); WGAN: RMSprop 5e-5, clip 0.01; DCGAN: Adam
 # 2e-4 (0.5, 0.999)) and the script's penalty weight 0.1 ("smaller lambda seems to help for toy tasks").
-TOY_PROTOCOL = ["--latent-dim", "2", "--batch-size", "256", "--log-every", "100"]
-MODE_COLLAPSE_MODELS = {"dcgan": [], "wgan-gp": ["--gp-weight", "0.1"], "wgan": ["--clip", "0.01"]}
+TOY_PROTOCOL = {"latent_dim": 2, "batch_size": 256, "log_every": 100}
+MODE_COLLAPSE_MODELS = {"dcgan": {}, "wgan-gp": {"gp_weight": 0.1}, "wgan": {"clip": 0.01}}
 # Generator updates per run (the script runs 100k; see README for the CPU budget behind the full one), scored
 # every `every` updates. DCGAN's update costs a fifth of a WGAN's 5 critic steps, so it gets 3x the updates
 # (still less CPU time): a collapse must outlast that, not just be slower learning.
@@ -385,8 +184,8 @@ def mode_collapse(s: Study):
             shown = [updates * k // columns * critic_steps for k in range(1, columns + 1)]
             history, final = {}, {}
             for seed in s.seeds:
-                snapshots = s.train_stages(f"{model}-{toy}", model, stage_steps, "--data", toy, *TOY_PROTOCOL,
-                                           *options, seed=seed)
+                snapshots = s.train_stages(f"{model}-{toy}", model, stage_steps,
+                                           {"data": toy, **TOY_PROTOCOL, **options}, seed=seed)
                 for steps, snapshot in snapshots:
                     loaded = s.load(os.path.dirname(snapshot), snapshot)
                     points = loaded.sample(2500, seed=3).cpu()
@@ -444,58 +243,15 @@ def mode_collapse(s: Study):
                 outcome, text)
 
 
-def late_gain(history, key):
-    """How much `key` grew over the last third of training: the mean of the per-seed changes from the stage
-    at two thirds of the budget to the last, two standard errors of it, and whether it clearly still rises."""
-    first, last = history[2 * len(history) // 3 - 1]["per_seed"], history[-1]["per_seed"]
-    gain, std = mean_std([last[seed][key] - first[seed][key] for seed in last])
-    band = 0.0 if std is None else 2 * std / math.sqrt(len(last))
-    return gain, band, std is not None and gain - band > 0
-
-
-def coverage_curves(results):
-    plt = pyplot()
-    fig, axes = plt.subplots(len(results), 2, figsize=(10, 3.2 * len(results)), squeeze=False)
-    for row, (toy, models) in zip(axes, results.items()):
-        for ax, key in zip(row, ("modes_covered", "high_quality")):
-            for model, r in models.items():
-                x = [h["generator_steps"] for h in r["history"]]
-                mean = [h[key] for h in r["history"]]
-                std = [h[f"{key}_std"] or 0.0 for h in r["history"]]
-                ax.plot(x, mean, "o-", ms=3, label=model)
-                ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)], alpha=0.2)
-            ax.set_title(f"{toy}: {key.replace('_', ' ')}", fontsize=10)
-            ax.set_xlabel("generator updates")
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def seed_spread(entries, key, title, ylabel):
-    """Each configuration's per-seed values (dots) and mean +- std (bar): {label: entry of spread()}."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(1.6 * len(entries) + 2, 3.2))
-    for x, (label, entry) in enumerate(entries.items()):
-        values = values_of(entry, key)
-        ax.plot([x] * len(values), values, "o", color="0.5", ms=4)
-        ax.errorbar([x + 0.15], [entry[key]], yerr=[entry[f"{key}_std"] or 0.0], fmt="s", color="tab:red", capsize=4)
-    ax.set_xticks(range(len(entries)), list(entries))
-    ax.set_xlim(-0.5, len(entries) - 0.5)
-    ax.set_title(title, fontsize=10)
-    ax.set_ylabel(ylabel)
-    fig.tight_layout()
-    return fig
-
-
 def label_smoothing(s: Study):
-    variants = {"without": ("dcgan", []), "with": ("dcgan-smoothing", ["--label-smoothing"])}
+    variants = {"without": ("dcgan", {}), "with": ("dcgan-smoothing", {"label_smoothing": True})}
     wanted = ["classifier_fid"] + (["inception_fid"] if s.inception_weights else [])
     scores, rows = {label: {} for label in variants}, []
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     for label, (name, options) in variants.items():
         for seed in s.seeds:
-            run = s.train(name, "dcgan", *options, *s.epochs(), seed=seed)  # "without" is s.dcgan(seed)
+            run = s.train(name, "dcgan", {**options, **epochs(s)}, seed=seed)  # "without" is dcgan(s, seed)
             loaded = s.load(run)
             got = evaluate_run(loaded, metrics=wanted, fid_samples=1000, inception_weights=s.inception_weights)
             accuracy, compared = got["classifier_accuracy"], got["fid_samples"]
@@ -542,8 +298,8 @@ def beta_sweep(s: Study):
     recon_rows, sample_rows, labels, scores = [], [], [], {}
     for beta in betas:
         for seed in s.seeds:
-            run = s.vae(seed) if beta == 1 else s.train(f"beta-vae-beta{beta}", "beta-vae", "--beta", str(beta),
-                                                        *s.vae_budget(), seed=seed)
+            run = vae(s, seed) if beta == 1 else s.train(f"beta-vae-beta{beta}", "beta-vae",
+                                                         {"beta": beta, **vae_budget(s)}, seed=seed)
             loaded = s.load(run)
             got = evaluate_run(loaded, metrics=["elbo", "nll"], samples=50 if s.quick else 200)
             scores.setdefault(beta, {})[seed] = {"heldout_elbo": got["elbo"], "heldout_nll_importance_sampled": got["nll"],
@@ -601,7 +357,7 @@ def flow_stability(s: Study):
     fig, ax = plt.subplots(figsize=(8, 4))
     found, held_curves = {}, {}
     for seed in s.seeds:
-        run = s.flow(seed)
+        run = flow(s, seed)
         train_log, held = curves(run)
         if seed == s.seeds[0]:
             shown = run
@@ -633,98 +389,3 @@ def flow_stability(s: Study):
 RUNNERS = {"evolution": evolution, "interpolation": interpolation, "latent-sweep": latent_sweep,
            "mode-collapse": mode_collapse, "label-smoothing": label_smoothing, "beta-sweep": beta_sweep,
            "flow-stability": flow_stability}
-
-
-def parse_seeds(text):
-    """--seeds: a count N (seeds 0..N-1) or a comma-separated list of seeds."""
-    try:
-        seeds = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count or a comma-separated list of seeds, got {text!r}") from None
-    if len(seeds) == 1:
-        if seeds[0] < 1:
-            raise argparse.ArgumentTypeError(f"the number of seeds must be >= 1, got {seeds[0]}")
-        return list(range(seeds[0]))
-    if len(set(seeds)) < len(seeds) or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"seeds must be distinct and >= 0, got {text}")
-    return seeds
-
-
-# Seeds per experiment when --seeds is not given: five for the toys (cheap, and the noisiest metric), three
-# for the image experiments; two for the --quick smoke tests.
-DEFAULT_SEEDS = {"mode-collapse": 5}
-FULL_SEEDS, QUICK_SEEDS = 3, 2
-
-
-def default_seeds(name, quick):
-    return list(range(QUICK_SEEDS if quick else DEFAULT_SEEDS.get(name, FULL_SEEDS)))
-
-
-def run_experiment(args, name, out):
-    study = Study(args, name, out)
-    t0 = time.perf_counter()
-    RUNNERS[name](study)
-    study.write(time.perf_counter() - t0)
-    print(f"genperf.study: {name} done in {time.perf_counter() - t0:.0f} s; report {out}/report.md", flush=True)
-    return study
-
-
-def write_summary(args, studies, seconds):
-    """OUT/report.md of `study all`: every headline number with its spread, and the verdicts."""
-    given = f" --seeds {','.join(map(str, args.seeds))}" if args.seeds else ""
-    lines = [f"# The study{' (quick)' if args.quick else ''}", ""]
-    if args.quick:
-        lines += [QUICK_WARNING, ""]
-    lines += [f"`python -m genperf.study all --out {args.out}{given}{' --quick' if args.quick else ''}`: "
-              f"{seconds:.0f} s on {args.device} (" + ", ".join(f"{st.experiment} {st.seconds:.0f} s" for st in studies)
-              + "). Each experiment's report, figures and numbers are in its own folder; m +- s is the mean over the "
-              "seeds and their sample standard deviation.", "",
-              "| experiment | quantity | mean +- std | seeds |", "| --- | --- | --- | --- |"]
-    lines += [f"| [{exp}]({exp}/report.md) | {what} | {value} | {n} |" for st in studies for exp, what, value, n in
-              st.headlines]
-    lines += ["", "## The source study's claims", "",
-              "Judged from the seeds' spread (`genperf.study.verdict`): with d the difference of the means and se its "
-              "standard error, *reproduced* when d - 2 se reaches the smallest effect the claim counts, *not "
-              "reproduced* when d + 2 se stays below it (ruled out, or the opposite), *inconclusive at this budget* "
-              "when the interval straddles it.", "", "| claim | verdict | evidence |", "| --- | --- | --- |"]
-    lines += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for st in studies for c in st.claims]
-    with open(os.path.join(args.out, "report.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"wall_time_s": seconds, "experiments": {st.experiment: st.results for st in studies}}, f, indent=2)
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m genperf.study", description=__doc__.split("\n")[0])
-    p.add_argument("experiment", choices=["all", *RUNNERS], help="one experiment, or all of them (each into OUT/NAME)")
-    p.add_argument("--out", required=True, help="report folder: report.md, figures, results.json")
-    p.add_argument("--seeds", type=parse_seeds, metavar="N|S1,S2,...",
-                   help="train every configuration with seeds 0..N-1 (or the seeds listed) and report mean +- std "
-                        f"(default: {DEFAULT_SEEDS['mode-collapse']} for mode-collapse, {FULL_SEEDS} for the others, "
-                        f"{QUICK_SEEDS} with --quick)")
-    p.add_argument("--quick", action="store_true", help="smoke-test budgets on the bundled digits data (minutes)")
-    p.add_argument("--runs", help="folder of the training runs, shared between experiments (default OUT/runs)")
-    p.add_argument("--data", default="mnist", help="image data of the full versions (default mnist)")
-    p.add_argument("--data-root", default="data", help="where --data lives (default ./data, where MNIST is downloaded)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="where to train and evaluate (default: cuda when available)")
-    p.add_argument("--inception-weights", help="local FID Inception weights file; adds the standard FID "
-                                               "(needs torchmetrics[image]) to label-smoothing")
-    args = p.parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        if args.experiment != "all":
-            run_experiment(args, args.experiment, args.out)
-            return 0
-        args.runs = args.runs or os.path.join(args.out, "runs")
-        studies = [run_experiment(args, name, os.path.join(args.out, name)) for name in RUNNERS]
-    except GenperfError as e:
-        print(f"genperf.study: error: {e}", file=sys.stderr, flush=True)
-        return 2
-    write_summary(args, studies, time.perf_counter() - t0)
-    print(f"genperf.study: all done in {time.perf_counter() - t0:.0f} s; summary {args.out}/report.md", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

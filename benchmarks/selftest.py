@@ -1,5 +1,6 @@
-"""python -m genperf.selftest --out DIR [--quick] [--device D]: every GPU path of genperf, checked and
-measured in one command, on whatever device is here (the CPU runs the same checks at small sizes).
+"""python benchmarks/selftest.py --out DIR [--quick] [--device D]: every GPU path of genperf, checked and
+measured in one command, on whatever device is here (the CPU runs the same checks at small sizes). It runs from
+a source checkout: it builds the extension in place when missing, runs tests/ops and the benchmarks here.
 
 Stages, in order, under one time budget (--budget-s, the build included; a stage that would start past
 it is skipped and says so), most in subprocesses with their own time limit so that a hang cannot stall
@@ -44,13 +45,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # budget is two runs in a 15-minute GPU window, so the last stages of a first run may be skipped.
 BUDGET_S = 400
 CORRECTNESS = ("build", "op-tests", "train", "fsdp", "resume", "dali")
-MODELS = {  # tiny versions of every model for the train stage
-    "realnvp": ["--mid-channels", "8", "--num-blocks", "1"],
-    "dcgan": ["--latent-dim", "16"],
-    "wgan-gp": ["--latent-dim", "16", "--critic-iters", "2"],
-    "wgan": ["--latent-dim", "16", "--critic-iters", "2"],
-    "vae": [],
-    "beta-vae": [],
+MODELS = {  # tiny versions of every model for the train stage (genperf.config's option names)
+    "realnvp": {"mid_channels": 8, "num_blocks": 1},
+    "dcgan": {"latent_dim": 16},
+    "wgan-gp": {"latent_dim": 16, "critic_iters": 2},
+    "wgan": {"latent_dim": 16, "critic_iters": 2},
+    "vae": {},
+    "beta-vae": {},
 }
 
 
@@ -140,13 +141,13 @@ def stage_build(suite):
         if proc.returncode:
             return "fail", f"the build failed ({reason})", {"output": _output(proc)}
         # A fresh interpreter imports the new build (the build's seconds go with it, into the budget).
-        os.execv(sys.executable, [sys.executable, "-m", "genperf.selftest", *sys.argv[1:],
+        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:],
                                   "--built-s", f"{time.perf_counter() - t0:.1f}"])
     if reason:
         return "fail", f"{reason} after building", {}
-    from genperf.ops.backends import _REASONS, available_backends
+    from genperf.ops.backends import available_backends, unavailable_backends
 
-    data = {"backends": available_backends(), "unavailable": {k: v for k, v in _REASONS.items() if v},
+    data = {"backends": available_backends(), "unavailable": unavailable_backends(),
             "torch": torch.__version__, "python": platform.python_version(),
             "device_name": torch.cuda.get_device_name() if want_cuda else platform.processor() or "cpu"}
     try:
@@ -199,12 +200,16 @@ def _junit_counts(path):
     return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
 
 
-def _train(suite, model, out, *extra, steps=30):
-    cmd = [sys.executable, "-m", "genperf.train", model, "--data", "digits", "--image-size", "16", "--batch-size", "32",
-           "--steps", str(steps), "--log-every", "5", "--out", out, "--device", suite.device, *MODELS[model], *extra]
+def _train(suite, model, out, extra, steps=30):
+    """python -m genperf.train of `model` (MODELS' size) with the options `extra`, in a process of its own."""
+    from genperf import config
+
+    options = dict(data="digits", image_size=16, batch_size=32, steps=steps, log_every=5, out=out, device=suite.device,
+                   **MODELS[model], **extra)
+    cmd = [sys.executable, "-m", "genperf.train", *config.to_argv(config.make(model, **options))]
     proc = suite.command(cmd, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")} if suite.device == "cpu" else None)
     if proc.returncode:
-        raise RuntimeError(f"{model} {' '.join(extra)} exited {proc.returncode}: {_tail(proc.stderr, 800)}")
+        raise RuntimeError(f"{model} {extra} exited {proc.returncode}: {_tail(proc.stderr, 800)}")
     with open(os.path.join(out, "metrics.jsonl")) as f:
         train = [r for r in map(json.loads, f) if r["split"] == "train"]
     with open(os.path.join(out, "summary.json")) as f:
@@ -217,14 +222,14 @@ def _train_side_by_side(suite, jobs):
     correctness, not speed). Returns their results in order."""
     workers = len(jobs) if suite.device == "cuda" else max(1, min(len(jobs), os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda job: _train(suite, job[0], job[1], *job[2], steps=job[3]), jobs))
+        return list(pool.map(lambda job: _train(suite, job[0], job[1], job[2], steps=job[3]), jobs))
 
 
 def stage_train(suite):
     import math
 
     compile_all = not (suite.args.quick and suite.device == "cpu")
-    flags = {model: ["--amp"] + (["--compile"] if compile_all or model == "vae" else []) for model in MODELS}
+    flags = {model: {"amp": True, "compile": compile_all or model == "vae"} for model in MODELS}
     runs = dict(zip(MODELS, _train_side_by_side(suite, [(m, os.path.join(suite.tmp, f"train-{m}"), flags[m], 30)
                                                          for m in MODELS])))
     results, problems = {}, []
@@ -248,8 +253,8 @@ def stage_fsdp(suite):
     import torch
 
     nproc = max(1, torch.cuda.device_count()) if suite.device == "cuda" else 2
-    train, summary, proc = _train(suite, "realnvp", os.path.join(suite.tmp, "fsdp"), "--amp", "--fsdp", "--nproc",
-                                  str(nproc), steps=20)
+    train, summary, proc = _train(suite, "realnvp", os.path.join(suite.tmp, "fsdp"),
+                                  {"amp": True, "fsdp": True, "nproc": nproc}, steps=20)
     backend = "nccl" if suite.device == "cuda" else "gloo"
     note = f"{nproc} rank(s), {backend}" + (" (a 2-rank nccl job needs 2 GPUs; this machine has 1)" if nproc == 1 else "")
     ok = train[-1]["bits_per_dim"] < train[0]["bits_per_dim"]
@@ -261,8 +266,8 @@ def stage_resume(suite):
     import torch
 
     whole, parts = os.path.join(suite.tmp, "whole"), os.path.join(suite.tmp, "parts")
-    _train_side_by_side(suite, [("realnvp", whole, ["--amp"], 20), ("realnvp", parts, ["--amp"], 10)])
-    _train(suite, "realnvp", parts, "--amp", "--resume", steps=20)
+    _train_side_by_side(suite, [("realnvp", whole, {"amp": True}, 20), ("realnvp", parts, {"amp": True}, 10)])
+    _train(suite, "realnvp", parts, {"amp": True, "resume": True}, steps=20)
     a = torch.load(os.path.join(whole, "checkpoint.pt"), weights_only=True)["models"]["realnvp"]
     b = torch.load(os.path.join(parts, "checkpoint.pt"), weights_only=True)["models"]["realnvp"]
     worst = max(((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)).item() for k in a)
@@ -380,7 +385,7 @@ def write_report(suite, out):
 def main(argv=None):
     import torch
 
-    p = argparse.ArgumentParser(prog="python -m genperf.selftest", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/selftest.py", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="folder for selftest.json and selftest.md")
     p.add_argument("--quick", action="store_true", help="small sizes and fewer repetitions")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])

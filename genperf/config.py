@@ -1,0 +1,232 @@
+"""Every training option, once: the table below (and each model family's own, genperf.families) is what the
+command line, the checks, config.json, the comparison on --resume, genperf.load, the Python API, the study, the
+selftest and the benchmarks all derive from.
+
+A config is an argparse.Namespace with one attribute per option plus `model`; `parse_args(argv)` makes one from
+a command line, `make(model, **options)` from Python."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from genperf import checkpoint
+from genperf.data import DATASETS, LOADERS, POINT_SETS, default_loader
+from genperf.distributed import default_nproc
+from genperf.errors import GenperfError
+from genperf.families import FAMILIES, FAMILY_OF, MODELS
+from genperf.ops.backends import NAMES as BACKENDS
+from genperf.options import PER_MODEL, Option
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+IMAGE_MODELS_WITH_ARCH = ("vae", "beta-vae", "realnvp")
+
+
+def _image_data(config):
+    return config.data not in POINT_SETS
+
+
+COMMON = (
+    Option("data", f"one of {', '.join(DATASETS)} (default mnist)", default="mnist", type=str),
+    Option("data_root", "folder holding the data set (default ./data)", default="data", type=str, resumable=True),
+    Option("download", "never download missing data", default=True, flag="--no-download", resumable=True),
+    Option("image_size", "resize images to this size (default: the data set's own)", type=int, applies=_image_data,
+           at_least=1),
+    Option("channels", "channels of --data synthetic (default 3)", default=3, type=int,
+           applies=lambda c: c.data == "synthetic", at_least=1),
+    Option("epochs", "epochs to train (default: " + ", ".join(f"{m} {f.models[m]['epochs']}" for f in FAMILIES
+                                                            for m in f.models) + ")",
+           default=PER_MODEL, type=int, resumable=True, at_least=1),
+    Option("steps", "total training steps; overrides --epochs. A step is one batch for the discriminator or critic: "
+                    "a WGAN's generator steps every --critic-iters", type=int, resumable=True, at_least=1),
+    Option("batch_size", "global batch size, split over the ranks", default=64, type=int, at_least=1),
+    Option("lr", "learning rate (default depends on the model)", default=PER_MODEL, type=float, above=0),
+    Option("seed", "seed of the initial weights, the data order and the noise (default 0)", default=0, type=int),
+    Option("device", "cpu, cuda or cuda:N (default: cuda when a GPU is visible)",
+           default="cuda" if torch.cuda.is_available() else "cpu", type=str),
+    Option("arch", "realnvp: mnist or celeba64 (default: the preset matching the data); vae: mlp or conv (default mlp "
+                   "up to 32x32, conv above)", type=str, models=IMAGE_MODELS_WITH_ARCH),
+    Option("latent_dim", "GAN and VAE latent size (default 100 for GANs, 20 for VAEs)", default=PER_MODEL, type=int,
+           models=tuple(m for f in FAMILIES for m in f.models if "latent_dim" in f.models[m]), at_least=1),
+    Option("out", "run directory (default runs/MODEL)", type=str, resumable=True),
+    Option("resume", "continue the run in --out with the options it was started with (only those that change neither "
+                     "its math nor its data may be given again, e.g. --steps, --epochs, --nproc, --data-root)",
+           default=False, resumable=True),
+    Option("amp", "mixed precision: bf16 autocast where the device has bf16 kernels, fp16 with a GradScaler on a GPU "
+                  "without bf16; a CPU without bf16 kernels (no AVX-512) trains in fp32 and says so", default=False),
+    Option("fsdp", "FSDP2 over --nproc processes (self-launched unless under torchrun)", default=False),
+    Option("nproc", "processes for --fsdp (default: the GPU count, 2 on CPU)", type=int, resumable=True, at_least=1),
+    Option("backend", "fused-op backend (default: the fastest available; reference is pure torch, for comparison)",
+           type=str, choices=BACKENDS, resumable=True),
+    Option("compile", "torch.compile the forward passes of the training step (the fused ops compile into the graph); "
+                      "the first steps then include the compilation, reported once", default=False, resumable=True),
+    Option("compile_mode", "torch.compile mode (default: default)", default="default", type=str, choices=COMPILE_MODES,
+           resumable=True),
+    Option("channels_last", "image models: weights and batches in NHWC layout", default=False, applies=_image_data,
+           resumable=True),
+    Option("tensorboard", "also write the logged scalars and sample grids to a TensorBoard event file in the run "
+                          "folder", default=False, resumable=True),
+    Option("log_every", "steps between metric lines", default=10, type=int, resumable=True, at_least=1),
+    Option("eval_every", "steps between held-out evaluations (0: epoch ends only)", default=0, type=int,
+           resumable=True, at_least=0),
+    Option("ckpt_every", "steps between checkpoints (0: at epoch ends only)", default=0, type=int, resumable=True,
+           at_least=0),
+    Option("workers", "loader threads (dali) or processes (torch) for celeba", default=2, type=int,
+           applies=lambda c: c.data == "celeba", resumable=True, at_least=0),
+    Option("loader", "celeba: NVIDIA DALI or the torchvision DataLoader (default: dali where it is installed)",
+           type=str, choices=LOADERS, applies=lambda c: c.data == "celeba", resumable=True),
+)
+OPTIONS = COMMON + tuple(option for family in FAMILIES for option in family.options)
+OPTION = {option.name: option for option in OPTIONS}
+RESUMABLE = frozenset(o.name for o in OPTIONS if o.resumable)
+MODEL_HELP = {model: family.models[model]["help"] for family in FAMILIES for model in family.models}
+
+
+def model_defaults(model):
+    """The options whose default the model's family sets (lr, epochs, latent size, beta, ...)."""
+    return {k: v for k, v in FAMILY_OF[model].models[model].items() if k != "help"}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m genperf.train", description="train one of the study's models",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="models:\n" + "\n".join(f"  {m:10s} {h}" for m, h in MODEL_HELP.items()))
+    p.add_argument("model", nargs="?", choices=MODELS, help="the model to train; optional with --resume, which reads "
+                                                          "it from the run folder")
+    for option in OPTIONS:
+        option.add_to(p, None if option.default is PER_MODEL else option.default)
+    return p
+
+
+def given_options(argv):
+    """The options `argv` sets explicitly (not by default), as {name: value}."""
+    p = build_parser()
+    for action in p._actions:
+        if action.option_strings:  # a suppressed positional would be checked against its choices
+            action.default = argparse.SUPPRESS
+    given = vars(p.parse_args(argv))
+    if given["model"] is None:
+        del given["model"]
+    return given
+
+
+def complete(config):
+    """Fills in what depends on the model or the machine: per-model defaults, --out, --nproc, --loader."""
+    for key, value in model_defaults(config.model).items():
+        if getattr(config, key) is None:
+            setattr(config, key, value)
+    config.out = config.out or os.path.join("runs", config.model)
+    config.nproc = default_nproc() if config.nproc is None else config.nproc
+    config.loader = config.loader or default_loader(config.data)
+    return config
+
+
+def parse_args(argv):
+    """The config of a command line. With --resume it starts from the options stored in the run's checkpoint, and
+    argv overrides only what it names (checkpoint.restore refuses what may not change)."""
+    argv = list(argv)
+    p = build_parser()
+    config = p.parse_args(argv)
+    if config.resume:
+        out = config.out or (os.path.join("runs", config.model) if config.model else None)
+        if out is None:
+            p.error("--resume needs --out RUN_DIR (or MODEL, for the default runs/MODEL)")
+        return resumed(out, given_options(argv))
+    if config.model is None:
+        p.error("MODEL is required (or --resume --out RUN_DIR to continue a run)")
+    return complete(config)
+
+
+def resumed(out, given):
+    """The config of the run in `out`: the options stored in its checkpoint (those added to genperf since take
+    their defaults), with `given` over them."""
+    stored = checkpoint.stored_config(out)
+    config = build_parser().parse_args([given.get("model") or stored["model"]])
+    vars(config).update(stored)
+    vars(config).update(given, out=out, resume=True)
+    return config
+
+
+def make(model=None, **options):
+    """The config of a Python call: `model` and options by name (genperf.fit's arguments); with resume=True and
+    out=RUN_DIR, the run's stored options with these over them."""
+    unknown = sorted(set(options) - set(OPTION))
+    if unknown:
+        raise GenperfError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; see "
+                           f"python -m genperf.train --help")
+    if options.get("resume"):
+        if not options.get("out"):
+            raise GenperfError("resume=True needs out=RUN_DIR")
+        return resumed(options["out"], dict(options, **({"model": model} if model else {})))
+    if model not in FAMILY_OF:
+        raise GenperfError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    config = build_parser().parse_args([model])
+    vars(config).update(options)
+    return complete(config)
+
+
+def defaults_for(config):
+    """What every option would be for `config`'s model if none were given (the loader: for its data)."""
+    defaults = complete(build_parser().parse_args([config.model]))
+    defaults.loader = default_loader(config.data)
+    return defaults
+
+
+def to_argv(config):
+    """The command line of `config` (its model and every option that differs from the default): what a worker
+    process of --fsdp parses, and what the study prints."""
+    defaults = defaults_for(config)
+    argv = [config.model]
+    for option in OPTIONS:
+        value = getattr(config, option.name, None)
+        if value == getattr(defaults, option.name) or value is None:
+            continue
+        if option.type is None:  # a flag: its presence says the non-default value
+            argv.append(option.cli)
+        else:
+            argv += [option.cli, str(value)]
+    return argv
+
+
+def check(config):
+    """Refusals that need only the options, so that they come before any worker is started or file written."""
+    for option in OPTIONS:
+        reason = option.check(getattr(config, option.name, None))
+        if reason:
+            raise GenperfError(reason)
+    family = FAMILY_OF[config.model]
+    if family.image_only and not _image_data(config):
+        raise GenperfError(f"{config.model} needs image data; {config.data} is 2-D points (GANs only)")
+    defaults = defaults_for(config)
+    for option in OPTIONS:  # set to something other than its default where it means nothing
+        if getattr(config, option.name, None) != getattr(defaults, option.name) and not option.applies_to(config):
+            raise GenperfError(f"{option.cli} does not apply to {config.model} on {config.data}")
+    if config.fsdp and config.model in family.no_fsdp:
+        raise GenperfError(f"{config.model} does not run under --fsdp yet: {family.no_fsdp[config.model]}; train "
+                           f"{config.model} without --fsdp")
+    if family.check:
+        family.check(config)
+    if config.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise GenperfError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    if config.fsdp:
+        check_nproc(config.nproc, config.device)
+
+
+def check_nproc(nproc, device):
+    """--nproc within what the machine has: a GPU per rank on CUDA, a core per rank on CPU."""
+    if torch.device(device).type == "cuda":
+        have, what = torch.cuda.device_count(), "GPU"
+    else:
+        have, what = os.cpu_count() or 1, "CPU core"
+    if nproc > have:
+        raise GenperfError(f"--nproc {nproc} asks for more ranks than this machine's {have} {what}s (one {what} "
+                           f"per rank)")
+
+
+def applicable(config):
+    """The options of `config` that mean something for its model and data (config.json's)."""
+    return {k: v for k, v in vars(config).items() if k not in OPTION or OPTION[k].applies_to(config)}

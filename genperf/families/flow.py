@@ -1,0 +1,145 @@
+"""Normalizing flows: multi-scale RealNVP trained by maximum likelihood on dequantized 8-bit images (loss:
+bits/dim), with the fused affine coupling and its memory modes (--checkpointing, --invertible)."""
+from __future__ import annotations
+
+import torch
+
+from genperf import models
+from genperf.distributed import all_reduce_sum, apply_fsdp
+from genperf.errors import GenperfError
+from genperf.families.base import Family, placer
+from genperf.metrics import draws, mean_se
+from genperf.options import Option
+from genperf.precision import make_adam
+
+
+class FlowObjective:
+    """RealNVP trained by maximum likelihood on dequantized 8-bit images; the loss is bits/dim."""
+
+    def __init__(self, model, precision, lr, device_type, clip_grad=100.0, seed=0, rank=0, world_size=1):
+        self.model, self.precision, self.clip_grad = model, precision, clip_grad
+        self.modules = {"realnvp": model}
+        self.optimizers = {"realnvp": make_adam(model.parameters(), lr, (0.9, 0.999), device_type)}
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.loss = self._loss
+
+    def compile(self, **options):
+        self.loss = torch.compile(self._loss, **options)
+
+    def dequantization_noise(self, x, step):
+        """This rank's slice of the global batch's noise, drawn from (seed, step) alone: every
+        number of ranks trains on the same numbers, and a resumed run on the same as before."""
+        if x.device.type == "meta":  # genperf.trainer's count of a step: shapes only, no generator
+            return torch.empty_like(x)
+        g = torch.Generator(x.device).manual_seed(self.seed * 1_000_003 + step)
+        noise = torch.rand((len(x) * self.world_size, *x.shape[1:]), generator=g, device=x.device)
+        return noise.tensor_split(self.world_size)[self.rank]
+
+    def noise(self, n, generator=None):
+        m = self.model
+        return torch.randn(n, m.in_channels, m.image_size, m.image_size, generator=generator)
+
+    def _loss(self, x, noise):
+        with self.precision.autocast():
+            return self.model.bits_per_dim(x, noise).mean()
+
+    def train_step(self, x, step):
+        bpd = self.loss(x, self.dequantization_noise(x, step))
+        self.precision.step(bpd, self.optimizers["realnvp"], self.clip_grad)
+        return {"bits_per_dim": bpd.detach()}
+
+    @torch.no_grad()
+    def sample(self, z):
+        with self.precision.autocast():
+            return self.model.sample(len(z), z=z)
+
+    @torch.no_grad()
+    def image_bits(self, batches):
+        """Bits/dim of every image of `batches`, in order, dequantized with noise from the global stream."""
+        out = []
+        for x in batches.epoch(0):
+            with self.precision.autocast():
+                out.append(self.model.bits_per_dim(x).float())
+        return torch.cat(out)
+
+    def evaluate(self, batches):
+        bpd = self.image_bits(batches)
+        bpd_sum, n = all_reduce_sum(torch.stack([bpd.sum(), torch.tensor(float(len(bpd)), device=bpd.device)])).tolist()
+        return {"bits_per_dim": bpd_sum / n}
+
+
+def realnvp_config(config, shape):
+    """The RealNVP constructor's arguments for images of `shape`: the --arch preset (default: the one built for
+    that shape, else the mnist preset's widths), with --num-scales/--mid-channels/--num-blocks over it."""
+    c, h, w = shape
+    if h != w:
+        raise GenperfError(f"realnvp needs square images, got {h}x{w}")
+    arch = config.arch or next((k for k, v in models.REALNVP_ARCHS.items()
+                                if (v["in_channels"], v["image_size"]) == (c, h)), None)
+    if arch is None:
+        cfg = dict(models.REALNVP_ARCHS["mnist"], in_channels=c, image_size=h)
+    elif arch not in models.REALNVP_ARCHS:
+        raise GenperfError(f"unknown realnvp --arch {arch!r}; choose one of {', '.join(models.REALNVP_ARCHS)}")
+    else:
+        cfg = dict(models.REALNVP_ARCHS[arch])
+        if (cfg["in_channels"], cfg["image_size"]) != (c, h):
+            raise GenperfError(f"--arch {arch} is built for {cfg['in_channels']}x{cfg['image_size']}x{cfg['image_size']} "
+                               f"images, {config.data} gives {c}x{h}x{w}; pass --image-size {cfg['image_size']} or another --arch")
+    for key in ("num_scales", "mid_channels", "num_blocks"):
+        if getattr(config, key) is not None:
+            cfg[key] = getattr(config, key)
+    return cfg
+
+
+def build(config, data, precision, device, rank=0, world_size=1):
+    model = placer(config, device)(models.RealNVP(**realnvp_config(config, data.shape), checkpointing=config.checkpointing,
+                                 invertible=config.invertible))
+    if config.fsdp:
+        apply_fsdp(model, model.couplings(), precision.dtype, ("inverse", "bits_per_dim"))
+    return FlowObjective(model, precision, config.lr, device.type, seed=config.seed, rank=rank, world_size=world_size)
+
+
+def check(config):
+    if config.compile and config.invertible:
+        raise GenperfError("--compile does not combine with --invertible, whose backward runs autograd itself for each "
+                           "coupling; use --checkpointing to save memory under --compile")
+
+
+def likelihood(run, batches, samples, wanted, progress):
+    """Bits/dim of the split over `samples` dequantization draws; draw 0 uses the training log's noise, so for the
+    same checkpoint `bits_per_dim_draw0` is the figure the log shows."""
+    bpd = draws(run.config.seed, batches, samples, run.objective.image_bits, "bits/dim draws", progress)
+    out = {}
+    out["bits_per_dim"], out["bits_per_dim_se"] = mean_se(bpd)
+    out["bits_per_dim_draw0"] = bpd[0].double().mean().item()
+    out["bits_per_dim_draw_sd"] = bpd.double().mean(1).std().item() if samples > 1 else 0.0
+    out["dequantization_draws"], out["images"] = samples, bpd.shape[1]
+    return out
+
+
+def summary(result):
+    return [f"  bits/dim        {result['bits_per_dim']:.4f} +- {result['bits_per_dim_se']:.4f} "
+            f"({result['dequantization_draws']} dequantization draws; draw 0 {result['bits_per_dim_draw0']:.4f})"]
+
+
+FLOW_ONLY = ("realnvp",)
+FAMILY = Family(
+    name="flow", order=2, image_only=True,
+    models={"realnvp": dict(help="multi-scale RealNVP; --arch mnist (1x28x28, 2 scales, 64 features, 8 blocks, "
+                                 "19.5M parameters) or celeba64 (3x64x64, 3 scales, 87.5M)", lr=1e-3, epochs=5)},
+    options=(
+        Option("num_scales", "realnvp: override the preset's number of scales", type=int, models=FLOW_ONLY, at_least=1),
+        Option("mid_channels", "realnvp: override the preset's s/t network width", type=int, models=FLOW_ONLY,
+               at_least=1),
+        Option("num_blocks", "realnvp: override the preset's residual blocks per s/t network", type=int,
+               models=FLOW_ONLY, at_least=1),
+        Option("checkpointing", "realnvp: recompute activations in backward per coupling or per residual block (bare "
+                                "--checkpointing: coupling, the best time/memory trade measured by bench_memory.py)",
+               default="none", type=str, choices=models.CHECKPOINTING, nargs="?", const="coupling", models=FLOW_ONLY,
+               resumable=True),
+        Option("invertible", "realnvp: backprop through the couplings by inverting them instead of keeping activations",
+               default=False, models=FLOW_ONLY, resumable=True),
+    ),
+    build=build, check=check, likelihood=likelihood, likelihood_metrics=("bits_per_dim",), default_samples=4,
+    summary=summary,
+)

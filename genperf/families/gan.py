@@ -1,0 +1,169 @@
+"""GANs: DCGAN (non-saturating generator loss, optional one-sided label smoothing), WGAN-GP (gradient penalty) and
+WGAN (weight clipping), on images (DCGAN networks) or on the 2-D mixtures (MLPs of 3 ReLU layers of 512 units)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from genperf import models
+from genperf.distributed import apply_fsdp
+from genperf.errors import GenperfError
+from genperf.families.base import Family, placer
+from genperf.layers import GradientPenalty
+from genperf.options import Option
+from genperf.precision import make_adam
+
+DCGAN, WGAN_GP, WGAN_CLIP = "dcgan", "wgan-gp", "wgan"
+
+
+def smoothed_real_labels(n, low=0.7, high=0.9, device=None):
+    """One-sided label smoothing: targets for real images drawn from U[low, high]; fakes stay at 0."""
+    return torch.empty(n, device=device).uniform_(low, high)
+
+
+class GANObjective:
+    """DCGAN (non-saturating generator loss, optional one-sided label smoothing), WGAN-GP (gradient
+    penalty, Adam(0.5, 0.9)) and WGAN (weight clipping, RMSprop). One step = one batch for the
+    discriminator/critic; the generator steps every `critic_iters` steps (every step for DCGAN)."""
+
+    def __init__(self, kind, generator, critic, precision, lr, device_type, label_smoothing=False,
+                 critic_iters=5, gp_weight=10.0, clip=0.01, image_data=True, generator_ema=None, ema_decay=0.0):
+        self.kind, self.precision, self.image_data = kind, precision, image_data
+        self.label_smoothing, self.clip = label_smoothing, clip
+        self.penalty = GradientPenalty(gp_weight)
+        self.critic_iters = 1 if kind == DCGAN else critic_iters
+        d_name = "discriminator" if kind == DCGAN else "critic"
+        self.G, self.D = generator, critic
+        self.modules = {"generator": generator, d_name: critic}
+        # --ema: a copy of the generator whose weights follow an exponential moving average of the
+        # trained ones (buffers copied); samples and metrics come from it.
+        self.G_ema, self.ema_decay = generator_ema, ema_decay
+        if generator_ema is not None:
+            self.modules["generator_ema"] = generator_ema
+        if kind == WGAN_CLIP:
+            opt = lambda m: torch.optim.RMSprop(m.parameters(), lr=lr)  # noqa: E731
+        else:
+            betas = (0.5, 0.999) if kind == DCGAN else (0.5, 0.9)
+            opt = lambda m: make_adam(m.parameters(), lr, betas, device_type)  # noqa: E731
+        self.optimizers = {"generator": opt(generator), d_name: opt(critic)}
+        self.d_name = d_name
+        self.last_g_loss = None
+        # What the step calls; compile() swaps in compiled versions. The penalty keeps the eager critic:
+        # its double backward (create_graph) cannot go through a compiled graph.
+        self.G_step, self.D_step = generator, critic
+
+    def compile(self, **options):
+        self.G_step, self.D_step = torch.compile(self.G, **options), torch.compile(self.D, **options)
+
+    def noise(self, n, generator=None):
+        return torch.randn(n, self.G.latent_dim, generator=generator)
+
+    def train_step(self, x, step):
+        real = x * 2 - 1 if self.image_data else x
+        n = real.shape[0]
+        z = torch.randn(n, self.G.latent_dim, device=real.device)
+        g_step = (step + 1) % self.critic_iters == 0
+        with self.precision.autocast():
+            with torch.set_grad_enabled(g_step):  # critic-only steps need no generator graph
+                fake = self.G_step(z)
+            if self.kind == DCGAN:  # batch norm: real and fake batches keep their own statistics
+                d_real, d_fake = self.D_step(real), self.D_step(fake.detach())
+            else:  # the critic has no batch norm: one pass scores both (fewer, larger convolutions)
+                d_real, d_fake = self.D_step(torch.cat([real, fake.detach().to(real.dtype)])).split(n)
+            if self.kind == DCGAN:
+                target = smoothed_real_labels(n, device=real.device) if self.label_smoothing else torch.ones_like(d_real)
+                d_loss = (F.binary_cross_entropy_with_logits(d_real.float(), target)
+                          + F.binary_cross_entropy_with_logits(d_fake.float(), torch.zeros_like(target)))
+            else:
+                d_loss = d_fake.float().mean() - d_real.float().mean()
+                if self.kind == WGAN_GP:
+                    d_loss = d_loss + self.penalty(self.D, real, fake.to(real.dtype))
+        self.precision.step(d_loss, self.optimizers[self.d_name])
+        if self.kind == WGAN_CLIP:
+            with torch.no_grad():
+                for p in self.D.parameters():
+                    p.clamp_(-self.clip, self.clip)
+        out = {f"{self.d_name}_loss": d_loss.detach()}
+        if g_step:
+            with self.precision.autocast():
+                g_out = self.D_step(fake).float()
+                # Non-saturating loss for DCGAN: maximise log D(G(z)).
+                g_loss = (F.binary_cross_entropy_with_logits(g_out, torch.ones_like(g_out))
+                          if self.kind == DCGAN else -g_out.mean())
+            self.precision.step(g_loss, self.optimizers["generator"])
+            self.last_g_loss = g_loss.detach()
+            if self.G_ema is not None:
+                self.update_ema()
+        if self.last_g_loss is not None:
+            out["generator_loss"] = self.last_g_loss
+        return out
+
+    @torch.no_grad()
+    def update_ema(self):
+        ema, trained = list(self.G_ema.parameters()), list(self.G.parameters())
+        torch._foreach_lerp_(ema, trained, 1.0 - self.ema_decay)
+        for mine, theirs in zip(self.G_ema.buffers(), self.G.buffers()):
+            mine.copy_(theirs)
+
+    @torch.no_grad()
+    def sample(self, z):
+        G = self.G if self.G_ema is None else self.G_ema
+        training = G.training
+        G.eval()
+        with self.precision.autocast():
+            out = G(z).float()
+        G.train(training)
+        return (out + 1) / 2 if self.image_data else out
+
+    def evaluate(self, batches):
+        return {}
+
+
+def build(config, data, precision, device, rank=0, world_size=1):
+    place = placer(config, device)
+    if data.is_image:
+        c, s, _ = data.shape
+        G = place(models.DCGANGenerator(config.latent_dim, c, s))
+        D = place(models.DCGANDiscriminator(c, s, batch_norm=config.model == DCGAN))
+    else:
+        G = place(models.MLPGenerator(config.latent_dim, data.shape[0]))
+        D = place(models.MLPDiscriminator(data.shape[0]))
+    G_ema = copy.deepcopy(G).requires_grad_(False) if config.ema else None
+    if config.fsdp:
+        for m in (G, D, G_ema):
+            if m is not None:
+                apply_fsdp(m, [], precision.dtype)
+    return GANObjective(config.model, G, D, precision, config.lr, device.type, config.label_smoothing,
+                        config.critic_iters, config.gp_weight, config.clip, data.is_image, G_ema, config.ema)
+
+
+def check(config):
+    if config.ema and not 0 < config.ema < 1:
+        raise GenperfError(f"--ema takes a decay in (0, 1) (got --ema {config.ema})")
+
+
+GANS = (DCGAN, WGAN_GP, WGAN_CLIP)
+FAMILY = Family(
+    name="gan", order=0,
+    models={DCGAN: dict(help="DCGAN, non-saturating generator loss; --label-smoothing draws real labels from "
+                             "U[0.7, 0.9]", lr=2e-4, epochs=5, latent_dim=100),
+            WGAN_GP: dict(help="WGAN-GP: critic without batch norm, penalty weight --gp-weight, --critic-iters",
+                          lr=1e-4, epochs=5, latent_dim=100),
+            WGAN_CLIP: dict(help="WGAN with weight clipping --clip, --critic-iters; RMSprop", lr=5e-5, epochs=5,
+                            latent_dim=100)},
+    options=(
+        Option("label_smoothing", "dcgan: real labels drawn from U[0.7, 0.9]", default=False, models=(DCGAN,)),
+        Option("critic_iters", "wgan, wgan-gp: critic steps per generator step", default=5, type=int,
+               models=(WGAN_GP, WGAN_CLIP), at_least=1),
+        Option("gp_weight", "wgan-gp: gradient penalty weight", default=10.0, type=float, models=(WGAN_GP,),
+               at_least=0),
+        Option("clip", "wgan: weight clipping bound", default=0.01, type=float, models=(WGAN_CLIP,), above=0),
+        Option("ema", "GANs: keep an exponential moving average of the generator weights with this decay (e.g. "
+                      "0.999) and draw samples and metrics from it (default 0: off)", default=0.0, type=float,
+               models=GANS, metavar="DECAY", at_least=0),
+    ),
+    build=build, check=check,
+    no_fsdp={WGAN_GP: "FSDP2 frees the critic's gathered parameters before the gradient penalty's double backward"},
+)

@@ -1,0 +1,5 @@
+import sys
+
+from genperf.study.cli import main
+
+sys.exit(main())
