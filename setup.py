@@ -17,6 +17,7 @@ Install with `pip install --no-build-isolation -e .` so the build uses the torch
 watch the compiler. Object files stay in build/temp.<cpu|cuda-ARCHS>/ and ninja recompiles only what changed, so
 reinstalling an unchanged tree relinks in seconds.
 """
+
 import glob
 import os
 import shutil
@@ -66,7 +67,9 @@ def _cuda_arch_list():
     import torch
 
     if torch.cuda.is_available():
-        return ";".join(sorted({"%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}))
+        return ";".join(
+            sorted({"{}.{}".format(*torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())})
+        )
     return "8.0;9.0" if _flag("GENPERF_FORCE_CUDA") else None
 
 
@@ -83,8 +86,11 @@ def _build_ext_class(build_temp, plan):
 
         def build_extension(self, ext):
             print(f"genperf: {plan}", flush=True)
-            print(f"genperf: compiling {ext.name}: {len(ext.sources)} source files, objects in {self.build_temp}; "
-                  "unchanged ones are reused", flush=True)
+            print(
+                f"genperf: compiling {ext.name}: {len(ext.sources)} source files, objects in {self.build_temp}; "
+                "unchanged ones are reused",
+                flush=True,
+            )
             start = time.perf_counter()
             super().build_extension(ext)
             print(f"genperf: {ext.name} built in {time.perf_counter() - start:.0f} s", flush=True)
@@ -101,11 +107,16 @@ def extensions():
     if _flag("GENPERF_SKIP_CUDA"):
         plan = "GENPERF_SKIP_CUDA=1, building the C++ kernels only"
     elif not arch_list:
-        plan = "no GPU visible, building the C++ kernels only (set TORCH_CUDA_ARCH_LIST, e.g. 9.0, to compile the CUDA kernels anyway)"
+        plan = (
+            "no GPU visible, building the C++ kernels only (set TORCH_CUDA_ARCH_LIST, e.g. 9.0, to compile the CUDA "
+            "kernels anyway)"
+        )
     elif not cuda_home:
         if _flag("GENPERF_FORCE_CUDA"):
             raise RuntimeError("GENPERF_FORCE_CUDA=1 but no nvcc was found (set CUDA_HOME)")
-        plan = f"WARNING: CUDA {arch_list} wanted but no nvcc found (set CUDA_HOME); building the C++ kernels without CUDA"
+        plan = (
+            f"WARNING: CUDA {arch_list} wanted but no nvcc found (set CUDA_HOME); building the C++ kernels without CUDA"
+        )
     else:
         os.environ["CUDA_HOME"] = cuda_home  # before torch's build helpers read it
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
@@ -116,13 +127,24 @@ def extensions():
     # -fno-trapping-math lets GCC if-convert the clamps in cpu_math.h, which is what vectorizes the loops.
     # -g0 overrides the -g in Python's own CFLAGS: debug info for torch's headers doubled each file's compile
     # time (coupling_cpu.cpp 83 s -> 38 s on the 2-core EPYC).
-    cxx = ["-O3", "-g0", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", *os.environ.get("GENPERF_CPU_FLAGS", CPU_FLAGS).split()]
+    cxx = [
+        "-O3",
+        "-g0",
+        "-std=c++20",
+        "-fopenmp",
+        "-fno-trapping-math",
+        "-fno-math-errno",
+        *os.environ.get("GENPERF_CPU_FLAGS", CPU_FLAGS).split(),
+    ]
     sources = ["csrc/ops.cpp", "csrc/coupling_cpu.cpp", "csrc/coupling_autograd.cpp", "csrc/gradient_penalty_cpu.cpp"]
     if cuda_home:
-        ext = CUDAExtension("genperf._C", sources + ["csrc/coupling_cuda.cu", "csrc/gradient_penalty_cuda.cu"],
-                            define_macros=[("GENPERF_WITH_CUDA", None)],
-                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]},
-                            extra_link_args=["-fopenmp"])
+        ext = CUDAExtension(
+            "genperf._C",
+            sources + ["csrc/coupling_cuda.cu", "csrc/gradient_penalty_cuda.cu"],
+            define_macros=[("GENPERF_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]},
+            extra_link_args=["-fopenmp"],
+        )
         flavour = "cuda-" + arch_list.replace(";", "-").replace(" ", "-")
     else:
         ext = CppExtension("genperf._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
@@ -132,7 +154,8 @@ def extensions():
 
 
 ext_modules, cmdclass = extensions()
-setup(  # the project's metadata and dependencies are in pyproject.toml; this adds the packages' layout and the extension
+# The project's metadata and dependencies are in pyproject.toml; this adds the packages' layout and the extension.
+setup(
     packages=find_packages(include=["genperf", "genperf.*"]) + ["genperf.kernels"],
     package_dir={"genperf.kernels": "kernels"},  # kernels/ ships as genperf.kernels, never as a top-level package
     ext_modules=ext_modules,

@@ -8,6 +8,7 @@ torchvision with --workers processes. Generated CelebA-shaped JPEGs stand in for
 --root, or a temporary folder). Reports images/s over one epoch after a warm-up, then the fraction
 of a DCGAN training step spent waiting for data with each loader.
 """
+
 import argparse
 import os
 import sys
@@ -76,20 +77,27 @@ def main(argv=None):
             celeba.write_fake_celeba(root, args.images, partition=(0.98, 0.01))
             print(f"# wrote {args.images} CelebA-shaped JPEGs to {root} in {time.perf_counter() - t:.0f} s")
         data = load_dataset("celeba", root, 64)
-        print(f"# {len(data.train)} training images, batch {args.batch_size}, {args.workers} workers/threads, "
-              f"{device} ({os.cpu_count()} CPUs), torch {torch.__version__}"
-              + ("" if "dali" in loaders else "; DALI not installed"), flush=True)
+        print(
+            f"# {len(data.train)} training images, batch {args.batch_size}, {args.workers} workers/threads, "
+            f"{device} ({os.cpu_count()} CPUs), torch {torch.__version__}"
+            + ("" if "dali" in loaders else "; DALI not installed"),
+            flush=True,
+        )
         rates = {}
         for loader in loaders:
             rates[loader], n = throughput(data, loader, args, device)
-            print(f"load   {loader:5s} {rates[loader]:8.0f} images/s  ({n} images after {args.warmup} warm-up batches)",
-                  flush=True)
+            print(
+                f"load   {loader:5s} {rates[loader]:8.0f} images/s  ({n} images after {args.warmup} warm-up batches)",
+                flush=True,
+            )
         if "dali" in rates:
             print(f"load   dali / torch: x{rates['dali'] / rates['torch']:.2f}", flush=True)
         for loader in loaders:
             frac, step = wait_fraction(data, loader, args, device)
-            print(f"train  {loader:5s} DCGAN 64x64 step {step * 1e3:7.1f} ms, {100 * frac:5.1f}% of it waiting for data",
-                  flush=True)
+            print(
+                f"train  {loader:5s} DCGAN 64x64 step {step * 1e3:7.1f} ms, {100 * frac:5.1f}% of it waiting for data",
+                flush=True,
+            )
     return 0
 
 

@@ -12,6 +12,7 @@ mean little. torch.compile starts afresh for every shape and mode, so none of it
 eager at dynamo's recompile limit (hitting it is an error here). --csv FILE appends one row per
 measurement (benchmarks/results/kernels.csv holds the recorded runs).
 """
+
 import argparse
 import datetime
 import statistics
@@ -33,9 +34,14 @@ def coupling_shapes(arch, batch):
     cfg = dict(REALNVP_ARCHS[arch], mid_channels=1, num_blocks=1)
     model, seen = RealNVP(**cfg), []
     for c in model.couplings():
-        c.register_forward_hook(lambda mod, inp, out: seen.append(
-            ((batch, mod.channels if mod.mask_type == "checkerboard" else mod.channels // 2, *inp[0].shape[2:]),
-             mod.mask_type == "checkerboard")))
+        c.register_forward_hook(
+            lambda mod, inp, out: seen.append(
+                (
+                    (batch, mod.channels if mod.mask_type == "checkerboard" else mod.channels // 2, *inp[0].shape[2:]),
+                    mod.mask_type == "checkerboard",
+                )
+            )
+        )
     with torch.no_grad():
         model(torch.rand(1, cfg["in_channels"], cfg["image_size"], cfg["image_size"]))
     return sorted(set(seen))
@@ -88,8 +94,13 @@ def bench_coupling(device, batches, reps, dtype, rows):
                 for mode in ("fwd", "fwd+bwd"):
                     results = {}
                     for prov in providers(device):
-                        fn = (affine_coupling_ref if prov == "eager" else
-                              fresh_compile(affine_coupling_ref) if prov == "compile" else affine_coupling)
+                        fn = (
+                            affine_coupling_ref
+                            if prov == "eager"
+                            else fresh_compile(affine_coupling_ref)
+                            if prov == "compile"
+                            else affine_coupling
+                        )
 
                         def run():
                             if mode == "fwd":
@@ -102,8 +113,16 @@ def bench_coupling(device, batches, reps, dtype, rows):
                         with use_backend(prov) if prov not in ("eager", "compile") else use_backend("reference"):
                             results[prov] = timeit(run, reps, device)
                     elems = x.numel() * (4 if mode == "fwd" else 11)  # tensors read + written
-                    report(rows, "affine_coupling", f"{arch} {'cb' if masked else 'ch'} {tuple(shape)}", mode,
-                           results, elems * x.element_size(), device, dtype)
+                    report(
+                        rows,
+                        "affine_coupling",
+                        f"{arch} {'cb' if masked else 'ch'} {tuple(shape)}",
+                        mode,
+                        results,
+                        elems * x.element_size(),
+                        device,
+                        dtype,
+                    )
 
 
 def bench_penalty(device, batches, reps, dtype, rows):
@@ -130,14 +149,24 @@ def bench_penalty(device, batches, reps, dtype, rows):
                         _, pen = f(real, fake, eps, grad)
                         torch.autograd.grad(pen, grad)
                 else:
+
                     def run(prov=prov):
                         torch.ops.genperf.gp_interpolate(real, fake, eps, prov)
                         pen, _ = torch.ops.genperf.gp_penalty(grad, 10.0, prov)
                         torch.autograd.grad(pen, grad)
+
                 results[prov] = timeit(run, reps, device)
             elems = real.numel() * 6  # interpolate: 2 read + 1 write; penalty: 1 read fwd, 1 read + 1 write bwd
-            report(rows, "gradient_penalty", f"{name} {(batch, *shape)}", "fwd+bwd", results,
-                   elems * real.element_size(), device, dtype)
+            report(
+                rows,
+                "gradient_penalty",
+                f"{name} {(batch, *shape)}",
+                "fwd+bwd",
+                results,
+                elems * real.element_size(),
+                device,
+                dtype,
+            )
 
 
 def report(rows, op, x, mode, results, nbytes, device, dtype):
@@ -154,11 +183,29 @@ def report(rows, op, x, mode, results, nbytes, device, dtype):
         if noisy & {prov, "eager", "compile"}:  # its own timing or a baseline of its ratios
             line += f"  NOISY ({', '.join(sorted(noisy))})"
         print(line, flush=True)
-        rows.append(dict(op=op, provider=prov, mode=mode, metric="ms", x=x, dtype=str(dtype).replace("torch.", ""),
-                         p50=p50, p20=p20, p80=p80, device=torch.cuda.get_device_name() if device.type == "cuda"
-                         else f"cpu x{torch.get_num_threads()}", version=torch.__version__,
-                         time=datetime.datetime.now().isoformat(timespec="seconds"),
-                         gbps=gbps, peak_gbps=peak, noisy=prov in noisy))
+        rows.append(
+            dict(
+                op=op,
+                provider=prov,
+                mode=mode,
+                metric="ms",
+                x=x,
+                dtype=str(dtype).replace("torch.", ""),
+                p50=p50,
+                p20=p20,
+                p80=p80,
+                device=torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+                version=torch.__version__,
+                time=datetime.datetime.now().isoformat(timespec="seconds"),
+                gbps=gbps,
+                peak_gbps=peak,
+                noisy=prov in noisy,
+            )
+        )
+
+
+def device_name(device):
+    return torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
 
 
 def main(argv=None):
@@ -173,10 +220,13 @@ def main(argv=None):
     torch._dynamo.config.fail_on_recompile_limit_hit = True  # never time eager under the "compile" label
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     kept = device.type == "cpu" and keep_freed_cpu_memory()  # as genperf.train does; helps every provider alike
-    print(f"# {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"torch {torch.__version__}, {args.dtype}, providers: {', '.join(providers(device))}"
-          + (", freed CPU memory kept for reuse (genperf.scale.keep_freed_cpu_memory)" if kept else "")
-          + f"; copy bandwidth (read + write) {copy_bandwidth(device.type) / 1e9:.0f} GB/s", flush=True)
+    print(
+        f"# {device} ({device_name(device)}), "
+        f"torch {torch.__version__}, {args.dtype}, providers: {', '.join(providers(device))}"
+        + (", freed CPU memory kept for reuse (genperf.precision.keep_freed_cpu_memory)" if kept else "")
+        + f"; copy bandwidth (read + write) {copy_bandwidth(device.type) / 1e9:.0f} GB/s",
+        flush=True,
+    )
     rows = []
     if args.only in (None, "coupling"):
         bench_coupling(device, args.batches, args.reps, dtype, rows)
@@ -184,8 +234,11 @@ def main(argv=None):
         bench_penalty(device, args.batches, args.reps, dtype, rows)
     noisy = sum(r["noisy"] for r in rows)
     if noisy:
-        print(f"# warning: {noisy} of {len(rows)} measurements are noisy (p80 > {NOISY} x p20): their ratios are "
-              f"unreliable; rerun on a quiet machine or with more --reps", flush=True)
+        print(
+            f"# warning: {noisy} of {len(rows)} measurements are noisy (p80 > {NOISY} x p20): their ratios are "
+            f"unreliable; rerun on a quiet machine or with more --reps",
+            flush=True,
+        )
     if args.csv:
         append_csv(args.csv, rows)
         print(f"# {len(rows)} rows appended to {args.csv}")

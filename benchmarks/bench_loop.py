@@ -8,6 +8,7 @@ checkpoints, and the final ones; start-up and FLOP counting excluded), and (2) a
 objective's train_step over the same batches. Default: the study's toy protocol (2-d noise, batch 256),
 whose steps of a few milliseconds show the loop's cost most. Prints per-step times and the loop's share.
 """
+
 import argparse
 import json
 import os
@@ -19,8 +20,8 @@ import time
 import torch
 
 from genperf import config, train
-from genperf.families import build_objective
 from genperf.data import load_dataset, make_batches
+from genperf.families import build_objective
 from genperf.precision import Precision
 
 TOY = ["--latent-dim", "2", "--batch-size", "256", "--gp-weight", "0.1", "--log-every", "100"]
@@ -57,7 +58,7 @@ def bare_loop(argv, steps):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    ours, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, None)
+    ours, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, None)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="wgan-gp")
     p.add_argument("--data", default="ring8")
@@ -69,12 +70,17 @@ def main(argv=None):
     for r in range(args.rounds):  # alternated, so that machine noise falls on both
         loop.append(genperf_train(run_argv, args.steps))
         bare.append(bare_loop(run_argv, args.steps))
-        print(f"# round {r + 1}: genperf.train {1e3 * loop[-1]:.2f} ms/step, bare train_step {1e3 * bare[-1]:.2f} ms/step",
-              flush=True)
+        print(
+            f"# round {r + 1}: genperf.train {1e3 * loop[-1]:.2f} ms/step, "
+            f"bare train_step {1e3 * bare[-1]:.2f} ms/step",
+            flush=True,
+        )
     t_loop, t_bare = statistics.median(loop), statistics.median(bare)
-    print(f"{' '.join(run_argv)}, {args.steps} steps, {torch.get_num_threads()} threads: genperf.train "
-          f"{1e3 * t_loop:.2f} ms/step, bare step {1e3 * t_bare:.2f} ms/step; the loop adds "
-          f"{1e3 * (t_loop - t_bare):.2f} ms/step ({100 * (t_loop / t_bare - 1):.1f}%)")
+    print(
+        f"{' '.join(run_argv)}, {args.steps} steps, {torch.get_num_threads()} threads: genperf.train "
+        f"{1e3 * t_loop:.2f} ms/step, bare step {1e3 * t_bare:.2f} ms/step; the loop adds "
+        f"{1e3 * (t_loop - t_bare):.2f} ms/step ({100 * (t_loop / t_bare - 1):.1f}%)"
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ From these it prints the largest global batch that fits --gpus GPUs of --gpu-gib
 GiB - a reserve for the CUDA context and workspaces - fixed, divided by per sample; times the GPUs)
 and each mode's time relative to the baseline.
 """
+
 import argparse
 import json
 import os
@@ -54,8 +55,8 @@ def peak_bytes(device):
 
 def worker(opts):
     """One mode in this process (or this rank): prints a JSON line of measurements."""
-    from genperf.models import REALNVP_ARCHS, RealNVP
     from genperf.distributed import apply_fsdp, init_distributed, shutdown_distributed
+    from genperf.models import REALNVP_ARCHS, RealNVP
     from genperf.precision import Precision, keep_freed_cpu_memory, make_adam, set_malloc_thresholds
 
     if opts.device == "cpu":
@@ -66,7 +67,9 @@ def worker(opts):
     dist = init_distributed(opts.device)
     device, world = dist.device, dist.world_size
     torch.manual_seed(0)
-    model = RealNVP(**REALNVP_ARCHS[opts.preset], checkpointing=opts.checkpointing, invertible=opts.invertible).to(device)
+    model = RealNVP(**REALNVP_ARCHS[opts.preset], checkpointing=opts.checkpointing, invertible=opts.invertible).to(
+        device
+    )
     n_params = sum(p.numel() for p in model.parameters())
     largest_unit = max(sum(p.numel() for p in c.parameters()) for c in model.couplings())
     precision = Precision(device.type, opts.amp)
@@ -111,9 +114,15 @@ def worker(opts):
         fixed = 16 * n_params / world + 2 * largest_unit * (low or 4)
     else:
         fixed = 16 * n_params + low * n_params
-    out = dict(rank=dist.rank, world=world, params=n_params, fixed=fixed,
-               per_sample=(peaks[large] - peaks[small]) / ((large - small) / world),
-               seconds_per_sample=seconds / large, device=str(device))
+    out = dict(
+        rank=dist.rank,
+        world=world,
+        params=n_params,
+        fixed=fixed,
+        per_sample=(peaks[large] - peaks[small]) / ((large - small) / world),
+        seconds_per_sample=seconds / large,
+        device=str(device),
+    )
     print("RESULT " + json.dumps(out), flush=True)
     shutdown_distributed()
 
@@ -124,7 +133,15 @@ def run_mode(name, mode, args):
     flags += ["--checkpointing", mode.get("checkpointing", "none")]
     nproc = mode.get("fsdp", 1)
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__, *flags]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            __file__,
+            *flags,
+        ]
     else:
         cmd = [sys.executable, __file__, *flags]
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
@@ -139,8 +156,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="celeba64")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batches", type=int, nargs=2, default=[2, 10],
-                   help="the two global batch sizes measured (far apart: the growth must dwarf transient buffers)")
+    p.add_argument(
+        "--batches",
+        type=int,
+        nargs=2,
+        default=[2, 10],
+        help="the two global batch sizes measured (far apart: the growth must dwarf transient buffers)",
+    )
     p.add_argument("--gpu-gib", type=float, default=11.0)
     p.add_argument("--gpus", type=int, default=2)
     p.add_argument("--only", nargs="+", help="run these modes only (names as printed)")
@@ -152,15 +174,22 @@ def main(argv=None):
     if args.worker:
         return worker(args)
     gib = 2**30
-    print(f"# RealNVP {args.preset}, {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else f'{os.cpu_count()} CPUs'}), "
-          f"batches {args.batches[0]} and {args.batches[1]}; fit for {args.gpus} x {args.gpu_gib:g} GiB, "
-          f"{RESERVE_GIB:g} GiB reserved per GPU", flush=True)
+    machine = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPUs"
+    print(
+        f"# RealNVP {args.preset}, {args.device} ({machine}), "
+        f"batches {args.batches[0]} and {args.batches[1]}; fit for {args.gpus} x {args.gpu_gib:g} GiB, "
+        f"{RESERVE_GIB:g} GiB reserved per GPU",
+        flush=True,
+    )
     from genperf.precision import Precision
 
     note = Precision(args.device.split(":")[0], True).note  # the +amp modes are fp32 on a CPU without bf16 kernels
     if note:
         print(f"# {note}", flush=True)
-    print(f"{'mode':18s} {'fixed/rank':>11s} {'per sample':>11s} {'max global batch':>17s} {'s/sample':>9s} {'time vs base':>13s}")
+    print(
+        f"{'mode':18s} {'fixed/rank':>11s} {'per sample':>11s} {'max global batch':>17s} {'s/sample':>9s} "
+        f"{'time vs base':>13s}"
+    )
     base = None
     for name, mode in MODES:
         if args.only and name not in args.only:
@@ -169,8 +198,11 @@ def main(argv=None):
         budget = args.gpu_gib * gib - RESERVE_GIB * gib - r["fixed"]
         fit = max(0, int(budget // r["per_sample"])) * args.gpus if r["per_sample"] > 0 else float("inf")
         base = base or r["seconds_per_sample"]
-        print(f"{name:18s} {r['fixed'] / gib:8.2f} GiB {r['per_sample'] / 2**20:7.0f} MiB {fit:17} "
-              f"{r['seconds_per_sample']:9.3f} {r['seconds_per_sample'] / base:12.2f}x", flush=True)
+        print(
+            f"{name:18s} {r['fixed'] / gib:8.2f} GiB {r['per_sample'] / 2**20:7.0f} MiB {fit:17} "
+            f"{r['seconds_per_sample']:9.3f} {r['seconds_per_sample'] / base:12.2f}x",
+            flush=True,
+        )
     return 0
 
 

@@ -29,6 +29,7 @@ Variants:
 Batches are random 8-bit images of the data set's shape (data loading is not timed: in-memory
 data sets are sliced on the device, see genperf.data.loader).
 """
+
 import argparse
 import contextlib
 import datetime
@@ -92,12 +93,16 @@ class Variant:
             for key, opt in self.objective.optimizers.items():
                 if isinstance(opt, torch.optim.Adam):
                     group = opt.param_groups[0]
-                    self.objective.optimizers[key] = torch.optim.Adam(group["params"], lr=group["lr"], betas=group["betas"])
+                    self.objective.optimizers[key] = torch.optim.Adam(
+                        group["params"], lr=group["lr"], betas=group["betas"]
+                    )
         if self.args.compile:
             self.objective.compile(fullgraph=True, dynamic=False)
         self.cycle = getattr(self.objective, "critic_iters", 1)
         g = torch.Generator().manual_seed(1)
-        self.batches = [(torch.randint(0, 256, (batch, *shape), generator=g) / 255).to(device) for _ in range(self.cycle)]
+        self.batches = [
+            (torch.randint(0, 256, (batch, *shape), generator=g) / 255).to(device) for _ in range(self.cycle)
+        ]
         if self.args.channels_last:
             self.batches = [x.contiguous(memory_format=torch.channels_last) for x in self.batches]
         self.step, self.times, self.device = 0, [], device
@@ -132,9 +137,15 @@ def bench_config(name, device, rounds, variants, peaks, rows):
             variant.times.append(variant.run_cycle())
     flops = trainer.step_cost(built[0].args, Data("random", None, None, shape), batch).flops_per_image
     base = statistics.median(built[0].times) / built[0].cycle if built[0].name == "baseline" else None
-    print(f"\n{name}: {model} {'x'.join(map(str, shape))}, batch {batch}, {flops / 1e9:.3f} GFLOP per image "
-          f"(model FLOPs of a step, forward + backward), {rounds} rounds", flush=True)
-    print(f"  {'variant':17s} {'ms/step':>9s} {'spread':>15s} {'images/s':>9s} {'vs base':>8s} {'GFLOP/s':>8s} {'MFU':>6s}")
+    print(
+        f"\n{name}: {model} {'x'.join(map(str, shape))}, batch {batch}, {flops / 1e9:.3f} GFLOP per image "
+        f"(model FLOPs of a step, forward + backward), {rounds} rounds",
+        flush=True,
+    )
+    print(
+        f"  {'variant':17s} {'ms/step':>9s} {'spread':>15s} {'images/s':>9s} {'vs base':>8s} {'GFLOP/s':>8s} "
+        f"{'MFU':>6s}"
+    )
     for variant in built:
         per_step = [t / variant.cycle for t in variant.times]
         p50 = statistics.median(per_step)
@@ -142,14 +153,33 @@ def bench_config(name, device, rounds, variants, peaks, rows):
         dtype = variant.precision.dtype or torch.float32
         mfu = ips * flops / peaks[dtype]
         speedup = base / p50 if base else float("nan")
-        print(f"  {variant.name:17s} {1e3 * p50:9.1f} [{1e3 * min(per_step):6.1f}-{1e3 * max(per_step):6.1f}] "
-              f"{ips:9.1f} {speedup:7.2f}x {ips * flops / 1e9:8.1f} {100 * mfu:5.1f}%", flush=True)
-        rows.append(dict(config=name, model=model, shape="x".join(map(str, shape)), batch=batch, variant=variant.name,
-                         ms_per_step=1e3 * p50, ms_min=1e3 * min(per_step), ms_max=1e3 * max(per_step),
-                         images_per_s=ips, speedup=speedup, gflop_per_image=flops / 1e9, gflops=ips * flops / 1e9,
-                         mfu=mfu, peak_gflops=peaks[dtype] / 1e9, dtype=str(dtype).replace("torch.", ""),
-                         device=device_name(device), version=torch.__version__,
-                         time=datetime.datetime.now().isoformat(timespec="seconds")))
+        print(
+            f"  {variant.name:17s} {1e3 * p50:9.1f} [{1e3 * min(per_step):6.1f}-{1e3 * max(per_step):6.1f}] "
+            f"{ips:9.1f} {speedup:7.2f}x {ips * flops / 1e9:8.1f} {100 * mfu:5.1f}%",
+            flush=True,
+        )
+        rows.append(
+            dict(
+                config=name,
+                model=model,
+                shape="x".join(map(str, shape)),
+                batch=batch,
+                variant=variant.name,
+                ms_per_step=1e3 * p50,
+                ms_min=1e3 * min(per_step),
+                ms_max=1e3 * max(per_step),
+                images_per_s=ips,
+                speedup=speedup,
+                gflop_per_image=flops / 1e9,
+                gflops=ips * flops / 1e9,
+                mfu=mfu,
+                peak_gflops=peaks[dtype] / 1e9,
+                dtype=str(dtype).replace("torch.", ""),
+                device=device_name(device),
+                version=torch.__version__,
+                time=datetime.datetime.now().isoformat(timespec="seconds"),
+            )
+        )
 
 
 def device_name(device):
@@ -159,18 +189,47 @@ def device_name(device):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--models", nargs="+", choices=list(CONFIGS),
-                   default=[c for c in CONFIGS if c != "realnvp-celeba64-b64" or torch.cuda.is_available()])
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                   help="the first is the baseline of the speedups when it is 'baseline'")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(CONFIGS),
+        default=[c for c in CONFIGS if c != "realnvp-celeba64-b64" or torch.cuda.is_available()],
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="the first is the baseline of the speedups when it is 'baseline'",
+    )
     p.add_argument("--rounds", type=int, default=5, help="timed generator cycles per variant (after 2 of warm-up)")
-    p.add_argument("--csv", default=os.path.join(os.path.dirname(__file__), "results", "train.csv"),
-                   help="append one row per measurement here ('' for none)")
+    p.add_argument(
+        "--csv",
+        default=os.path.join(os.path.dirname(__file__), "results", "train.csv"),
+        help="append one row per measurement here ('' for none)",
+    )
     args = p.parse_args(argv)
     if len(args.models) > 1:  # one process per configuration, each appending its own rows
-        failed = [name for name in args.models if subprocess.run(
-            [sys.executable, __file__, "--device", args.device, "--models", name, "--variants", *args.variants,
-             "--rounds", str(args.rounds), "--csv", args.csv]).returncode]
+        failed = [
+            name
+            for name in args.models
+            if subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--device",
+                    args.device,
+                    "--models",
+                    name,
+                    "--variants",
+                    *args.variants,
+                    "--rounds",
+                    str(args.rounds),
+                    "--csv",
+                    args.csv,
+                ]
+            ).returncode
+        ]
         if failed:
             print(f"# failed: {', '.join(failed)}", flush=True)
         return 1 if failed else 0
@@ -182,9 +241,13 @@ def main(argv=None):
     kept = device.type == "cpu" and keep_freed_cpu_memory()  # as genperf.train does
     peaks = {dtype: peak_flops(device.type, dtype, seconds=1.0) for dtype in (torch.float32, torch.bfloat16)}
     note = Precision(device.type, True).note  # --amp variants run fp32 on a CPU without bf16 kernels
-    print(f"# {device_name(device)}, torch {torch.__version__}; measured matmul peak: fp32 "
-          f"{peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s"
-          + ("; freed CPU memory kept for reuse" if kept else "") + (f"\n# {note}" if note else ""), flush=True)
+    print(
+        f"# {device_name(device)}, torch {torch.__version__}; measured matmul peak: fp32 "
+        f"{peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s"
+        + ("; freed CPU memory kept for reuse" if kept else "")
+        + (f"\n# {note}" if note else ""),
+        flush=True,
+    )
     rows = []
     bench_config(args.models[0], device, args.rounds, args.variants, peaks, rows)
     if args.csv and rows:

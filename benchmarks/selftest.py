@@ -21,8 +21,10 @@ the suite; the most wanted evidence comes first, so that a run cut short still b
   kernels     benchmarks/bench_kernels.py: GB/s against a copy measured in the same run
   dali        DALI's decoding of CelebA-shaped JPEGs on the device ("mixed" on a GPU)
 Writes DIR/selftest.json (every stage: status, seconds, numbers, output tail), DIR/selftest.md (a
-table) and DIR/<stage>.log (every command a stage ran, with its whole output), and exits 1 if a correctness stage (build, op-tests, train, fsdp, resume, dali) failed.
+table) and DIR/<stage>.log (every command a stage ran, with its whole output), and exits 1 if a
+correctness stage (build, op-tests, train, fsdp, resume, dali) failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,8 +90,14 @@ class Suite:
         """Runs cmd from the repository root within the budget left; returns the finished process. Its whole
         output goes to OUT/<stage>.log (the report keeps only tails, and a crash's cause is at the start)."""
         try:
-            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(5.0, self.left()),
-                                  env=dict(os.environ, **(env or {})))
+            proc = subprocess.run(
+                cmd,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=max(5.0, self.left()),
+                env=dict(os.environ, **(env or {})),
+            )
         except subprocess.TimeoutExpired as e:
             self.log(cmd, f"timed out after {e.timeout:.0f} s", e.output, e.stderr)
             raise
@@ -114,6 +122,7 @@ def _output(proc):
 
 # ---- stages ----
 
+
 def stage_build(suite):
     """Uses the installed genperf._C, or builds it in place (offline) and re-runs the selftest."""
     import torch
@@ -126,30 +135,58 @@ def stage_build(suite):
         env = dict(os.environ)
         if want_cuda:  # CUDA for this GPU's architecture only (the default list builds two)
             major, minor = torch.cuda.get_device_capability()
-            env.update(GENPERF_FORCE_CUDA="1", TORCH_CUDA_ARCH_LIST=env.get("TORCH_CUDA_ARCH_LIST") or f"{major}.{minor}")
+            env.update(
+                GENPERF_FORCE_CUDA="1", TORCH_CUDA_ARCH_LIST=env.get("TORCH_CUDA_ARCH_LIST") or f"{major}.{minor}"
+            )
         else:
             env.update(GENPERF_SKIP_CUDA="1")
-        print(f"genperf selftest: building the extension ({reason}): pip install --no-deps --no-index "
-              f"--no-build-isolation -e . (TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', 'none')})", flush=True)
+        print(
+            f"genperf selftest: building the extension ({reason}): pip install --no-deps --no-index "
+            f"--no-build-isolation -e . (TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', 'none')})",
+            flush=True,
+        )
         t0 = time.perf_counter()
         # --use-pep517: an older pip would run setuptools' `develop`, which (setuptools >= 80) calls pip again
         # with build isolation, and that fetches setuptools from the network.
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                               "--no-build-isolation", "--use-pep517", "-e", REPO], capture_output=True, text=True, env=env, cwd=REPO,
-                              timeout=max(60.0, suite.left()))
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-index",
+                "--no-build-isolation",
+                "--use-pep517",
+                "-e",
+                REPO,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=max(60.0, suite.left()),
+        )
         suite.log(proc.args, f"exit {proc.returncode}", proc.stdout, proc.stderr)
         if proc.returncode:
             return "fail", f"the build failed ({reason})", {"output": _output(proc)}
         # A fresh interpreter imports the new build (the build's seconds go with it, into the budget).
-        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:],
-                                  "--built-s", f"{time.perf_counter() - t0:.1f}"])
+        os.execv(
+            sys.executable,
+            [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--built-s", f"{time.perf_counter() - t0:.1f}"],
+        )
     if reason:
         return "fail", f"{reason} after building", {}
     from genperf.ops.backends import available_backends, unavailable_backends
 
-    data = {"backends": available_backends(), "unavailable": unavailable_backends(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "device_name": torch.cuda.get_device_name() if want_cuda else platform.processor() or "cpu"}
+    data = {
+        "backends": available_backends(),
+        "unavailable": unavailable_backends(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device_name": torch.cuda.get_device_name() if want_cuda else platform.processor() or "cpu",
+    }
     try:
         import triton
 
@@ -165,8 +202,8 @@ def stage_build(suite):
 def _extension_problem(want_cuda):
     """Why genperf cannot run its fused kernels here (None if it can)."""
     try:
-        from genperf import _C
         import genperf.kernels  # noqa: F401  (kernels/ is mapped into the package by the install)
+        from genperf import _C
     except ImportError as e:
         return f"not installed or not built ({e})"
     if want_cuda and not _C.has_cuda():
@@ -185,8 +222,10 @@ def stage_op_tests(suite):
     counts = _junit_counts(report)
     failed = re.findall(r"^FAILED (\S+)", proc.stdout, re.M)
     status = "pass" if proc.returncode == 0 else "fail"
-    summary = f"{counts.get('tests', 0) - counts.get('failures', 0) - counts.get('errors', 0) - counts.get('skipped', 0)} " \
-              f"passed, {counts.get('failures', 0) + counts.get('errors', 0)} failed, {counts.get('skipped', 0)} skipped"
+    summary = (
+        f"{counts.get('tests', 0) - counts.get('failures', 0) - counts.get('errors', 0) - counts.get('skipped', 0)} "
+        f"passed, {counts.get('failures', 0) + counts.get('errors', 0)} failed, {counts.get('skipped', 0)} skipped"
+    )
     return status, summary, {"counts": counts, "failed": failed, "output": _output(proc) if status == "fail" else ""}
 
 
@@ -204,10 +243,21 @@ def _train(suite, model, out, extra, steps=30):
     """python -m genperf.train of `model` (MODELS' size) with the options `extra`, in a process of its own."""
     from genperf import config
 
-    options = dict(data="digits", image_size=16, batch_size=32, steps=steps, log_every=5, out=out, device=suite.device,
-                   **MODELS[model], **extra)
+    options = dict(
+        data="digits",
+        image_size=16,
+        batch_size=32,
+        steps=steps,
+        log_every=5,
+        out=out,
+        device=suite.device,
+        **MODELS[model],
+        **extra,
+    )
     cmd = [sys.executable, "-m", "genperf.train", *config.to_argv(config.make(model, **options))]
-    proc = suite.command(cmd, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")} if suite.device == "cpu" else None)
+    proc = suite.command(
+        cmd, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")} if suite.device == "cpu" else None
+    )
     if proc.returncode:
         raise RuntimeError(f"{model} {extra} exited {proc.returncode}: {_tail(proc.stderr, 800)}")
     with open(os.path.join(out, "metrics.jsonl")) as f:
@@ -230,8 +280,12 @@ def stage_train(suite):
 
     compile_all = not (suite.args.quick and suite.device == "cpu")
     flags = {model: {"amp": True, "compile": compile_all or model == "vae"} for model in MODELS}
-    runs = dict(zip(MODELS, _train_side_by_side(suite, [(m, os.path.join(suite.tmp, f"train-{m}"), flags[m], 30)
-                                                         for m in MODELS])))
+    runs = dict(
+        zip(
+            MODELS,
+            _train_side_by_side(suite, [(m, os.path.join(suite.tmp, f"train-{m}"), flags[m], 30) for m in MODELS]),
+        )
+    )
     results, problems = {}, []
     for model, (train, summary, _) in runs.items():
         extra = flags[model]
@@ -241,11 +295,19 @@ def stage_train(suite):
             problems.append(f"{model}: non-finite loss")
         if key and not losses[key][-1] < losses[key][0]:
             problems.append(f"{model}: {key} did not fall ({losses[key][0]:.4g} -> {losses[key][-1]:.4g})")
-        results[model] = dict(flags=extra, first={k: v[0] for k, v in losses.items()},
-                              last={k: v[-1] for k, v in losses.items()}, images_per_s=summary["images_per_s"],
-                              compile_s=summary.get("compile_s"))
-    summary = "; ".join(problems) or f"{len(results)} models trained with --amp" + \
-        (" --compile" if compile_all else " (--compile: vae)") + ", losses finite, flow and VAE losses fell"
+        results[model] = dict(
+            flags=extra,
+            first={k: v[0] for k, v in losses.items()},
+            last={k: v[-1] for k, v in losses.items()},
+            images_per_s=summary["images_per_s"],
+            compile_s=summary.get("compile_s"),
+        )
+    summary = (
+        "; ".join(problems)
+        or f"{len(results)} models trained with --amp"
+        + (" --compile" if compile_all else " (--compile: vae)")
+        + ", losses finite, flow and VAE losses fell"
+    )
     return ("fail" if problems else "pass"), summary, {"models": results}
 
 
@@ -253,13 +315,19 @@ def stage_fsdp(suite):
     import torch
 
     nproc = max(1, torch.cuda.device_count()) if suite.device == "cuda" else 2
-    train, summary, proc = _train(suite, "realnvp", os.path.join(suite.tmp, "fsdp"),
-                                  {"amp": True, "fsdp": True, "nproc": nproc}, steps=20)
+    train, summary, proc = _train(
+        suite, "realnvp", os.path.join(suite.tmp, "fsdp"), {"amp": True, "fsdp": True, "nproc": nproc}, steps=20
+    )
     backend = "nccl" if suite.device == "cuda" else "gloo"
-    note = f"{nproc} rank(s), {backend}" + (" (a 2-rank nccl job needs 2 GPUs; this machine has 1)" if nproc == 1 else "")
+    note = f"{nproc} rank(s), {backend}" + (
+        " (a 2-rank nccl job needs 2 GPUs; this machine has 1)" if nproc == 1 else ""
+    )
     ok = train[-1]["bits_per_dim"] < train[0]["bits_per_dim"]
-    return ("pass" if ok else "fail"), note + f", bits/dim {train[0]['bits_per_dim']:.3f} -> {train[-1]['bits_per_dim']:.3f}", \
-        {"world_size": summary["world_size"], "backend": backend}
+    return (
+        ("pass" if ok else "fail"),
+        note + f", bits/dim {train[0]['bits_per_dim']:.3f} -> {train[-1]['bits_per_dim']:.3f}",
+        {"world_size": summary["world_size"], "backend": backend},
+    )
 
 
 def stage_resume(suite):
@@ -273,8 +341,11 @@ def stage_resume(suite):
     worst = max(((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)).item() for k in a)
     tolerance = 0.0 if suite.device == "cpu" else 1e-4
     ok = worst <= tolerance
-    return ("pass" if ok else "fail"), f"largest relative parameter difference {worst:.3g} (allowed {tolerance:g})", \
-        {"max_relative_difference": worst, "tolerance": tolerance}
+    return (
+        ("pass" if ok else "fail"),
+        f"largest relative parameter difference {worst:.3g} (allowed {tolerance:g})",
+        {"max_relative_difference": worst, "tolerance": tolerance},
+    )
 
 
 def stage_dali(suite):
@@ -297,22 +368,42 @@ def stage_dali(suite):
     diff = (got.cpu() - ref).abs()
     ok = diff.mean() < 0.5 / 255 and diff.max() <= 3 / 255 + 1e-6
     mode = "mixed (GPU)" if suite.device == "cuda" else "cpu"
-    return ("pass" if ok else "fail"), f"{mode} decoding of {len(got)} images vs torchvision: mean |diff| " \
-        f"{diff.mean() * 255:.2f}/255, max {diff.max() * 255:.1f}/255", {"images_per_s": len(got) / seconds}
+    return (
+        ("pass" if ok else "fail"),
+        f"{mode} decoding of {len(got)} images vs torchvision: mean |diff| "
+        f"{diff.mean() * 255:.2f}/255, max {diff.max() * 255:.1f}/255",
+        {"images_per_s": len(got) / seconds},
+    )
 
 
 def stage_kernels(suite):
     quick = suite.args.quick
-    cmd = [sys.executable, "benchmarks/bench_kernels.py", "--csv", os.path.join(suite.tmp, "kernels.csv"),
-           "--dtype", "bfloat16" if suite.device == "cuda" else "float32", "--device", suite.device,
-           "--batches", *(["4"] if quick and suite.device == "cpu" else ["256"] if suite.device == "cuda" else ["64", "256"]), "--reps", "3" if quick else "20"]
+    cmd = [
+        sys.executable,
+        "benchmarks/bench_kernels.py",
+        "--csv",
+        os.path.join(suite.tmp, "kernels.csv"),
+        "--dtype",
+        "bfloat16" if suite.device == "cuda" else "float32",
+        "--device",
+        suite.device,
+        "--batches",
+        *(["4"] if quick and suite.device == "cpu" else ["256"] if suite.device == "cuda" else ["64", "256"]),
+        "--reps",
+        "3" if quick else "20",
+    ]
     proc = suite.command(cmd)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("#", "affine_coupling", "gradient_penalty"))]
     fused = [line for line in lines if re.search(r"\s(cpu|cuda|triton)\s", line)]
-    best = max((float(m.group(1)) for line in fused for m in [re.search(r"\((\d+)% of the copy\)", line)] if m), default=0)
+    best = max(
+        (float(m.group(1)) for line in fused for m in [re.search(r"\((\d+)% of the copy\)", line)] if m), default=0
+    )
     status = "pass" if proc.returncode == 0 else "fail"
-    return status, f"{len(fused)} fused measurements, best {best:.0f}% of the measured copy bandwidth", \
-        {"lines": lines, "output": _output(proc) if status == "fail" else ""}
+    return (
+        status,
+        f"{len(fused)} fused measurements, best {best:.0f}% of the measured copy bandwidth",
+        {"lines": lines, "output": _output(proc) if status == "fail" else ""},
+    )
 
 
 def stage_memory(suite):
@@ -325,8 +416,11 @@ def stage_memory(suite):
     proc = suite.command([sys.executable, "benchmarks/bench_memory.py", "--device", suite.device, "--only", *modes])
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     note = "" if len(modes) == len(single) + 1 else " (FSDP x2 needs 2 GPUs)"
-    return ("pass" if proc.returncode == 0 else "fail"), f"{len(lines) - 2} modes measured{note}", \
-        {"lines": lines, "output": _output(proc) if proc.returncode else ""}
+    return (
+        ("pass" if proc.returncode == 0 else "fail"),
+        f"{len(lines) - 2} modes measured{note}",
+        {"lines": lines, "output": _output(proc) if proc.returncode else ""},
+    )
 
 
 def stage_throughput(suite):
@@ -337,16 +431,37 @@ def stage_throughput(suite):
     else:
         configs, variants = ["realnvp-mnist-b16"], ["baseline", "+amp", "amp+compile", "all on"]
     out = os.path.join(suite.tmp, "train.csv")
-    proc = suite.command([sys.executable, "benchmarks/bench_train.py", "--device", suite.device, "--models", *configs,
-                          "--variants", *variants, "--rounds", "2" if suite.args.quick else "5", "--csv", out])
+    proc = suite.command(
+        [
+            sys.executable,
+            "benchmarks/bench_train.py",
+            "--device",
+            suite.device,
+            "--models",
+            *configs,
+            "--variants",
+            *variants,
+            "--rounds",
+            "2" if suite.args.quick else "5",
+            "--csv",
+            out,
+        ]
+    )
     import csv
 
     rows = list(csv.DictReader(open(out))) if os.path.exists(out) else []
-    table = [{k: r[k] for k in ("config", "variant", "ms_per_step", "images_per_s", "speedup", "mfu", "dtype")} for r in rows]
-    best = {r["config"]: max((x for x in rows if x["config"] == r["config"]), key=lambda x: float(x["images_per_s"]))
-            for r in rows}
-    summary = "; ".join(f"{c}: {float(b['images_per_s']):.0f} img/s ({b['variant']}, {float(b['speedup']):.2f}x, "
-                        f"MFU {100 * float(b['mfu']):.0f}%)" for c, b in best.items())
+    table = [
+        {k: r[k] for k in ("config", "variant", "ms_per_step", "images_per_s", "speedup", "mfu", "dtype")} for r in rows
+    ]
+    best = {
+        r["config"]: max((x for x in rows if x["config"] == r["config"]), key=lambda x: float(x["images_per_s"]))
+        for r in rows
+    }
+    summary = "; ".join(
+        f"{c}: {float(b['images_per_s']):.0f} img/s ({b['variant']}, {float(b['speedup']):.2f}x, "
+        f"MFU {100 * float(b['mfu']):.0f}%)"
+        for c, b in best.items()
+    )
     status = "pass" if proc.returncode == 0 and rows else "fail"
     return status, summary or "no rows", {"rows": table, "output": _output(proc) if status == "fail" else ""}
 
@@ -355,28 +470,51 @@ def stage_throughput(suite):
 # against the reference on the device, every model training, then the whole-step speed and the memory, then the
 # rest of the correctness checks and the kernel bandwidths.
 # Each is (name, the seconds it needs to start); stage "x-y" runs stage_x_y(suite).
-STAGES = (("op-tests", 20), ("train", 30), ("throughput", 30), ("memory", 30), ("resume", 15), ("fsdp", 20),
-          ("kernels", 20), ("dali", 5))
+STAGES = (
+    ("op-tests", 20),
+    ("train", 30),
+    ("throughput", 30),
+    ("memory", 30),
+    ("resume", 15),
+    ("fsdp", 20),
+    ("kernels", 20),
+    ("dali", 5),
+)
 
 
 # ---- report ----
+
 
 def write_report(suite, out):
     os.makedirs(out, exist_ok=True)
     failed = [s["name"] for s in suite.stages if s["status"] == "fail" and s["name"] in CORRECTNESS]
     skipped = [s["name"] for s in suite.stages if s["status"] == "skip"]
     build = next((s for s in suite.stages if s["name"] == "build"), {})
-    result = dict(device=suite.device, device_name=build.get("device_name"), quick=suite.args.quick,
-                  ok=not failed, failed=failed, skipped=skipped, seconds=round(time.perf_counter() - suite.start, 1),
-                  verdict=(f"FAILED: {', '.join(failed)}" if failed else "all correctness checks run passed")
-                  + (f"; skipped: {', '.join(skipped)}" if skipped else ""), stages=suite.stages)
+    result = dict(
+        device=suite.device,
+        device_name=build.get("device_name"),
+        quick=suite.args.quick,
+        ok=not failed,
+        failed=failed,
+        skipped=skipped,
+        seconds=round(time.perf_counter() - suite.start, 1),
+        verdict=(f"FAILED: {', '.join(failed)}" if failed else "all correctness checks run passed")
+        + (f"; skipped: {', '.join(skipped)}" if skipped else ""),
+        stages=suite.stages,
+    )
     with open(os.path.join(out, "selftest.json"), "w") as f:
         json.dump(result, f, indent=2)
-    lines = [f"# genperf selftest: {result['device_name'] or suite.device}, {'quick' if suite.args.quick else 'full'}, "
-             f"{result['seconds']:.0f} s, {result['verdict']}",
-             "", "| stage | status | seconds | result |", "| --- | --- | --- | --- |"]
-    lines += [f"| {s['name']} | {s['status']} | {s['seconds']} | {s['summary'].replace('|', chr(92) + '|')} |"
-              for s in suite.stages]
+    lines = [
+        f"# genperf selftest: {result['device_name'] or suite.device}, {'quick' if suite.args.quick else 'full'}, "
+        f"{result['seconds']:.0f} s, {result['verdict']}",
+        "",
+        "| stage | status | seconds | result |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {s['name']} | {s['status']} | {s['seconds']} | {s['summary'].replace('|', chr(92) + '|')} |"
+        for s in suite.stages
+    ]
     with open(os.path.join(out, "selftest.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return result
@@ -389,16 +527,23 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="folder for selftest.json and selftest.md")
     p.add_argument("--quick", action="store_true", help="small sizes and fewer repetitions")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
-    p.add_argument("--budget-s", type=float, default=BUDGET_S,
-                   help=f"seconds for the whole run, a build included: later stages are skipped (default {BUDGET_S})")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=BUDGET_S,
+        help=f"seconds for the whole run, a build included: later stages are skipped (default {BUDGET_S})",
+    )
     p.add_argument("--no-build", action="store_true", help="fail rather than build a missing extension")
     p.add_argument("--built-s", type=float, default=0, help=argparse.SUPPRESS)  # set by the re-run after a build
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but torch sees no GPU")
     suite = Suite(args)
-    print(f"genperf selftest: {args.device}, torch {torch.__version__}, {'quick' if args.quick else 'full'}, "
-          f"budget {args.budget_s:.0f} s, results in {args.out}", flush=True)
+    print(
+        f"genperf selftest: {args.device}, torch {torch.__version__}, {'quick' if args.quick else 'full'}, "
+        f"budget {args.budget_s:.0f} s, results in {args.out}",
+        flush=True,
+    )
     build = suite.run("build", lambda: stage_build(suite))
     if build["status"] == "fail":
         write_report(suite, args.out)
@@ -407,8 +552,10 @@ def main(argv=None):
         stage = globals()["stage_" + name.replace("-", "_")]
         suite.run(name, lambda: stage(suite), needs)
     result = write_report(suite, args.out)
-    print(f"genperf selftest: {result['verdict']} ({result['seconds']:.0f} s); {os.path.join(args.out, 'selftest.md')}",
-          flush=True)
+    print(
+        f"genperf selftest: {result['verdict']} ({result['seconds']:.0f} s); {os.path.join(args.out, 'selftest.md')}",
+        flush=True,
+    )
     return 0 if result["ok"] else 1
 
 

@@ -1,9 +1,10 @@
 """genperf: fast, trustworthy training of classic deep generative models (GANs, VAEs, RealNVP).
 
-    summary = genperf.fit("realnvp", data="digits", epochs=3, out="runs/realnvp")  # python -m genperf.train
-    run = genperf.load("runs/realnvp")                                              # and back
-    images = run.sample(16, seed=0)
+summary = genperf.fit("realnvp", data="digits", epochs=3, out="runs/realnvp")  # python -m genperf.train
+run = genperf.load("runs/realnvp")                                              # and back
+images = run.sample(16, seed=0)
 """
+
 __version__ = "0.1.0"
 
 

@@ -7,6 +7,7 @@ OUT/checkpoint/, a torch.distributed.checkpoint directory where every rank write
 the models and optimizers, plus meta.pt (everything else), written last. Both are written atomically:
 a crash leaves the previous checkpoint in place. Sharded checkpoints load on any number of ranks,
 and in one process without a process group (the shards are gathered on load)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,8 @@ import shutil
 
 import torch
 
-from genperf.errors import GenperfError
 from genperf.distributed import barrier, gather_objects
+from genperf.errors import GenperfError
 
 CHECKPOINT = "checkpoint.pt"
 SHARDED_CHECKPOINT = "checkpoint"  # a torch.distributed.checkpoint directory
@@ -107,12 +108,15 @@ def read_meta(path):
         if isinstance(e, pickle.UnpicklingError) and "unsupported global" in str(e).lower():
             # A torch file of objects genperf never writes; torch's advice, weights_only=False, would run the
             # code such a file may hold.
-            raise GenperfError(f"{file} is not a genperf checkpoint: it holds Python objects a checkpoint never "
-                               f"holds") from None  # truncated, corrupt, or not a torch file at all
+            raise GenperfError(
+                f"{file} is not a genperf checkpoint: it holds Python objects a checkpoint never holds"
+            ) from None  # truncated, corrupt, or not a torch file at all
         # The cause's first sentence, never torch's advice to load with weights_only=False.
         first = "" if isinstance(e, pickle.UnpicklingError) else str(e).strip().split(". ")[0].splitlines()[0]
-        raise GenperfError(f"{file} is not a readable checkpoint (truncated, corrupt, or not a torch file)"
-                           + (f": {first}" if first else "")) from None
+        raise GenperfError(
+            f"{file} is not a readable checkpoint (truncated, corrupt, or not a torch file)"
+            + (f": {first}" if first else "")
+        ) from None
     if not isinstance(meta, dict) or "config" not in meta or "step" not in meta:
         raise GenperfError(f"{file} is not a genperf checkpoint (no step and config in it)")
     return meta
@@ -144,8 +148,10 @@ def sharded_states(modules, optimizers):
     and loads; DCP reshards them on load, so a run resumes on another number of ranks."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    return {"models": {k: get_model_state_dict(m) for k, m in modules.items()},
-            "optimizers": {k: get_optimizer_state_dict(modules[k], o) for k, o in optimizers.items()}}
+    return {
+        "models": {k: get_model_state_dict(m) for k, m in modules.items()},
+        "optimizers": {k: get_optimizer_state_dict(modules[k], o) for k, o in optimizers.items()},
+    }
 
 
 def save_sharded(states, path):
@@ -157,9 +163,12 @@ def save_sharded(states, path):
 
 def _rename_params(states, rename):
     """sharded_states' layout with every parameter name passed through `rename`; same values."""
+
     def optimizer(o):
-        return {"state": {rename(k): v for k, v in o["state"].items()},
-                "param_groups": [dict(g, params=[rename(p) for p in g["params"]]) for g in o["param_groups"]]}
+        return {
+            "state": {rename(k): v for k, v in o["state"].items()},
+            "param_groups": [dict(g, params=[rename(p) for p in g["params"]]) for g in o["param_groups"]],
+        }
 
     out = {"models": {k: {rename(n): v for n, v in m.items()} for k, m in states["models"].items()}}
     if "optimizers" in states:
@@ -169,11 +178,13 @@ def _rename_params(states, rename):
 
 def _renamer(mapping):
     """name -> name with its ending replaced by mapping's (the endings are dotted parameter paths)."""
+
     def rename(name):
         for old, new in mapping.items():
             if name.endswith("." + old):
-                return name[:-len(old)] + new
+                return name[: -len(old)] + new
         return name
+
     return rename
 
 
@@ -195,8 +206,10 @@ def check_shards(path):
         if not os.path.isfile(file):
             raise GenperfError(f"{path}: the sharded checkpoint is damaged: its shard {name} is missing")
         if os.path.getsize(file) < size:
-            raise GenperfError(f"{path}: the sharded checkpoint is damaged: its shard {name} is cut short "
-                               f"({os.path.getsize(file)} of {size} bytes)")
+            raise GenperfError(
+                f"{path}: the sharded checkpoint is damaged: its shard {name} is cut short "
+                f"({os.path.getsize(file)} of {size} bytes)"
+            )
     return metadata
 
 
@@ -219,8 +232,12 @@ def dcp_load(states, path, old_names):
         return states
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as e:  # missing keys, other shapes, damaged shards; DCP's CheckpointException is a BaseException
-        raise GenperfError(f"{path}: the sharded checkpoint does not load into this model ({_first_cause(e)})") from None
+    except (
+        BaseException
+    ) as e:  # missing keys, other shapes, damaged shards; DCP's CheckpointException is a BaseException
+        raise GenperfError(
+            f"{path}: the sharded checkpoint does not load into this model ({_first_cause(e)})"
+        ) from None
 
 
 def _first_cause(e):
@@ -251,18 +268,27 @@ def save(out, objective, precision, step, args, is_main, data, kept_step=None):
     """Writes the run's checkpoint atomically (a collective under FSDP). A failed write (a full disk,
     on any rank) leaves the previous checkpoint, of step `kept_step`, in place, removes the partial
     one and raises one line on every rank. `data`: the data's shape and fingerprint (genperf.data.Data)."""
-    meta = {"step": step, "config": vars(args), "data_shape": list(data["shape"]), "data_fingerprint": data,
-            "precision": precision.state_dict(),
-            "rng": gather_objects(rng_state()),  # every rank's generators, so a resume is bit-identical
-            "last_g_loss": getattr(objective, "last_g_loss", None)}
+    meta = {
+        "step": step,
+        "config": vars(args),
+        "data_shape": list(data["shape"]),
+        "data_fingerprint": data,
+        "precision": precision.state_dict(),
+        "rng": gather_objects(rng_state()),  # every rank's generators, so a resume is bit-identical
+        "last_g_loss": getattr(objective, "last_g_loss", None),
+    }
     path = os.path.join(out, SHARDED_CHECKPOINT if args.fsdp else CHECKPOINT)
     tmp = f"{path}.tmp"
     error = None
     try:
         if not args.fsdp:
-            state = dict(meta, models={k: {n: v.detach().cpu() for n, v in m.state_dict().items()}
-                                       for k, m in objective.modules.items()},
-                         optimizers={k: o.state_dict() for k, o in objective.optimizers.items()})
+            state = dict(
+                meta,
+                models={
+                    k: {n: v.detach().cpu() for n, v in m.state_dict().items()} for k, m in objective.modules.items()
+                },
+                optimizers={k: o.state_dict() for k, o in objective.optimizers.items()},
+            )
             if is_main:
                 atomic_save(state, path)
         else:
@@ -281,8 +307,11 @@ def save(out, objective, precision, step, args, is_main, data, kept_step=None):
     if errors:
         if is_main and args.fsdp:
             shutil.rmtree(tmp, ignore_errors=True)
-        kept = (f"the last good checkpoint (step {kept_step}) is kept" if kept_step is not None
-                else "no earlier checkpoint exists")
+        kept = (
+            f"the last good checkpoint (step {kept_step}) is kept"
+            if kept_step is not None
+            else "no earlier checkpoint exists"
+        )
         raise GenperfError(f"could not write the checkpoint to {path}: {errors[0]}; {kept}")
 
 
@@ -311,8 +340,9 @@ def _write_error(e, folder):
 
 def check_same_options(path, stored, args, may_change):
     """Refuses to continue a run whose options differ from `stored` in anything but `may_change`."""
-    changed = {k: (v, getattr(args, k, None)) for k, v in stored.items()
-               if k not in may_change and v != getattr(args, k, None)}
+    changed = {
+        k: (v, getattr(args, k, None)) for k, v in stored.items() if k not in may_change and v != getattr(args, k, None)
+    }
     if changed:
         diff = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
         raise GenperfError(f"{path} was written with other options ({diff}); resume with the same options")
@@ -331,10 +361,12 @@ def check_belongs(out, path):
     stored = read_meta(path)["config"]
     keys = ["run_id"] if folder.get("run_id") and stored.get("run_id") else ["model", "data"]
     if any(folder.get(k) != stored.get(k) for k in keys):
-        raise GenperfError(f"{path} is not this folder's run: it trained {stored.get('model')} on {stored.get('data')}"
-                           f" (run {stored.get('run_id', 'without an id')}), {out}/config.json {folder.get('model')} on "
-                           f"{folder.get('data')} (run {folder.get('run_id', 'without an id')}); a checkpoint copied from "
-                           f"another run folder? Move it out, or resume the run it came from")
+        raise GenperfError(
+            f"{path} is not this folder's run: it trained {stored.get('model')} on {stored.get('data')}"
+            f" (run {stored.get('run_id', 'without an id')}), {out}/config.json {folder.get('model')} on "
+            f"{folder.get('data')} (run {folder.get('run_id', 'without an id')}); a checkpoint copied from "
+            f"another run folder? Move it out, or resume the run it came from"
+        )
 
 
 def restore(path, objective, precision, args, data, rank, world_size, device, may_change, old_names=None):
@@ -345,8 +377,10 @@ def restore(path, objective, precision, args, data, rank, world_size, device, ma
     check_same_options(path, meta["config"], args, may_change)
     data.check_same(meta.get("data_fingerprint"), args.data_root)
     if is_sharded(path) != bool(args.fsdp):
-        raise GenperfError(f"{path} is a {'sharded' if is_sharded(path) else 'single-process'} checkpoint; "
-                           f"resume it {'with' if is_sharded(path) else 'without'} --fsdp")
+        raise GenperfError(
+            f"{path} is a {'sharded' if is_sharded(path) else 'single-process'} checkpoint; "
+            f"resume it {'with' if is_sharded(path) else 'without'} --fsdp"
+        )
     if args.fsdp:
         load_sharded(objective.modules, objective.optimizers, path, old_names=old_names)
     else:
@@ -366,10 +400,13 @@ def restore(path, objective, precision, args, data, rank, world_size, device, ma
 def load_module_states(path, modules, states):
     for k, m in modules.items():
         if k not in states:
-            raise GenperfError(f"{path} holds no {k} weights (it holds {', '.join(states)}): a checkpoint of another model")
+            raise GenperfError(
+                f"{path} holds no {k} weights (it holds {', '.join(states)}): a checkpoint of another model"
+            )
         try:
             m.load_state_dict(states[k])
         except RuntimeError as e:
             first = str(e).strip().splitlines()
-            raise GenperfError(f"{path}: its {k} weights do not fit this model "
-                               f"({first[1].strip() if len(first) > 1 else first[0]})") from None
+            raise GenperfError(
+                f"{path}: its {k} weights do not fit this model ({first[1].strip() if len(first) > 1 else first[0]})"
+            ) from None

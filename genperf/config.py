@@ -4,6 +4,7 @@ selftest and the benchmarks all derive from.
 
 A config is an argparse.Namespace with one attribute per option plus `model`; `parse_args(argv)` makes one from
 a command line, `make(model, **options)` from Python."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,51 +32,148 @@ COMMON = (
     Option("data", f"one of {', '.join(DATASETS)} (default mnist)", default="mnist", type=str),
     Option("data_root", "folder holding the data set (default ./data)", default="data", type=str, resumable=True),
     Option("download", "never download missing data", default=True, flag="--no-download", resumable=True),
-    Option("image_size", "resize images to this size (default: the data set's own)", type=int, applies=_image_data,
-           at_least=1),
-    Option("channels", "channels of --data synthetic (default 3)", default=3, type=int,
-           applies=lambda c: c.data == "synthetic", at_least=1),
-    Option("epochs", "epochs to train (default: " + ", ".join(f"{m} {f.models[m]['epochs']}" for f in FAMILIES
-                                                            for m in f.models) + ")",
-           default=PER_MODEL, type=int, resumable=True, at_least=1),
-    Option("steps", "total training steps; overrides --epochs. A step is one batch for the discriminator or critic: "
-                    "a WGAN's generator steps every --critic-iters", type=int, resumable=True, at_least=1),
+    Option(
+        "image_size",
+        "resize images to this size (default: the data set's own)",
+        type=int,
+        applies=_image_data,
+        at_least=1,
+    ),
+    Option(
+        "channels",
+        "channels of --data synthetic (default 3)",
+        default=3,
+        type=int,
+        applies=lambda c: c.data == "synthetic",
+        at_least=1,
+    ),
+    Option(
+        "epochs",
+        "epochs to train (default: "
+        + ", ".join(f"{m} {f.models[m]['epochs']}" for f in FAMILIES for m in f.models)
+        + ")",
+        default=PER_MODEL,
+        type=int,
+        resumable=True,
+        at_least=1,
+    ),
+    Option(
+        "steps",
+        "total training steps; overrides --epochs. A step is one batch for the discriminator or critic: "
+        "a WGAN's generator steps every --critic-iters",
+        type=int,
+        resumable=True,
+        at_least=1,
+    ),
     Option("batch_size", "global batch size, split over the ranks", default=64, type=int, at_least=1),
     Option("lr", "learning rate (default depends on the model)", default=PER_MODEL, type=float, above=0),
     Option("seed", "seed of the initial weights, the data order and the noise (default 0)", default=0, type=int),
-    Option("device", "cpu, cuda or cuda:N (default: cuda when a GPU is visible)",
-           default="cuda" if torch.cuda.is_available() else "cpu", type=str),
-    Option("arch", "realnvp: mnist or celeba64 (default: the preset matching the data); vae: mlp or conv (default mlp "
-                   "up to 32x32, conv above)", type=str, models=IMAGE_MODELS_WITH_ARCH),
-    Option("latent_dim", "GAN and VAE latent size (default 100 for GANs, 20 for VAEs)", default=PER_MODEL, type=int,
-           models=tuple(m for f in FAMILIES for m in f.models if "latent_dim" in f.models[m]), at_least=1),
+    Option(
+        "device",
+        "cpu, cuda or cuda:N (default: cuda when a GPU is visible)",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        type=str,
+    ),
+    Option(
+        "arch",
+        "realnvp: mnist or celeba64 (default: the preset matching the data); vae: mlp or conv (default mlp "
+        "up to 32x32, conv above)",
+        type=str,
+        models=IMAGE_MODELS_WITH_ARCH,
+    ),
+    Option(
+        "latent_dim",
+        "GAN and VAE latent size (default 100 for GANs, 20 for VAEs)",
+        default=PER_MODEL,
+        type=int,
+        models=tuple(m for f in FAMILIES for m in f.models if "latent_dim" in f.models[m]),
+        at_least=1,
+    ),
     Option("out", "run directory (default runs/MODEL)", type=str, resumable=True),
-    Option("resume", "continue the run in --out with the options it was started with (only those that change neither "
-                     "its math nor its data may be given again, e.g. --steps, --epochs, --nproc, --data-root)",
-           default=False, resumable=True),
-    Option("amp", "mixed precision: bf16 autocast where the device has bf16 kernels, fp16 with a GradScaler on a GPU "
-                  "without bf16; a CPU without bf16 kernels (no AVX-512) trains in fp32 and says so", default=False),
+    Option(
+        "resume",
+        "continue the run in --out with the options it was started with (only those that change neither "
+        "its math nor its data may be given again, e.g. --steps, --epochs, --nproc, --data-root)",
+        default=False,
+        resumable=True,
+    ),
+    Option(
+        "amp",
+        "mixed precision: bf16 autocast where the device has bf16 kernels, fp16 with a GradScaler on a GPU "
+        "without bf16; a CPU without bf16 kernels (no AVX-512) trains in fp32 and says so",
+        default=False,
+    ),
     Option("fsdp", "FSDP2 over --nproc processes (self-launched unless under torchrun)", default=False),
     Option("nproc", "processes for --fsdp (default: the GPU count, 2 on CPU)", type=int, resumable=True, at_least=1),
-    Option("backend", "fused-op backend (default: the fastest available; reference is pure torch, for comparison)",
-           type=str, choices=BACKENDS, resumable=True),
-    Option("compile", "torch.compile the forward passes of the training step (the fused ops compile into the graph); "
-                      "the first steps then include the compilation, reported once", default=False, resumable=True),
-    Option("compile_mode", "torch.compile mode (default: default)", default="default", type=str, choices=COMPILE_MODES,
-           resumable=True),
-    Option("channels_last", "image models: weights and batches in NHWC layout", default=False, applies=_image_data,
-           resumable=True),
-    Option("tensorboard", "also write the logged scalars and sample grids to a TensorBoard event file in the run "
-                          "folder", default=False, resumable=True),
+    Option(
+        "backend",
+        "fused-op backend (default: the fastest available; reference is pure torch, for comparison)",
+        type=str,
+        choices=BACKENDS,
+        resumable=True,
+    ),
+    Option(
+        "compile",
+        "torch.compile the forward passes of the training step (the fused ops compile into the graph); "
+        "the first steps then include the compilation, reported once",
+        default=False,
+        resumable=True,
+    ),
+    Option(
+        "compile_mode",
+        "torch.compile mode (default: default)",
+        default="default",
+        type=str,
+        choices=COMPILE_MODES,
+        resumable=True,
+    ),
+    Option(
+        "channels_last",
+        "image models: weights and batches in NHWC layout",
+        default=False,
+        applies=_image_data,
+        resumable=True,
+    ),
+    Option(
+        "tensorboard",
+        "also write the logged scalars and sample grids to a TensorBoard event file in the run folder",
+        default=False,
+        resumable=True,
+    ),
     Option("log_every", "steps between metric lines", default=10, type=int, resumable=True, at_least=1),
-    Option("eval_every", "steps between held-out evaluations (0: epoch ends only)", default=0, type=int,
-           resumable=True, at_least=0),
-    Option("ckpt_every", "steps between checkpoints (0: at epoch ends only)", default=0, type=int, resumable=True,
-           at_least=0),
-    Option("workers", "loader threads (dali) or processes (torch) for celeba", default=2, type=int,
-           applies=lambda c: c.data == "celeba", resumable=True, at_least=0),
-    Option("loader", "celeba: NVIDIA DALI or the torchvision DataLoader (default: dali where it is installed)",
-           type=str, choices=LOADERS, applies=lambda c: c.data == "celeba", resumable=True),
+    Option(
+        "eval_every",
+        "steps between held-out evaluations (0: epoch ends only)",
+        default=0,
+        type=int,
+        resumable=True,
+        at_least=0,
+    ),
+    Option(
+        "ckpt_every",
+        "steps between checkpoints (0: at epoch ends only)",
+        default=0,
+        type=int,
+        resumable=True,
+        at_least=0,
+    ),
+    Option(
+        "workers",
+        "loader threads (dali) or processes (torch) for celeba",
+        default=2,
+        type=int,
+        applies=lambda c: c.data == "celeba",
+        resumable=True,
+        at_least=0,
+    ),
+    Option(
+        "loader",
+        "celeba: NVIDIA DALI or the torchvision DataLoader (default: dali where it is installed)",
+        type=str,
+        choices=LOADERS,
+        applies=lambda c: c.data == "celeba",
+        resumable=True,
+    ),
 )
 OPTIONS = COMMON + tuple(option for family in FAMILIES for option in family.options)
 OPTION = {option.name: option for option in OPTIONS}
@@ -89,11 +187,18 @@ def model_defaults(model):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m genperf.train", description="train one of the study's models",
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="models:\n" + "\n".join(f"  {m:10s} {h}" for m, h in MODEL_HELP.items()))
-    p.add_argument("model", nargs="?", choices=MODELS, help="the model to train; optional with --resume, which reads "
-                                                          "it from the run folder")
+    p = argparse.ArgumentParser(
+        prog="python -m genperf.train",
+        description="train one of the study's models",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="models:\n" + "\n".join(f"  {m:10s} {h}" for m, h in MODEL_HELP.items()),
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        choices=MODELS,
+        help="the model to train; optional with --resume, which reads it from the run folder",
+    )
     for option in OPTIONS:
         option.add_to(p, None if option.default is PER_MODEL else option.default)
     return p
@@ -153,8 +258,9 @@ def make(model=None, **options):
     out=RUN_DIR, the run's stored options with these over them."""
     unknown = sorted(set(options) - set(OPTION))
     if unknown:
-        raise GenperfError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; see "
-                           f"python -m genperf.train --help")
+        raise GenperfError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; see python -m genperf.train --help"
+        )
     if options.get("resume"):
         if not options.get("out"):
             raise GenperfError("resume=True needs out=RUN_DIR")
@@ -203,8 +309,10 @@ def check(config):
         if getattr(config, option.name, None) != getattr(defaults, option.name) and not option.applies_to(config):
             raise GenperfError(f"{option.cli} does not apply to {config.model} on {config.data}")
     if config.fsdp and config.model in family.no_fsdp:
-        raise GenperfError(f"{config.model} does not run under --fsdp yet: {family.no_fsdp[config.model]}; train "
-                           f"{config.model} without --fsdp")
+        raise GenperfError(
+            f"{config.model} does not run under --fsdp yet: {family.no_fsdp[config.model]}; train "
+            f"{config.model} without --fsdp"
+        )
     if family.check:
         family.check(config)
     if config.tensorboard:
@@ -223,8 +331,9 @@ def check_nproc(nproc, device):
     else:
         have, what = os.cpu_count() or 1, "CPU core"
     if nproc > have:
-        raise GenperfError(f"--nproc {nproc} asks for more ranks than this machine's {have} {what}s (one {what} "
-                           f"per rank)")
+        raise GenperfError(
+            f"--nproc {nproc} asks for more ranks than this machine's {have} {what}s (one {what} per rank)"
+        )
 
 
 def applicable(config):

@@ -1,5 +1,6 @@
 """Many processes: the process group (torchrun or genperf's own launcher), FSDP2 sharding, and the few
 collectives the rest of genperf uses (each a no-op in a single process)."""
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,15 @@ def launch_workers(nproc: int, module: str, argv: list, shutdown_timeout: int = 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    options = dict(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
-                   rdzv_endpoint="localhost:0", max_restarts=0)
+    options = dict(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+    )
     if "shutdown_timeout" in LaunchConfig.__dataclass_fields__:  # torch >= 2.10
         options["shutdown_timeout"] = shutdown_timeout
     # The launcher's own warnings (closing signals sent, failures with tracebacks) would wrap the
@@ -80,8 +88,9 @@ def launch_workers(nproc: int, module: str, argv: list, shutdown_timeout: int = 
         rank, first = min(e.failures.items(), key=rank_of)
         if first.exitcode in SELF_REPORTED_EXITS:
             return first.exitcode
-        how = (f"killed by {signal.Signals(-first.exitcode).name}" if first.exitcode < 0
-               else f"exit code {first.exitcode}")
+        how = (
+            f"killed by {signal.Signals(-first.exitcode).name}" if first.exitcode < 0 else f"exit code {first.exitcode}"
+        )
         print(f"genperf: error: worker rank {rank} failed ({how}); its output is above", file=sys.stderr, flush=True)
         return 1
     except SignalException as e:
@@ -107,8 +116,10 @@ def init_distributed(device: str) -> Dist:
 def lost_a_peer(error):
     """Whether `error` is a collective failing because another rank exited first (that rank, or the
     launcher, says why)."""
-    return under_torchrun() and (isinstance(error, getattr(dist, "DistNetworkError", ())) or
-                                 any(s in str(error) for s in ("closed by peer", "reset by peer")))
+    return under_torchrun() and (
+        isinstance(error, getattr(dist, "DistNetworkError", ()))
+        or any(s in str(error) for s in ("closed by peer", "reset by peer"))
+    )
 
 
 def shutdown_distributed():

@@ -16,6 +16,7 @@ prints them and writes RUN_DIR/eval.json (or --json FILE).
 - mode_coverage (GANs on the 2-D mixtures): modes covered and the fraction of high-quality samples.
 
 GANs trained with --ema are scored with the averaged generator."""
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,18 @@ def applicable(run, data):
 def split_batches(run, source):
     from genperf.data import default_loader, make_batches
 
-    return make_batches(source, run.config.batch_size, 0, 0, 1, run.device, shuffle=False, drop_last=False,
-                        loader=default_loader(run.config.data), workers=run.config.workers)
+    return make_batches(
+        source,
+        run.config.batch_size,
+        0,
+        0,
+        1,
+        run.device,
+        shuffle=False,
+        drop_last=False,
+        loader=default_loader(run.config.data),
+        workers=run.config.workers,
+    )
 
 
 def generated(run, n, seed):
@@ -70,8 +81,17 @@ def real_images(source, n):
     return torch.stack([x for x in images if x is not None]).float()
 
 
-def evaluate_run(run, split="heldout", samples=None, metrics=None, fid_samples=10000, seed=0, classifier_path=None,
-                 inception_weights=None, progress=False):
+def evaluate_run(
+    run,
+    split="heldout",
+    samples=None,
+    metrics=None,
+    fid_samples=10000,
+    seed=0,
+    classifier_path=None,
+    inception_weights=None,
+    progress=False,
+):
     """The metrics of a loaded run (genperf.load) as a flat dict; see the module's doc for each."""
     from genperf import metrics as M
 
@@ -82,9 +102,15 @@ def evaluate_run(run, split="heldout", samples=None, metrics=None, fid_samples=1
         if name not in ok:
             raise GenperfError(f"--metrics {name} does not apply to this run: {why[name]}")
     samples = samples or run.family.default_samples
-    out = {"run": run.path, "checkpoint": run.checkpoint, "step": run.step, "model": run.config.model,
-           "data": run.config.data, "split": split,
-           "skipped": {m: r for m, r in why.items() if run.is_image and m in ("classifier_fid", "inception_fid")}}
+    out = {
+        "run": run.path,
+        "checkpoint": run.checkpoint,
+        "step": run.step,
+        "model": run.config.model,
+        "data": run.config.data,
+        "split": split,
+        "skipped": {m: r for m, r in why.items() if run.is_image and m in ("classifier_fid", "inception_fid")},
+    }
     if "inception_fid" in ok and "inception_fid" not in wanted:
         out["skipped"]["inception_fid"] = "needs --inception-weights (the FID Inception weights as a local file)"
     source = data.heldout if split == "heldout" else data.train
@@ -119,35 +145,52 @@ def summary_lines(result):
         if family.summary and any(m in result for m in family.likelihood_metrics):
             lines += family.summary(result)
     if "classifier_fid" in result:
-        lines.append(f"  classifier FID  {result['classifier_fid']:.4f} ({result['fid_samples']} images; "
-                     f"classifier accuracy {result['classifier_accuracy']:.3f})")
+        lines.append(
+            f"  classifier FID  {result['classifier_fid']:.4f} ({result['fid_samples']} images; "
+            f"classifier accuracy {result['classifier_accuracy']:.3f})"
+        )
     if "inception_fid" in result:
         lines.append(f"  Inception FID   {result['inception_fid']:.3f} ({result['fid_samples']} images)")
     if "modes_covered" in result:
-        lines.append(f"  modes covered   {result['modes_covered']}/{result['modes']}, "
-                     f"high quality {100 * result['high_quality']:.1f}%")
+        lines.append(
+            f"  modes covered   {result['modes_covered']}/{result['modes']}, "
+            f"high quality {100 * result['high_quality']:.1f}%"
+        )
     lines += [f"  not computed: {name} ({reason})" for name, reason in result["skipped"].items()]
     return lines
 
 
 def main(argv=None):
-    from genperf.run import load_run
     from genperf.faults import usable_compile_cache
+    from genperf.run import load_run
     from genperf.runlog import atomic_write_text
 
-    p = argparse.ArgumentParser(prog="python -m genperf.evaluate", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        prog="python -m genperf.evaluate",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("run", metavar="RUN_DIR", help="a run folder written by python -m genperf.train")
     p.add_argument("--split", choices=("heldout", "train"), default="heldout")
-    p.add_argument("--samples", type=int, help="K: dequantization draws (realnvp, default 4) or posterior / "
-                                                 "importance samples (vae, default 100)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        help="K: dequantization draws (realnvp, default 4) or posterior / importance samples (vae, default 100)",
+    )
     p.add_argument("--metrics", nargs="+", choices=METRICS, help="what to compute (default: all that apply)")
-    p.add_argument("--fid-samples", type=int, default=10000, help="real and generated images for FID (default "
-                                                                   "10000, at most the split's size)")
+    p.add_argument(
+        "--fid-samples",
+        type=int,
+        default=10000,
+        help="real and generated images for FID (default 10000, at most the split's size)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the generated samples (default 0)")
     p.add_argument("--checkpoint", help="a checkpoint.pt or sharded checkpoint folder (default: the run's latest)")
-    p.add_argument("--data-root", help="where the run's data set is now, if it moved since training (checked to be the "
-                                       "same data by its content)")
+    p.add_argument(
+        "--data-root",
+        help="where the run's data set is now, if it moved since training (checked to be the same data by its content)",
+    )
     p.add_argument("--classifier", help="feature classifier file for classifier FID (default: beside the run folder)")
     p.add_argument("--inception-weights", help="the FID Inception weights file (pt_inception-2015-12-05-6726825d.pth)")
     p.add_argument("--json", help="where to write the results (default RUN_DIR/eval.json)")
@@ -159,10 +202,21 @@ def main(argv=None):
     usable_compile_cache("genperf.evaluate")
     try:
         run = load_run(args.run, args.device, args.checkpoint, args.data_root)
-        result = evaluate_run(run, args.split, args.samples, args.metrics, args.fid_samples, args.seed, args.classifier,
-                              args.inception_weights, progress=True)
+        result = evaluate_run(
+            run,
+            args.split,
+            args.samples,
+            args.metrics,
+            args.fid_samples,
+            args.seed,
+            args.classifier,
+            args.inception_weights,
+            progress=True,
+        )
     except (GenperfError, OSError) as e:
-        print(f"genperf.evaluate: error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr, flush=True)
+        print(
+            f"genperf.evaluate: error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr, flush=True
+        )
         return 2
     # The results first: a long evaluation is never lost to a file that cannot be written.
     print("\n".join(summary_lines(result)), flush=True)

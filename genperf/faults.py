@@ -1,6 +1,7 @@
 """What a training run does about faults: one writer per run folder, a graceful stop on SIGTERM and
 SIGINT, non-finite losses and parameters caught before they reach a checkpoint, and workers that
 die with their launcher."""
+
 from __future__ import annotations
 
 import errno
@@ -13,8 +14,8 @@ import time
 
 import torch
 
-from genperf.errors import GenperfError
 from genperf.distributed import all_reduce_sum, gather_objects
+from genperf.errors import GenperfError
 
 LOCK = "run.lock"
 
@@ -38,8 +39,10 @@ class RunLock:
             os.close(fd)
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise GenperfError(f"cannot lock the run folder {out}: {e.strerror}") from None
-            raise GenperfError(f"{out} is in use by another genperf run (pid {self._holder()}); wait for it to end, "
-                               f"stop it, or choose another --out") from None
+            raise GenperfError(
+                f"{out} is in use by another genperf run (pid {self._holder()}); wait for it to end, "
+                f"stop it, or choose another --out"
+            ) from None
         try:
             with open(self.path, "w") as f:
                 f.write(f"{os.getpid()}\n")
@@ -139,7 +142,7 @@ class StepChecks:
         bad = [n for n, f in zip(names, flags) if f]
         if bad:
             raise NonFinite(f"non-finite {', '.join(bad)} at step {step}")
-        return next((sig for sig, f in zip(EXIT_CODES, flags[len(names):]) if f), None)
+        return next((sig for sig, f in zip(EXIT_CODES, flags[len(names) :]) if f), None)
 
 
 class NonFinite(GenperfError):
@@ -176,8 +179,12 @@ def usable_compile_cache(prog="genperf"):
             pass
     except OSError as e:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="genperf-inductor-")
-        print(f"{prog}: TORCHINDUCTOR_CACHE_DIR={wanted} cannot be used ({e.strerror or e}); this run compiles into "
-              f"{os.environ['TORCHINDUCTOR_CACHE_DIR']}", file=sys.stderr, flush=True)
+        print(
+            f"{prog}: TORCHINDUCTOR_CACHE_DIR={wanted} cannot be used ({e.strerror or e}); this run compiles into "
+            f"{os.environ['TORCHINDUCTOR_CACHE_DIR']}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 _LAUNCHER = {"pid": None, "said": threading.Lock()}  # the elastic launcher of this worker; its "gone" line, once

@@ -10,6 +10,7 @@ whatever the depth; the price is one inverse and one extra forward per coupling.
 Parameter gradients are accumulated into .grad by the inner backward, as in any backward; FSDP2's
 hooks see an ordinary forward and backward of each coupling and shard them as usual.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Drop-in nn.Modules over genperf.ops."""
+
 from __future__ import annotations
 
 import torch

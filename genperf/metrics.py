@@ -4,6 +4,7 @@ local weights only), and mode coverage on the 2-D mixtures; repeated draws of a 
 ELBO come from the model families (genperf.families); genperf.evaluate puts them all together for a run.
 
 Images are float tensors (N, C, H, W) in [0, 1]."""
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,13 @@ class FeatureClassifier(nn.Module):
     def __init__(self, channels=1, image_size=28, classes=10, features=128):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(True), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(True),
-            nn.AdaptiveAvgPool2d(4 if image_size >= 8 else 2), nn.Flatten())
+            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.ReLU(True),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(True),
+            nn.AdaptiveAvgPool2d(4 if image_size >= 8 else 2),
+            nn.Flatten(),
+        )
         pooled = 64 * (16 if image_size >= 8 else 4)
         self.features = nn.Sequential(nn.Linear(pooled, features), nn.ReLU(True))
         self.head = nn.Linear(features, classes)
@@ -112,8 +118,9 @@ def cached_classifier(path, data, epochs=3):
         model.load_state_dict(state["model"])
         return model.eval(), state["accuracy"]
     to_float = lambda v: v.float() / 255  # noqa: E731  (uint8 image sets)
-    model, accuracy = train_classifier(to_float(data.train), data.labels[0], to_float(data.heldout), data.labels[1],
-                                       epochs=epochs)
+    model, accuracy = train_classifier(
+        to_float(data.train), data.labels[0], to_float(data.heldout), data.labels[1], epochs=epochs
+    )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     torch.save({"model": model.state_dict(), "accuracy": accuracy, "epochs": epochs}, tmp)
@@ -150,12 +157,16 @@ def inception_fid(real, fake, weights=None):
     import os
 
     if not weights or not os.path.exists(weights):
-        raise GenperfError(f"Inception FID needs the FID Inception weights ({INCEPTION_WEIGHTS}) as a local file: "
-                           f"pass its path (got {weights!r}); genperf never downloads them")
+        raise GenperfError(
+            f"Inception FID needs the FID Inception weights ({INCEPTION_WEIGHTS}) as a local file: "
+            f"pass its path (got {weights!r}); genperf never downloads them"
+        )
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
     except ImportError:
-        raise GenperfError("Inception FID needs torchmetrics and torch-fidelity: pip install torchmetrics[image]") from None
+        raise GenperfError(
+            "Inception FID needs torchmetrics and torch-fidelity: pip install torchmetrics[image]"
+        ) from None
     fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=weights)
     for images, real_flag in ((real, True), (fake, False)):
         if images.shape[1] == 1:

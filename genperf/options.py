@@ -1,11 +1,13 @@
 """What one training option is: its name, type, default, help, the models it applies to, its range, and whether
 it may change when a run resumes. genperf.config holds the table of all of them; each model family declares its
 own (genperf.families)."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 PER_MODEL = object()  # a default that the model's family sets (genperf.families.Family.models)
 
@@ -55,4 +57,3 @@ class Option:
         if self.above is not None and not (math.isfinite(value) and value > self.above):
             return f"{self.cli} must be a number > {self.above:g} (got {value})"
         return None
-

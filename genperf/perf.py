@@ -4,6 +4,7 @@ FLOPs are counted by torch.utils.flop_counter.FlopCounterMode (matrix multiplies
 forward and backward, the WGAN-GP penalty's double backward included; elementwise work is not
 counted, as usual for MFU). The peak is measured, not looked up: the FLOP/s of a large square
 matmul on the same device in the same dtype, so MFU = achieved model FLOP/s / that peak."""
+
 from __future__ import annotations
 
 import csv
@@ -116,7 +117,7 @@ def _best_seconds(fn, device, seconds):
             return best
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seconds: float = 0.3) -> float:
     """FLOP/s of an (n x n) @ (n x n) matmul in `dtype` on this device, best of repeated timings over
     about `seconds` (n = `size`, default 8192 on CUDA and 2048 on CPU). Cached per process. A CPU without
@@ -137,12 +138,12 @@ def peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seconds: flo
     was = matmul.allow_tf32
     matmul.allow_tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
     try:
-        return 2 * n ** 3 / _best_seconds(lambda: a @ b, device, seconds)
+        return 2 * n**3 / _best_seconds(lambda: a @ b, device, seconds)
     finally:
         matmul.allow_tf32 = was
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def copy_bandwidth(device_type: str, nbytes: int = 0, seconds: float = 0.3) -> float:
     """Bytes/s of a large same-device copy, counting the bytes read and the bytes written (the peak a
     memory-bound kernel can approach): `nbytes` per buffer (default 1 GiB on CUDA, 256 MiB on CPU),

@@ -1,5 +1,6 @@
 """The numerics and memory of a training step: mixed precision (autocast, GradScaler), the optimizer, and how
 the CPU allocator keeps freed memory."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,6 @@ import sys
 import torch
 
 from genperf.dtypes import cpu_has_bf16
-
 
 CPU_BF16_ENV = "GENPERF_CPU_BF16"  # =1: bf16 autocast on a CPU even without bf16 kernels (slow; for checks)
 
@@ -25,8 +25,10 @@ class Precision:
         self.dtype, self.note = None, None
         if enabled and device_type == "cpu" and not cpu_has_bf16() and os.environ.get(CPU_BF16_ENV) != "1":
             self.enabled = False
-            self.note = (f"--amp: this CPU has no bf16 kernels (they need AVX-512), so bf16 autocast would run 15-90x "
-                         f"slower than fp32; training in fp32 instead ({CPU_BF16_ENV}=1 forces bf16)")
+            self.note = (
+                f"--amp: this CPU has no bf16 kernels (they need AVX-512), so bf16 autocast would run 15-90x "
+                f"slower than fp32; training in fp32 instead ({CPU_BF16_ENV}=1 forces bf16)"
+            )
         elif enabled:
             bf16 = device_type != "cuda" or torch.cuda.is_bf16_supported()
             self.dtype = torch.bfloat16 if bf16 else torch.float16

@@ -1,5 +1,6 @@
 """A trained run, read back: genperf.load(RUN_DIR) and what python -m genperf.sample / evaluate and the study
 use. The reader of the run folder whose writer is genperf.checkpoint."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ import torch
 
 from genperf import config as configs
 from genperf import models
-from genperf.checkpoint import CHECKPOINT, SHARDED_CHECKPOINT, dcp_load, load_module_states, find, is_sharded, read_meta
+from genperf.checkpoint import CHECKPOINT, SHARDED_CHECKPOINT, dcp_load, find, is_sharded, load_module_states, read_meta
 from genperf.errors import GenperfError
 from genperf.families import FAMILY_OF, build_objective
 from genperf.precision import Precision
@@ -86,13 +87,18 @@ def load_run(out, device="cpu", checkpoint=None, data_root=None):
         latest = find(out)
         run_config = read_meta(latest)["config"] if latest else None
         if run_config and run_config["model"] != config.model:
-            raise GenperfError(f"{checkpoint} is a checkpoint of {config.model}, the run in {out} trained "
-                               f"{run_config['model']}: a checkpoint of another model")
+            raise GenperfError(
+                f"{checkpoint} is a checkpoint of {config.model}, the run in {out} trained "
+                f"{run_config['model']}: a checkpoint of another model"
+            )
     data = _data_like(meta, config)
     objective = build_objective(config, data, Precision(torch.device(device).type, config.amp), torch.device(device))
     if is_sharded(path):
-        states = dcp_load({"models": {k: m.state_dict() for k, m in objective.modules.items()}}, path,
-                           models.WeightNormConv2d.OLD_KEYS)["models"]
+        states = dcp_load(
+            {"models": {k: m.state_dict() for k, m in objective.modules.items()}},
+            path,
+            models.WeightNormConv2d.OLD_KEYS,
+        )["models"]
     elif "models" in meta:
         states = meta["models"]
     else:

@@ -1,5 +1,6 @@
 """The run directory's logs: config.json, metrics.jsonl (the source of truth), samples/, loss.png,
 summary.json and, with --tensorboard, a TensorBoard event file. Checkpoints: genperf.checkpoint."""
+
 from __future__ import annotations
 
 import contextlib
@@ -81,8 +82,11 @@ class RunLog:
             records, bad = read_metrics_counted(self.metrics_path)
             kept = [r for r in records if r["step"] <= resume_step]
             if bad:
-                print(f"genperf: {self.metrics_path}: left out {bad} damaged line{'s' if bad > 1 else ''}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"genperf: {self.metrics_path}: left out {bad} damaged line{'s' if bad > 1 else ''}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.metrics_path)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -144,7 +148,9 @@ class RunLog:
         records = read_metrics(self.metrics_path)
         train = [r for r in records if r.get("split") == "train"]
         heldout = [r for r in records if r.get("split") == "heldout"]
-        keys = [k for k in (train[0] if train else {}) if k not in ("step", "epoch", "split", "images_per_s", "mfu", "lr")]
+        keys = [
+            k for k in (train[0] if train else {}) if k not in ("step", "epoch", "split", "images_per_s", "mfu", "lr")
+        ]
         if not keys:
             return
         plt = pyplot()

@@ -4,6 +4,7 @@ Latents are drawn on the CPU from --seed, so a seed gives the same samples on ev
 scaled by --temperature (latents from N(0, T^2 I); T < 1 trades diversity for fidelity). Writes one
 grid (--grid FILE, default RUN_DIR/samples/sample_seedS_tT.png) or single PNGs (--out DIR). With
 --interpolate each of --n rows walks along a great circle (slerp) between two latents in --steps images."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,14 @@ def interpolation_latents(run, rows, steps, seed=0, temperature=1.0):
     """rows x steps latents: row i runs from one prior draw to another along slerp."""
     ends = run.latents(2 * rows, seed, temperature)
     t = torch.linspace(0, 1, steps, device=ends.device)
-    paths = [slerp(ends[2 * i:2 * i + 1].expand(steps, *ends.shape[1:]),
-                   ends[2 * i + 1:2 * i + 2].expand(steps, *ends.shape[1:]), t) for i in range(rows)]
+    paths = [
+        slerp(
+            ends[2 * i : 2 * i + 1].expand(steps, *ends.shape[1:]),
+            ends[2 * i + 1 : 2 * i + 2].expand(steps, *ends.shape[1:]),
+            t,
+        )
+        for i in range(rows)
+    ]
     return torch.cat(paths)
 
 
@@ -66,8 +73,8 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    from genperf.run import load_run
     from genperf.faults import usable_compile_cache
+    from genperf.run import load_run
     from genperf.runlog import image_grid, save_figure, save_png, scatter
 
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
@@ -104,7 +111,9 @@ def main(argv=None):
         print(f"genperf.sample: {what} -> {grid}", flush=True)
         return 0
     except (GenperfError, OSError) as e:  # OSError: a folder that cannot be made (--out naming a file, say)
-        print(f"genperf.sample: error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr, flush=True)
+        print(
+            f"genperf.sample: error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr, flush=True
+        )
         return 2
 
 

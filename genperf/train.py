@@ -1,6 +1,7 @@
 """python -m genperf.train MODEL [options]: train one of the study's models, from the command line or from Python
 (genperf.fit). The options are genperf.config's table; genperf.trainer runs them. Under --fsdp this process
 launches one worker per rank (unless torchrun did) and each trains its shard."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,11 +14,23 @@ import time
 from genperf import checkpoint
 from genperf.config import check, make, parse_args, to_argv
 from genperf.data import check_dataset
-from genperf.distributed import (init_distributed, is_main_process, launch_workers, lost_a_peer, shutdown_distributed,
-                                 under_torchrun)
+from genperf.distributed import (
+    init_distributed,
+    is_main_process,
+    launch_workers,
+    lost_a_peer,
+    shutdown_distributed,
+    under_torchrun,
+)
 from genperf.errors import GenperfError, os_error_line
-from genperf.faults import (EXIT_CODES, exit_with_launcher, launcher_gone, lock_run_folder, say_launcher_gone,
-                            usable_compile_cache)
+from genperf.faults import (
+    EXIT_CODES,
+    exit_with_launcher,
+    launcher_gone,
+    lock_run_folder,
+    say_launcher_gone,
+    usable_compile_cache,
+)
 from genperf.ops.backends import use_backend
 from genperf.trainer import fit_here
 

@@ -2,6 +2,7 @@
 (genperf.config), then `run()` loops step -> checks -> log -> evaluate/checkpoint until the last step or a stop
 signal. Writes the run folder: config.json, metrics.jsonl, samples/ (a grid per epoch from fixed latents),
 loss.png, an atomically written checkpoint that --resume continues from, and summary.json."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ from genperf.config import RESUMABLE, applicable
 from genperf.data import load_dataset, make_batches
 from genperf.distributed import all_reduce_sum, gather_objects, shutdown_distributed
 from genperf.errors import DataError, GenperfError
-from genperf.faults import EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters
 from genperf.families import build_objective
+from genperf.faults import EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters
 from genperf.precision import Precision, keep_freed_cpu_memory
 from genperf.runlog import RunLog
 from genperf.streams import seeded
@@ -40,14 +41,33 @@ class Trainer:
         torch.manual_seed(c.seed)  # the same initial weights on every rank (FSDP2 keeps each rank's own shard)
         self.objective = build_objective(c, self.data, self.precision, self.device, dist.rank, dist.world_size)
         if c.compile:  # FSDP2's hooks break the graph at every sharded unit
-            self.objective.compile(fullgraph=not c.fsdp, dynamic=False,
-                                   mode=None if c.compile_mode == "default" else c.compile_mode)
+            self.objective.compile(
+                fullgraph=not c.fsdp, dynamic=False, mode=None if c.compile_mode == "default" else c.compile_mode
+            )
         torch.manual_seed(c.seed * 1000 + dist.rank)  # then a stream of its own per rank
         self.flops, self.peak, memory_line = self._account()
-        self.train = make_batches(self.data.train, c.batch_size, c.seed, dist.rank, dist.world_size, self.device,
-                                  loader=c.loader, workers=c.workers)
-        self.heldout = make_batches(self.data.heldout, c.batch_size, 0, dist.rank, dist.world_size, self.device,
-                                    shuffle=False, drop_last=False, loader=c.loader, workers=c.workers)
+        self.train = make_batches(
+            self.data.train,
+            c.batch_size,
+            c.seed,
+            dist.rank,
+            dist.world_size,
+            self.device,
+            loader=c.loader,
+            workers=c.workers,
+        )
+        self.heldout = make_batches(
+            self.data.heldout,
+            c.batch_size,
+            0,
+            dist.rank,
+            dist.world_size,
+            self.device,
+            shuffle=False,
+            drop_last=False,
+            loader=c.loader,
+            workers=c.workers,
+        )
         self.steps_per_epoch = len(self.train)
         self.total_steps = c.steps if c.steps is not None else c.epochs * self.steps_per_epoch
         self.fixed_noise = self.objective.noise(NUM_SAMPLES, torch.Generator().manual_seed(c.seed)).to(self.device)
@@ -57,8 +77,12 @@ class Trainer:
         self.kept_step = self.step if c.resume else None  # the step of the checkpoint on disk
         self.log = self._start_log(memory_line) if self.step < self.total_steps else None
         # The loop's state: the metrics since the last log line, what was last logged, the stop asked for.
-        self.window, self.window_start, self.t_start, self.start_step = {}, time.perf_counter(), time.perf_counter(), \
-            self.step
+        self.window, self.window_start, self.t_start, self.start_step = (
+            {},
+            time.perf_counter(),
+            time.perf_counter(),
+            self.step,
+        )
         self.last, self.held, self.artifacts_step = {}, {}, None
         self.compile_s, self.compile_reported = 0.0, 0.0  # seconds of the steps in which torch.compile compiled
         self.stop, self.finished = None, False
@@ -70,13 +94,17 @@ class Trainer:
         """Trains to the last step or until a stop signal; returns the exit code."""
         if self.log is None:  # nothing to train: the run folder stays as it is
             if self.dist.is_main:
-                print(f"genperf: {self.config.out} has already finished its {self.total_steps} steps; nothing to do "
-                      f"(pass a larger --steps or --epochs to train further)", flush=True)
+                print(
+                    f"genperf: {self.config.out} has already finished its {self.total_steps} steps; nothing to do "
+                    f"(pass a larger --steps or --epochs to train further)",
+                    flush=True,
+                )
             return 0
         from tqdm import tqdm
 
-        self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.dist.is_main, dynamic_ncols=True,
-                        unit="step")
+        self.bar = tqdm(
+            total=self.total_steps, initial=self.step, disable=not self.dist.is_main, dynamic_ncols=True, unit="step"
+        )
         try:
             # Signals stay deferred until the run has stopped or finished, so a stop always ends with a checkpoint;
             # one during the final grid, evaluation and checkpoint lets them finish.
@@ -88,8 +116,11 @@ class Trainer:
                 else:
                     self.finish()
         except NonFinite as e:
-            kept = f"The last good checkpoint (step {self.kept_step}) is kept at {self.ckpt}" \
-                if self.kept_step is not None else "No checkpoint was written before it"
+            kept = (
+                f"The last good checkpoint (step {self.kept_step}) is kept at {self.ckpt}"
+                if self.kept_step is not None
+                else "No checkpoint was written before it"
+            )
             raise GenperfError(f"{e}; stopping. {kept}") from None
         except DataError as e:
             raise DataError(f"{e} ({self.keep_steps_after_data_error()})") from None
@@ -107,8 +138,10 @@ class Trainer:
         if self.step == start:  # a loader that yields nothing would otherwise loop over empty epochs
             raise DataError(f"epoch {epoch} gave no batch: every image of it was unreadable")
         if self.step % self.steps_per_epoch == 0 and not self.stop:
-            self.held, self.artifacts_step = self.epoch_artifacts(f"epoch_{self.step // self.steps_per_epoch:03d}"), \
-                self.step
+            self.held, self.artifacts_step = (
+                self.epoch_artifacts(f"epoch_{self.step // self.steps_per_epoch:03d}"),
+                self.step,
+            )
 
     def train_step(self, x):
         c = self.config
@@ -144,14 +177,26 @@ class Trainer:
             print(f"genperf: skipped {skipped_images} images that failed to decode (named above)", flush=True)
         images_per_s = (self.step - self.start_step) * c.batch_size / max(elapsed, 1e-9)
         n_params = sum(p.numel() for m in self.objective.modules.values() for p in m.parameters())
-        summary = dict(model=c.model, data=c.data, steps=self.step, epochs=self.step / self.steps_per_epoch,
-                       parameters=n_params, world_size=dist.world_size,
-                       amp=str(self.precision.dtype) if self.precision.dtype else None,
-                       skipped_steps=self.precision.skipped_steps, skipped_images=skipped_images, train=self.last,
-                       heldout=self.held, wall_time_s=elapsed, images_per_s=images_per_s, flops_per_image=self.flops,
-                       peak_flops=self.peak, mfu=images_per_s * self.flops / self.peak if self.peak else None,
-                       compile_s=self.compile_s if c.compile else None,
-                       samples=sorted(os.listdir(self.log.path("samples"))) if dist.is_main else None)
+        summary = dict(
+            model=c.model,
+            data=c.data,
+            steps=self.step,
+            epochs=self.step / self.steps_per_epoch,
+            parameters=n_params,
+            world_size=dist.world_size,
+            amp=str(self.precision.dtype) if self.precision.dtype else None,
+            skipped_steps=self.precision.skipped_steps,
+            skipped_images=skipped_images,
+            train=self.last,
+            heldout=self.held,
+            wall_time_s=elapsed,
+            images_per_s=images_per_s,
+            flops_per_image=self.flops,
+            peak_flops=self.peak,
+            mfu=images_per_s * self.flops / self.peak if self.peak else None,
+            compile_s=self.compile_s if c.compile else None,
+            samples=sorted(os.listdir(self.log.path("samples"))) if dist.is_main else None,
+        )
         self.log.write_json("summary.json", summary)
         self.log.plot_losses(final=True)
         self.log.close()
@@ -164,15 +209,22 @@ class Trainer:
         """The line a stopped run ends with; its exit code."""
         if self.stop and self.finished:
             if self.dist.is_main:
-                print(f"genperf: {signal.Signals(self.stop).name} arrived as the run finished; it finished (step "
-                      f"{self.step}, checkpoint {self.ckpt})", file=sys.stderr, flush=True)
+                print(
+                    f"genperf: {signal.Signals(self.stop).name} arrived as the run finished; it finished (step "
+                    f"{self.step}, checkpoint {self.ckpt})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         elif self.stop:
             self.log.plot_losses(final=True)
             self.log.close()
             if self.dist.is_main:
-                print(f"genperf: stopped by {signal.Signals(self.stop).name} at step {self.step}; checkpoint written "
-                      f"to {self.ckpt}; continue with: python -m genperf.train --resume --out {self.config.out}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"genperf: stopped by {signal.Signals(self.stop).name} at step {self.step}; checkpoint written "
+                    f"to {self.ckpt}; continue with: python -m genperf.train --resume --out {self.config.out}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return EXIT_CODES[self.stop] if self.stop else 0
 
     def keep_steps_after_data_error(self):
@@ -180,16 +232,22 @@ class Trainer:
         (under FSDP the ranks fail at different steps, so no collective save is tried). Says what is kept."""
         if self.dist.world_size == 1 and self.step and self.step != self.kept_step:
             self.save_checkpoint()
-        return f"checkpoint of step {self.kept_step} at {self.ckpt}" if self.kept_step is not None else \
-            "no checkpoint was written"
+        return (
+            f"checkpoint of step {self.kept_step} at {self.ckpt}"
+            if self.kept_step is not None
+            else "no checkpoint was written"
+        )
 
     # ---- logging, evaluation, checkpoints ----
     def report_compile(self):
         """One line when torch.compile first compiled, and one more for each later recompilation."""
         if self.compile_s > self.compile_reported and self.dist.is_main:
             what = "compiled" if self.compile_reported == 0 else "recompiled: now"
-            print(f"genperf: torch.compile {what} {compiled_graphs()} graph(s) by step {self.step}, "
-                  f"{self.compile_s:.1f} s of steps spent compiling", flush=True)
+            print(
+                f"genperf: torch.compile {what} {compiled_graphs()} graph(s) by step {self.step}, "
+                f"{self.compile_s:.1f} s of steps spent compiling",
+                flush=True,
+            )
         self.compile_reported = self.compile_s
 
     def flush_window(self):
@@ -202,10 +260,19 @@ class Trainer:
         self.last = dict(zip(self.window, (means / self.dist.world_size).tolist()))
         ips = len(next(iter(self.window.values()))) * self.config.batch_size / max(elapsed, 1e-9)
         mfu = ips * self.flops / self.peak if self.peak else 0.0
-        self.log.log(dict(step=self.step, epoch=self.step / self.steps_per_epoch, split="train", images_per_s=ips,
-                          mfu=mfu, **self.last))
-        self.bar.set_postfix({**{k: f"{v:.4g}" for k, v in self.last.items()}, "img/s": f"{ips:.0f}",
-                              "mfu": f"{100 * mfu:.1f}%"})
+        self.log.log(
+            dict(
+                step=self.step,
+                epoch=self.step / self.steps_per_epoch,
+                split="train",
+                images_per_s=ips,
+                mfu=mfu,
+                **self.last,
+            )
+        )
+        self.bar.set_postfix(
+            {**{k: f"{v:.4g}" for k, v in self.last.items()}, "img/s": f"{ips:.0f}", "mfu": f"{100 * mfu:.1f}%"}
+        )
         self.window, self.window_start = {}, time.perf_counter()
 
     def evaluate(self):
@@ -226,8 +293,16 @@ class Trainer:
     def save_checkpoint(self):
         self.verify()
         self.flush_window()
-        checkpoint.save(self.config.out, self.objective, self.precision, self.step, self.config, self.dist.is_main,
-                        self.data_print, self.kept_step)
+        checkpoint.save(
+            self.config.out,
+            self.objective,
+            self.precision,
+            self.step,
+            self.config,
+            self.dist.is_main,
+            self.data_print,
+            self.kept_step,
+        )
         self.kept_step = self.step
 
     def epoch_artifacts(self, name):
@@ -251,8 +326,10 @@ class Trainer:
             cost = step_cost(c, self.data, c.batch_size // dist.world_size)
         except Exception as e:  # accounting must never stop a run
             if dist.is_main:
-                print(f"genperf: no MFU or memory estimate: counting the step failed ({type(e).__name__}: {e})",
-                      flush=True)
+                print(
+                    f"genperf: no MFU or memory estimate: counting the step failed ({type(e).__name__}: {e})",
+                    flush=True,
+                )
             return 0.0, 0.0, None
         memory_line = check_memory(cost, c, self.data, self.precision, self.device, dist.world_size)
         if not dist.is_main:
@@ -272,11 +349,23 @@ class Trainer:
         if found is None:
             raise GenperfError(f"--resume: no checkpoint at {self.ckpt}")
         checkpoint.check_belongs(c.out, found)
-        step = checkpoint.restore(found, self.objective, self.precision, c, self.data, dist.rank, dist.world_size,
-                                  self.device, RESUMABLE, old_names=models.WeightNormConv2d.OLD_KEYS)
+        step = checkpoint.restore(
+            found,
+            self.objective,
+            self.precision,
+            c,
+            self.data,
+            dist.rank,
+            dist.world_size,
+            self.device,
+            RESUMABLE,
+            old_names=models.WeightNormConv2d.OLD_KEYS,
+        )
         if step > self.total_steps:
-            raise GenperfError(f"--resume: the checkpoint in {c.out} is at step {step}, beyond the {self.total_steps} "
-                               f"steps asked for; pass a larger --steps or --epochs")
+            raise GenperfError(
+                f"--resume: the checkpoint in {c.out} is at step {step}, beyond the {self.total_steps} "
+                f"steps asked for; pass a larger --steps or --epochs"
+            )
         return step
 
     def _start_log(self, memory_line):
@@ -285,18 +374,30 @@ class Trainer:
         log = RunLog(c.out, dist.is_main, resume_step=self.step if c.resume else None, tensorboard=c.tensorboard)
         n_params = sum(p.numel() for m in self.objective.modules.values() for p in m.parameters())
         precision = self.precision
-        log.write_json("config.json", dict(applicable(c), world_size=dist.world_size, parameters=n_params,
-                                           steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-                                           data_notes=data.notes,
-                                           autocast_dtype=str(precision.dtype) if precision.dtype else None,
-                                           precision_note=precision.note))
+        log.write_json(
+            "config.json",
+            dict(
+                applicable(c),
+                world_size=dist.world_size,
+                parameters=n_params,
+                steps_per_epoch=self.steps_per_epoch,
+                total_steps=self.total_steps,
+                data_notes=data.notes,
+                autocast_dtype=str(precision.dtype) if precision.dtype else None,
+                precision_note=precision.note,
+            ),
+        )
         if dist.is_main:
             for note in data.notes + ([precision.note] if precision.note else []):
                 print(f"genperf: {note}", flush=True)
-            print(f"genperf: {c.model} on {c.data} {'x'.join(map(str, data.shape))}, {n_params / 1e6:.2f}M parameters, "
-                  f"{dist.world_size} rank(s) on {self.device.type}, {self.steps_per_epoch} steps/epoch, "
-                  f"{self.total_steps} steps" + (f", resuming at step {self.step}" if self.step else "")
-                  + (f"; {memory_line}" if memory_line else ""), flush=True)
+            print(
+                f"genperf: {c.model} on {c.data} {'x'.join(map(str, data.shape))}, {n_params / 1e6:.2f}M parameters, "
+                f"{dist.world_size} rank(s) on {self.device.type}, {self.steps_per_epoch} steps/epoch, "
+                f"{self.total_steps} steps"
+                + (f", resuming at step {self.step}" if self.step else "")
+                + (f"; {memory_line}" if memory_line else ""),
+                flush=True,
+            )
         return log
 
 
@@ -321,8 +422,9 @@ def step_cost(config, data, batch):
     memory but is not model work, so the FLOPs are counted on a copy without it. Random streams are untouched."""
     flops, peak = _count_step(config, data, batch)
     if config.model == "realnvp" and (config.checkpointing != "none" or config.invertible):
-        flops = _count_step(argparse.Namespace(**dict(vars(config), checkpointing="none", invertible=False)), data,
-                            batch)[0]
+        flops = _count_step(
+            argparse.Namespace(**dict(vars(config), checkpointing="none", invertible=False)), data, batch
+        )[0]
     return StepCost(flops, peak)
 
 
@@ -330,10 +432,12 @@ def _count_step(config, data, batch):
     """(model FLOPs per image, peak bytes) of one step of `config`'s model on the meta device."""
     meta = torch.device("meta")
     with torch.random.fork_rng(devices=[]):
-        objective = build_objective(argparse.Namespace(**dict(vars(config), fsdp=False, compile=False)), data,
-                                    Precision("cpu", False), meta)
-        weights = sum(t.untyped_storage().nbytes() for m in objective.modules.values()
-                      for t in (*m.parameters(), *m.buffers()))
+        objective = build_objective(
+            argparse.Namespace(**dict(vars(config), fsdp=False, compile=False)), data, Precision("cpu", False), meta
+        )
+        weights = sum(
+            t.untyped_storage().nbytes() for m in objective.modules.values() for t in (*m.parameters(), *m.buffers())
+        )
         x = torch.empty(batch, *data.shape, device=meta)
         with perf.PeakMemory() as memory:
             flops = perf.step_flops(lambda i: objective.train_step(x, i), getattr(objective, "critic_iters", 1))
@@ -350,9 +454,11 @@ def check_memory(cost, config, data, precision, device, world_size):
     free = perf.free_memory(device)
     what = f"about {need / 2**30:.2f} GiB" + (" (half the fp32 estimate, under --amp)" if precision.dtype else "")
     if free is not None and need > free:
-        raise GenperfError(f"a training step at --batch-size {config.batch_size} needs {what}, more than the "
-                           f"{free / 2**30:.1f} GiB free on {device.type}; lower --batch-size or --image-size, or save "
-                           f"memory with --amp" + (", --checkpointing or --invertible" if config.model == "realnvp" else ""))
+        raise GenperfError(
+            f"a training step at --batch-size {config.batch_size} needs {what}, more than the "
+            f"{free / 2**30:.1f} GiB free on {device.type}; lower --batch-size or --image-size, or save "
+            f"memory with --amp" + (", --checkpointing or --invertible" if config.model == "realnvp" else "")
+        )
     return f"a step needs {what} of the {free / 2**30:.1f} GiB free" if free is not None else f"a step needs {what}"
 
 

@@ -6,6 +6,7 @@ ROWS consecutive (n, c) planes times BLOCK elements of each, so small planes (7x
 share a program instead of each masking most of a 1024-wide block; each row's log-det / scale-gradient partial
 is one atomic add. tanh and exp are recomputed in the backward, nothing is saved.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -55,8 +56,27 @@ def _load_keep(mask_ptr, n, mask_sn, c, mask_sc, offs, inb):
 
 
 @triton.jit
-def _coupling_fwd(x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, y_ptr, logdet_ptr, P, C, L, sx, sr, st, mask_sn, mask_sc,
-                  HAS_MASK: tl.constexpr, REVERSE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+def _coupling_fwd(
+    x_ptr,
+    r_ptr,
+    t_ptr,
+    scale_ptr,
+    mask_ptr,
+    y_ptr,
+    logdet_ptr,
+    P,
+    C,
+    L,
+    sx,
+    sr,
+    st,
+    mask_sn,
+    mask_sc,
+    HAS_MASK: tl.constexpr,
+    REVERSE: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     n, c, idx, offs, inb, rows = _block(P, C, L, ROWS, BLOCK)
     x = _load_input(x_ptr, n, sx, c, L, offs, inb)
     r = _load_input(r_ptr, n, sr, c, L, offs, inb)
@@ -76,9 +96,31 @@ def _coupling_fwd(x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, y_ptr, logdet_ptr, P
 
 
 @triton.jit
-def _coupling_bwd(gy_ptr, gl_ptr, x_ptr, r_ptr, t_ptr, scale_ptr, mask_ptr, dx_ptr, dr_ptr, dt_ptr, dscale_ptr,
-                  P, C, L, sx, sr, st, mask_sn, mask_sc, HAS_MASK: tl.constexpr, REVERSE: tl.constexpr,
-                  ROWS: tl.constexpr, BLOCK: tl.constexpr):
+def _coupling_bwd(
+    gy_ptr,
+    gl_ptr,
+    x_ptr,
+    r_ptr,
+    t_ptr,
+    scale_ptr,
+    mask_ptr,
+    dx_ptr,
+    dr_ptr,
+    dt_ptr,
+    dscale_ptr,
+    P,
+    C,
+    L,
+    sx,
+    sr,
+    st,
+    mask_sn,
+    mask_sc,
+    HAS_MASK: tl.constexpr,
+    REVERSE: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     n, c, idx, offs, inb, rows = _block(P, C, L, ROWS, BLOCK)
     gy = _load(gy_ptr, idx, inb)
     x = _load_input(x_ptr, n, sx, c, L, offs, inb)
@@ -137,8 +179,25 @@ def coupling_forward(x, r, t, scale, mask, reverse):
     logdet = torch.zeros(n, device=x.device, dtype=torch.float32)
     m, msn, msc = _mask_args(mask, x)
     grid, rows, block = _launch(n * c, length)
-    _coupling_fwd[grid](x, r, t, scale, m, y, logdet, n * c, c, length, *_sample_strides(x, r, t), msn, msc,
-                        HAS_MASK=mask is not None, REVERSE=reverse, ROWS=rows, BLOCK=block)
+    _coupling_fwd[grid](
+        x,
+        r,
+        t,
+        scale,
+        m,
+        y,
+        logdet,
+        n * c,
+        c,
+        length,
+        *_sample_strides(x, r, t),
+        msn,
+        msc,
+        HAS_MASK=mask is not None,
+        REVERSE=reverse,
+        ROWS=rows,
+        BLOCK=block,
+    )
     return y, logdet
 
 
@@ -149,7 +208,27 @@ def coupling_backward(grad_y, grad_logdet, x, r, t, scale, mask, reverse):
     dscale = torch.zeros(c, device=x.device, dtype=torch.float32)
     m, msn, msc = _mask_args(mask, x)
     grid, rows, block = _launch(n * c, length)
-    _coupling_bwd[grid](grad_y, grad_logdet, x, r, t, scale, m, dx, dr, dt, dscale, n * c, c, length,
-                        *_sample_strides(x, r, t), msn, msc, HAS_MASK=mask is not None, REVERSE=reverse, ROWS=rows,
-                        BLOCK=block)
+    _coupling_bwd[grid](
+        grad_y,
+        grad_logdet,
+        x,
+        r,
+        t,
+        scale,
+        m,
+        dx,
+        dr,
+        dt,
+        dscale,
+        n * c,
+        c,
+        length,
+        *_sample_strides(x, r, t),
+        msn,
+        msc,
+        HAS_MASK=mask is not None,
+        REVERSE=reverse,
+        ROWS=rows,
+        BLOCK=block,
+    )
     return dx, dr, dt, dscale

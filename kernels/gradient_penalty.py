@@ -1,6 +1,7 @@
 """WGAN-GP pieces in Triton: the per-sample interpolation, and the penalty on the critic's input
 gradient (per-sample sum of squares forward; the backward in one pass over the gradient, with
 each program recomputing its sample's coefficient from the saved sum of squares)."""
+
 import torch
 import triton
 import triton.language as tl
@@ -59,6 +60,7 @@ def sum_squares(grad):
 def penalty_backward(grad_out, grad, sumsq, weight, norm_eps):
     n, length = grad.shape
     dg = torch.empty_like(grad)
-    _penalty_bwd[(n, triton.cdiv(length, BLOCK))](grad_out, grad, sumsq, dg, n, length, float(weight),
-                                                  float(norm_eps), BLOCK=BLOCK)
+    _penalty_bwd[(n, triton.cdiv(length, BLOCK))](
+        grad_out, grad, sumsq, dg, n, length, float(weight), float(norm_eps), BLOCK=BLOCK
+    )
     return dg

@@ -13,9 +13,12 @@ MNIST = os.environ.get("GENPERF_TEST_MNIST", os.path.join(REPO, "tests", "data",
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end runs of the quick study, the CPU selftest and FSDP under "
-                                       "torch.compile, minutes each on a 2-core CPU; README's test command leaves them "
-                                       "out (-m 'not slow') and its slow-test command runs them")
+    config.addinivalue_line(
+        "markers",
+        "slow: end-to-end runs of the quick study, the CPU selftest and FSDP under "
+        "torch.compile, minutes each on a 2-core CPU; README's test command leaves them "
+        "out (-m 'not slow') and its slow-test command runs them",
+    )
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """After training: genperf.load, python -m genperf.sample / evaluate on runs of every model (single
 process and a 2-rank FSDP run), resume by folder alone, EMA, TensorBoard, and bad run folders."""
+
 import json
 import math
 import os
@@ -25,8 +26,25 @@ def _train(model, out, *extra, data=("--data", "digits", "--image-size", "16")):
 
 
 def _fsdp(out, *extra):
-    cmd = [sys.executable, "-m", "genperf.train", "realnvp", "--data", "digits", "--batch-size", "32",
-           "--mid-channels", "8", "--num-blocks", "1", "--steps", "10", "--out", str(out), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "genperf.train",
+        "realnvp",
+        "--data",
+        "digits",
+        "--batch-size",
+        "32",
+        "--mid-channels",
+        "8",
+        "--num-blocks",
+        "1",
+        "--steps",
+        "10",
+        "--out",
+        str(out),
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -90,8 +108,22 @@ def _heldout(run):
 def test_evaluate_every_model_and_match_the_training_log(model, runs, tmp_path):
     run = runs / model
     out = tmp_path / "eval.json"
-    assert evaluate.main([str(run), "--samples", "3", "--fid-samples", "100", "--json", str(out),
-                          "--classifier", str(tmp_path.parent / "classifier-digits-16.pt")]) == 0
+    assert (
+        evaluate.main(
+            [
+                str(run),
+                "--samples",
+                "3",
+                "--fid-samples",
+                "100",
+                "--json",
+                str(out),
+                "--classifier",
+                str(tmp_path.parent / "classifier-digits-16.pt"),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["step"] == 10 and result["split"] == "heldout"
     assert result["classifier_fid"] > 0 and 0.5 < result["classifier_accuracy"] <= 1
@@ -128,8 +160,20 @@ def test_a_two_rank_sharded_checkpoint_loads_in_one_process(runs, tmp_path):
     for key in state_one:
         torch.testing.assert_close(state_two[key], state_one[key], rtol=1e-4, atol=1e-5)
     assert sample.main([str(runs / "realnvp-fsdp2"), "--n", "4", "--grid", str(tmp_path / "g.png")]) == 0
-    assert evaluate.main([str(runs / "realnvp-fsdp2"), "--samples", "1", "--metrics", "bits_per_dim",
-                          "--json", str(tmp_path / "e.json")]) == 0
+    assert (
+        evaluate.main(
+            [
+                str(runs / "realnvp-fsdp2"),
+                "--samples",
+                "1",
+                "--metrics",
+                "bits_per_dim",
+                "--json",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
     bpd = json.loads((tmp_path / "e.json").read_text())["bits_per_dim"]
     assert bpd == pytest.approx(_heldout(runs / "realnvp-fsdp2")["bits_per_dim"], rel=1e-3)  # other ranks' noise
 
@@ -178,8 +222,23 @@ def test_resume_accepts_another_spelling_of_the_same_folders(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     argv = ["vae", "--data", "digits", "--data-root", "data"]
     assert train.main([*argv, "--steps", "2", "--out", "run"]) == 0
-    assert train.main(["vae", "--data", "digits", "--data-root", "./data/", "--steps", "4", "--resume",
-                       "--out", str(tmp_path / "run") + "/"]) == 0
+    assert (
+        train.main(
+            [
+                "vae",
+                "--data",
+                "digits",
+                "--data-root",
+                "./data/",
+                "--steps",
+                "4",
+                "--resume",
+                "--out",
+                str(tmp_path / "run") + "/",
+            ]
+        )
+        == 0
+    )
     shutil.move(tmp_path / "run", tmp_path / "moved")  # a run folder resumes wherever it now is
     assert train.main(["--resume", "--out", "moved", "--steps", "6"]) == 0
     assert json.loads((tmp_path / "moved" / "summary.json").read_text())["steps"] == 6

@@ -1,5 +1,6 @@
 """benchmarks/bench_kernels.py: prints unless asked to write a CSV, marks noisy timings, and never times
 eager code under the torch.compile label."""
+
 import importlib.util
 import os
 
@@ -33,8 +34,16 @@ def test_prints_only_unless_given_a_csv(bench, tmp_path, capsys):
 
 def test_noisy_timings_are_marked(bench, capsys):
     rows = []
-    bench.report(rows, "op", "x", "fwd", {"eager": (1.0, 5.0, 10.0), "cpu": (0.0100, 0.0101, 0.0102)}, 0,
-                 torch.device("cpu"), torch.float32)
+    bench.report(
+        rows,
+        "op",
+        "x",
+        "fwd",
+        {"eager": (1.0, 5.0, 10.0), "cpu": (0.0100, 0.0101, 0.0102)},
+        0,
+        torch.device("cpu"),
+        torch.float32,
+    )
     lines = capsys.readouterr().out.splitlines()
     assert all(line.endswith("NOISY (eager)") for line in lines)  # the cpu ratio rests on a noisy baseline
     assert [r["noisy"] for r in rows] == [True, False]

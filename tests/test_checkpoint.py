@@ -1,4 +1,5 @@
 """genperf.checkpoint: atomic publishing of sharded checkpoint directories."""
+
 from genperf.checkpoint import find_sharded, publish_dir
 
 

@@ -1,4 +1,5 @@
 """genperf.checkpoint: sharded checkpoints of FSDP2 modules, in a one-rank process group of its own process."""
+
 import pathlib
 import subprocess
 import sys
@@ -6,9 +7,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from genperf.models import RealNVP, WeightNormConv2d
 from genperf.checkpoint import _rename_params, _renamer, load_sharded, save_sharded, sharded_states
 from genperf.distributed import apply_fsdp
+from genperf.models import RealNVP, WeightNormConv2d
 from genperf.precision import make_adam
 
 
@@ -45,16 +46,21 @@ def check_old_names_load(tmp_path):
     save_sharded(old, str(tmp_path / "ckpt"))  # what the earlier code wrote
 
     fresh, fresh_optimizer = _trained_flow(1)
-    assert not torch.equal(_local(fresh.state_dict())["scales.0.in_couplings.0.st_net.in_conv.weight_v"],
-                           _local(model.state_dict())["scales.0.in_couplings.0.st_net.in_conv.weight_v"])
-    load_sharded({"realnvp": fresh}, {"realnvp": fresh_optimizer}, str(tmp_path / "ckpt"),
-                 old_names=WeightNormConv2d.OLD_KEYS)
+    assert not torch.equal(
+        _local(fresh.state_dict())["scales.0.in_couplings.0.st_net.in_conv.weight_v"],
+        _local(model.state_dict())["scales.0.in_couplings.0.st_net.in_conv.weight_v"],
+    )
+    load_sharded(
+        {"realnvp": fresh}, {"realnvp": fresh_optimizer}, str(tmp_path / "ckpt"), old_names=WeightNormConv2d.OLD_KEYS
+    )
     want, got = _local(model.state_dict()), _local(fresh.state_dict())
     assert set(want) == set(got)
     for key in want:
         assert torch.equal(got[key], want[key]), key
     for p_want, p_got in zip(model.parameters(), fresh.parameters()):
-        assert torch.equal(fresh_optimizer.state[p_got]["exp_avg"].to_local(), optimizer.state[p_want]["exp_avg"].to_local())
+        assert torch.equal(
+            fresh_optimizer.state[p_got]["exp_avg"].to_local(), optimizer.state[p_want]["exp_avg"].to_local()
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """--compile: compiled steps against eager ones for every model, no recompiles after warm-up, and
 runs that switch --compile on or off across a resume."""
+
 import json
 
 import pytest
@@ -32,7 +33,9 @@ def _fresh_dynamo():
 
 
 def _objective(model, amp, compiled, extra=()):
-    args = config.parse_args([model, "--data", "digits", "--image-size", "16", "--batch-size", "16", *SMALL[model], *extra])
+    args = config.parse_args(
+        [model, "--data", "digits", "--image-size", "16", "--batch-size", "16", *SMALL[model], *extra]
+    )
     data = load_dataset("digits", image_size=16, download=False)
     torch.manual_seed(0)
     objective = build_objective(args, data, Precision("cpu", amp), torch.device("cpu"))
@@ -86,10 +89,15 @@ def test_compiled_bf16_steps_stay_within_twice_eager_bf16_error(model):
             assert abs(c[k] - e[k]) <= 2 * abs(lo[k] - e[k]) + 0.01 * abs(e[k]) + 1e-3, (k, e[k], lo[k], c[k])
     for module in {name.split(".")[0] for name in exact_grads}:
         names = [name for name in exact_grads if name.startswith(module + ".")]
-        exact, eager, compiled = (torch.cat([grads[n].flatten() for n in names])
-                                  for grads in (exact_grads, bf16_grads, bf16c_grads))
+        exact, eager, compiled = (
+            torch.cat([grads[n].flatten() for n in names]) for grads in (exact_grads, bf16_grads, bf16c_grads)
+        )
         err_eager, err_compiled = (eager - exact).norm(), (compiled - exact).norm()
-        assert err_compiled <= 2 * err_eager + 0.01 * exact.norm() + 1e-6, (module, err_eager.item(), err_compiled.item())
+        assert err_compiled <= 2 * err_eager + 0.01 * exact.norm() + 1e-6, (
+            module,
+            err_eager.item(),
+            err_compiled.item(),
+        )
 
 
 @pytest.mark.parametrize("model", ["realnvp", "wgan-gp"])
@@ -110,8 +118,21 @@ def test_no_recompiles_after_warm_up(model):
 def _run(out, *extra):
     # batch 16 as in _objective: these runs compile the graphs test_compiled_steps_match_eager_steps compiled, which
     # inductor's cache then holds (its C++ kernels took 1-2 minutes to build on a cold cache here)
-    argv = ["realnvp", "--data", "digits", "--image-size", "16", "--batch-size", "16", "--out", str(out),
-            "--log-every", "5", *SMALL["realnvp"], *extra]
+    argv = [
+        "realnvp",
+        "--data",
+        "digits",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+        "--log-every",
+        "5",
+        *SMALL["realnvp"],
+        *extra,
+    ]
     return train.main(argv)
 
 

@@ -2,6 +2,7 @@
 in its folder, a signal arrives, a process dies mid-save, or the data is hostile. Each fault must end
 with one clear line, the right exit code, nothing lost and no process left behind. Random moments
 come from seeded generators, so a failing trial replays."""
+
 import errno
 import json
 import os
@@ -34,8 +35,13 @@ def _spawn(out, *extra):
     out = str(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     stdout, stderr = open(out + ".stdout", "w"), open(out + ".stderr", "w")
-    return subprocess.Popen([sys.executable, "-m", "genperf.train", *RING, "--steps", "1000000", "--out", out, *extra],
-                            stdout=stdout, stderr=stderr, env=ENV, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "genperf.train", *RING, "--steps", "1000000", "--out", out, *extra],
+        stdout=stdout,
+        stderr=stderr,
+        env=ENV,
+        start_new_session=True,
+    )
 
 
 def _wait_for(condition, timeout=60, what="condition"):
@@ -122,8 +128,13 @@ def test_killing_the_launchers_group_ends_its_workers_and_frees_the_folder(tmp_p
     assert run.step >= 1 and all(torch.isfinite(p).all() for p in run.model.parameters())
 
 
-@pytest.mark.parametrize("error", [RuntimeError("Read error [127.0.0.1]:7576: Connection reset by peer"),
-                                   GenperfError("could not write the checkpoint: Connection reset by peer")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("Read error [127.0.0.1]:7576: Connection reset by peer"),
+        GenperfError("could not write the checkpoint: Connection reset by peer"),
+    ],
+)
 def test_rank_0_says_the_launcher_is_gone_when_a_peer_stopped_first(error, monkeypatch, capsys):
     """Rank 1's watcher may see the killed launcher first and exit; rank 0, inside a collective with it, then
     fails before its own watcher looks (seen once in CI: a gloo traceback instead of the line)."""
@@ -176,8 +187,10 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint_and_resumes(tmp_path, 
     monkeypatch.setattr(checkpoint, "open", open_on_a_filling_disk, raising=False)
     assert _ring(tmp_path, "--steps", "30", "--ckpt-every", "10") == 2
     err = _error(capsys)
-    assert err == (f"genperf: error: could not write the checkpoint to {tmp_path}/checkpoint.pt: No space left on "
-                   f"device; the last good checkpoint (step 10) is kept")
+    assert err == (
+        f"genperf: error: could not write the checkpoint to {tmp_path}/checkpoint.pt: No space left on "
+        f"device; the last good checkpoint (step 10) is kept"
+    )
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json", "metrics.jsonl", "run.lock", "samples"]
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 10
     monkeypatch.undo()
@@ -198,8 +211,7 @@ def test_disk_full_while_logging_is_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(runlog, "open", full, raising=False)
     assert _ring(tmp_path, "--steps", "20") == 2
-    assert _error(capsys) == \
-        f"genperf: error: could not write {tmp_path}/metrics.jsonl: No space left on device"
+    assert _error(capsys) == f"genperf: error: could not write {tmp_path}/metrics.jsonl: No space left on device"
 
 
 def test_disk_full_on_one_rank_of_a_sharded_save(tmp_path, monkeypatch, capsys):
@@ -209,8 +221,9 @@ def test_disk_full_on_one_rank_of_a_sharded_save(tmp_path, monkeypatch, capsys):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="localhost",
-                           MASTER_PORT=str(port)).items():
+    for key, value in dict(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="localhost", MASTER_PORT=str(port)
+    ).items():
         monkeypatch.setenv(key, value)
     real_save, calls = checkpoint.save_sharded, []
 
@@ -226,22 +239,28 @@ def test_disk_full_on_one_rank_of_a_sharded_save(tmp_path, monkeypatch, capsys):
     assert _ring(tmp_path, "--fsdp", "--steps", "30", "--ckpt-every", "10") == 2
     assert _error(capsys) == (
         f"genperf: error: could not write the checkpoint to {tmp_path}/checkpoint: No space left on device; "
-        f"the last good checkpoint (step 10) is kept")
+        f"the last good checkpoint (step 10) is kept"
+    )
     assert not os.path.exists(tmp_path / "checkpoint.tmp")
     assert checkpoint.read_meta(str(tmp_path / "checkpoint"))["step"] == 10
 
 
 # ---- 3. one run per folder ----
-def test_a_second_run_in_a_busy_folder_stops_naming_the_holder_and_a_dead_holders_lock_is_taken_over(
-        tmp_path, capsys):
+def test_a_second_run_in_a_busy_folder_stops_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path, capsys):
     out = tmp_path / "run"
     proc = _spawn(out, "--ckpt-every", "50")
     _wait_for(lambda: checkpoint.find(str(out)), what="a checkpoint")
     assert _ring(out, "--steps", "10") == 2
     assert _ring(out, "--resume") == 2  # a resume too: the run is still writing
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"genperf: error: {out} is in use by another genperf run (pid {proc.pid}); wait for it to end, "
-                   f"stop it, or choose another --out"] * 2
+    assert (
+        err
+        == [
+            f"genperf: error: {out} is in use by another genperf run (pid {proc.pid}); wait for it to end, "
+            f"stop it, or choose another --out"
+        ]
+        * 2
+    )
     proc.kill()
     proc.wait()
     step = checkpoint.read_meta(checkpoint.find(str(out)))["step"]
@@ -281,8 +300,10 @@ def test_a_signal_during_the_final_grid_evaluation_and_checkpoint_lets_them_fini
 
     monkeypatch.setattr(RunLog, "save_samples", signalled)
     assert _ring(tmp_path, "--steps", "15") == faults.EXIT_CODES[sig]
-    assert _error(capsys) == (f"genperf: {signal.Signals(sig).name} arrived as the run finished; it finished "
-                              f"(step 15, checkpoint {tmp_path}/checkpoint.pt)")
+    assert _error(capsys) == (
+        f"genperf: {signal.Signals(sig).name} arrived as the run finished; it finished "
+        f"(step 15, checkpoint {tmp_path}/checkpoint.pt)"
+    )
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 15
     assert json.load(open(tmp_path / "summary.json"))["steps"] == 15
 
@@ -300,16 +321,35 @@ def _celeba_vanishing_after(tmp_path, monkeypatch, reads):
         return real_getitem(self, i)
 
     monkeypatch.setattr(celeba.CelebAFolder, "__getitem__", getitem)
-    return ["vae", "--data", "celeba", "--data-root", str(tmp_path / "data"), "--loader", "torch", "--workers", "0",
-            "--image-size", "16", "--batch-size", "8", "--steps", "100", "--out", str(tmp_path / "run")]
+    return [
+        "vae",
+        "--data",
+        "celeba",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--loader",
+        "torch",
+        "--workers",
+        "0",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--steps",
+        "100",
+        "--out",
+        str(tmp_path / "run"),
+    ]
 
 
 def test_images_vanishing_mid_run_end_it_with_one_line_and_a_checkpoint(tmp_path, monkeypatch, capsys):
     argv = _celeba_vanishing_after(tmp_path, monkeypatch, reads=3 * 8)  # three steps' batches
     assert train.main(argv) == 2
     err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("genperf")]
-    assert err == [f"genperf: error: 8 images of epoch 0 could not be read (named above): the data set changed during "
-                   f"the run; restore it and resume (checkpoint of step 3 at {tmp_path}/run/checkpoint.pt)"]
+    assert err == [
+        f"genperf: error: 8 images of epoch 0 could not be read (named above): the data set changed during "
+        f"the run; restore it and resume (checkpoint of step 3 at {tmp_path}/run/checkpoint.pt)"
+    ]
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
 
 
@@ -319,15 +359,21 @@ def test_an_epoch_without_a_single_readable_batch_is_an_error_not_a_loop(tmp_pat
     monkeypatch.setattr(loader.Batches, "count_unreadable", lambda self, n, lost, epoch: lost + n)  # no threshold
     argv = _celeba_vanishing_after(tmp_path, monkeypatch, reads=0)
     assert train.main(argv) == 2
-    assert capsys.readouterr().err.strip().endswith("genperf: error: epoch 0 gave no batch: every image of it was "
-                                                    "unreadable (no checkpoint was written)")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("genperf: error: epoch 0 gave no batch: every image of it was unreadable (no checkpoint was written)")
+    )
 
 
-@pytest.mark.parametrize("damage, line", [
-    ("a shard deleted", "its shard __1_0.distcp is missing"),
-    ("the index deleted", "its index .metadata is missing"),
-    ("a shard cut to 7%", "its shard __0_0.distcp is cut short"),
-])
+@pytest.mark.parametrize(
+    "damage, line",
+    [
+        ("a shard deleted", "its shard __1_0.distcp is missing"),
+        ("the index deleted", "its index .metadata is missing"),
+        ("a shard cut to 7%", "its shard __0_0.distcp is cut short"),
+    ],
+)
 def test_a_damaged_sharded_checkpoint_is_one_line_for_resume_sample_and_evaluate(tmp_path, capsys, damage, line):
     from genperf import evaluate, sample
 
@@ -340,27 +386,35 @@ def test_a_damaged_sharded_checkpoint_is_one_line_for_resume_sample_and_evaluate
         os.remove(shards / ".metadata")
     else:
         data = (shards / "__0_0.distcp").read_bytes()
-        (shards / "__0_0.distcp").write_bytes(data[:len(data) * 7 // 100])
+        (shards / "__0_0.distcp").write_bytes(data[: len(data) * 7 // 100])
     capsys.readouterr()
-    proc = subprocess.run([sys.executable, "-m", "genperf.train", "--resume", "--out", str(out), "--steps", "10"],
-                          capture_output=True, text=True, timeout=300, env=ENV)
+    proc = subprocess.run(
+        [sys.executable, "-m", "genperf.train", "--resume", "--out", str(out), "--steps", "10"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     messages = _messages_of(proc.stderr)
-    assert len(messages) == 1 and messages[0].startswith(f"genperf: error: {shards}: the sharded checkpoint is "
-                                                         f"damaged: {line}"), messages
+    assert len(messages) == 1 and messages[0].startswith(
+        f"genperf: error: {shards}: the sharded checkpoint is damaged: {line}"
+    ), messages
     for name, module in (("sample", sample), ("evaluate", evaluate)):
         assert module.main([str(out)]) == 2
         assert _error(capsys).startswith(f"genperf.{name}: error: {shards}: the sharded checkpoint is damaged: {line}")
 
 
 def test_a_second_signal_exits_at_once():
-    code = ("import os, signal, time\n"
-            "from genperf.faults import StopSignals\n"
-            "with StopSignals() as s:\n"
-            "    os.kill(os.getpid(), signal.SIGTERM)\n"
-            "    assert s.requested == signal.SIGTERM\n"
-            "    os.kill(os.getpid(), signal.SIGTERM)\n"
-            "    time.sleep(30)\n")
+    code = (
+        "import os, signal, time\n"
+        "from genperf.faults import StopSignals\n"
+        "with StopSignals() as s:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    assert s.requested == signal.SIGTERM\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=ENV)
     assert proc.returncode == 143
     assert proc.stderr.strip() == "genperf: second SIGTERM: stopping now, without a checkpoint"
@@ -412,12 +466,17 @@ def test_kill_9_of_every_process_at_a_random_moment_of_sharded_saves(tmp_path):
 # ---- 5. hostile files ----
 def _png_claiming(path, width, height):
     """A valid PNG header that claims width x height pixels, followed by a few rows."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                + chunk(b"IDAT", zlib.compress(bytes(4 * (width + 1)))) + chunk(b"IEND", b""))
+        f.write(
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(4 * (width + 1))))
+            + chunk(b"IEND", b"")
+        )
 
 
 def _jpeg_claiming(path, jpeg, width, height):
@@ -452,8 +511,15 @@ def _dali_only_rejects(jpeg, folder, decodes, tries=30):
     return None
 
 
-@pytest.mark.parametrize("loader", [pytest.param("dali", marks=pytest.mark.skipif(
-    not celeba.dali_available(), reason="nvidia-dali is not installed")), "torch"])
+@pytest.mark.parametrize(
+    "loader",
+    [
+        pytest.param(
+            "dali", marks=pytest.mark.skipif(not celeba.dali_available(), reason="nvidia-dali is not installed")
+        ),
+        "torch",
+    ],
+)
 def test_hostile_images_are_skipped_counted_and_reported_by_both_loaders(tmp_path, loader, capsys):
     from PIL import Image
 
@@ -500,39 +566,71 @@ def test_resume_accepts_other_spellings_of_the_same_folders_and_a_moved_run(tmp_
     argv = ["vae", "--data", "mnist", "--batch-size", "500", "--log-every", "4"]
     assert train.main([*argv, "--data-root", "data-link/", "--steps", "4", "--out", "runs/a/"]) == 0
     os.rename("runs/a", "moved")
-    assert train.main(["--resume", "--out", str(tmp_path / "moved"), "--data-root", os.path.realpath(mnist_root),
-                       "--steps", "8"]) == 0
+    assert (
+        train.main(
+            ["--resume", "--out", str(tmp_path / "moved"), "--data-root", os.path.realpath(mnist_root), "--steps", "8"]
+        )
+        == 0
+    )
     assert torch.load(tmp_path / "moved" / "checkpoint.pt", weights_only=True)["step"] == 8
 
 
 # ---- 7. an --fsdp data error is one line, exit 2 ----
 def test_an_fsdp_data_error_is_printed_once_and_exits_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "genperf.train", "vae", "--fsdp", "--data", "mnist", "--data-root",
-                           str(tmp_path / "none"), "--no-download", "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=120, env=ENV)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "genperf.train",
+            "vae",
+            "--fsdp",
+            "--data",
+            "mnist",
+            "--data-root",
+            str(tmp_path / "none"),
+            "--no-download",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
     assert proc.returncode == 2
     assert "launching" not in proc.stdout  # found before any worker started
-    assert proc.stderr.strip() == (f"genperf: error: mnist: no IDX files under {tmp_path}/none (looked in "
-                                   f"{tmp_path}/none and {tmp_path}/none/MNIST/raw); pass --data-root to the folder "
-                                   f"holding them")
+    assert proc.stderr.strip() == (
+        f"genperf: error: mnist: no IDX files under {tmp_path}/none (looked in "
+        f"{tmp_path}/none and {tmp_path}/none/MNIST/raw); pass --data-root to the folder "
+        f"holding them"
+    )
 
 
 def test_an_error_on_rank_0_alone_is_one_line_without_the_other_ranks_tracebacks(tmp_path):
     (tmp_path / "samples").write_text("a file where the run wants its samples folder")  # rank 0 alone writes there
-    proc = subprocess.run([sys.executable, "-m", "genperf.train", *RING, "--fsdp", "--steps", "20", "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=120, env=ENV)
+    proc = subprocess.run(
+        [sys.executable, "-m", "genperf.train", *RING, "--fsdp", "--steps", "20", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
     assert proc.returncode == 2
     assert _messages_of(proc.stderr) == [f"genperf: error: could not write {tmp_path}/samples: File exists"]
     assert "Traceback" not in proc.stderr
 
 
 # ---- 8. non-finite values are caught at their step ----
-@pytest.mark.parametrize("bad_after, message", [
-    (24, "non-finite discriminator_loss, generator_loss at step 26"),  # the next step's losses
-    (29, "non-finite weights in generator after step 30"),  # the checkpoint of step 30 checks the weights
-])
-def test_a_nan_is_caught_at_its_step_before_any_grid_or_checkpoint_is_made_from_it(tmp_path, monkeypatch, capsys,
-                                                                                   bad_after, message):
+@pytest.mark.parametrize(
+    "bad_after, message",
+    [
+        (24, "non-finite discriminator_loss, generator_loss at step 26"),  # the next step's losses
+        (29, "non-finite weights in generator after step 30"),  # the checkpoint of step 30 checks the weights
+    ],
+)
+def test_a_nan_is_caught_at_its_step_before_any_grid_or_checkpoint_is_made_from_it(
+    tmp_path, monkeypatch, capsys, bad_after, message
+):
     from genperf.families.gan import GANObjective
 
     real_step = GANObjective.train_step
@@ -547,11 +645,13 @@ def test_a_nan_is_caught_at_its_step_before_any_grid_or_checkpoint_is_made_from_
     monkeypatch.setattr(GANObjective, "train_step", poisoned)
     # log lines every 1000 steps: the check does not wait for them
     assert _ring(tmp_path, "--steps", "40", "--ckpt-every", "10", "--log-every", "1000") == 2
-    assert _error(capsys) == (f"genperf: error: {message}; stopping. The last good checkpoint (step 20) is kept at "
-                              f"{tmp_path}/checkpoint.pt")
+    assert _error(capsys) == (
+        f"genperf: error: {message}; stopping. The last good checkpoint (step 20) is kept at {tmp_path}/checkpoint.pt"
+    )
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert state["step"] == 20 and all(torch.isfinite(v).all() for m in state["models"].values() for v in m.values()
-                                       if v.is_floating_point())
+    assert state["step"] == 20 and all(
+        torch.isfinite(v).all() for m in state["models"].values() for v in m.values() if v.is_floating_point()
+    )
     assert os.listdir(tmp_path / "samples") == []
 
 
@@ -568,8 +668,11 @@ def test_step_checks_name_the_bad_metric_and_pass_stop_requests():
 def test_a_missing_labels_file_and_a_short_split_are_named(tmp_path, mnist_root):
     images = os.path.join(mnist_root, "t10k-images-idx3-ubyte.gz")
     os.symlink(images, tmp_path / "t10k-images-idx3-ubyte.gz")
-    with pytest.raises(DataError, match="found .*t10k-images-idx3-ubyte.gz but not its labels file "
-                                        r"\(t10k-labels-idx1-ubyte\[.gz\]\)"):
+    with pytest.raises(
+        DataError,
+        match="found .*t10k-images-idx3-ubyte.gz but not its labels file "
+        r"\(t10k-labels-idx1-ubyte\[.gz\]\)",
+    ):
         load_dataset("mnist", str(tmp_path), download=False)
     short = tmp_path / "short"
     short.mkdir()
@@ -594,8 +697,10 @@ def test_an_evaluation_whose_json_cannot_be_written_still_prints_its_results(tmp
     assert evaluate.main([str(tmp_path / "run"), "--samples", "2", "--json", str(tmp_path / "file" / "eval.json")]) == 2
     captured = capsys.readouterr()
     assert "ELBO" in captured.out  # the results, before the failed write
-    assert _messages_of(captured.err) == [f"genperf.evaluate: error: could not write {tmp_path}/file/eval.json: Not a "
-                                          f"directory; the results are printed above"]
+    assert _messages_of(captured.err) == [
+        f"genperf.evaluate: error: could not write {tmp_path}/file/eval.json: Not a "
+        f"directory; the results are printed above"
+    ]
 
 
 def test_a_sample_grid_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):
@@ -643,20 +748,24 @@ def test_a_read_only_run_folder_is_one_line_for_a_run_and_a_resume(tmp_path, mon
 def test_an_unusable_inductor_cache_folder_is_replaced_for_the_run_and_said(tmp_path):
     (tmp_path / "file").write_text("")
     env = dict(ENV, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "file" / "cache"))
-    for cmd in (["genperf.train", "vae", "--data", "digits", "--steps", "2", "--out", str(tmp_path / "run")],
-                ["genperf.sample", str(tmp_path / "run"), "--n", "4"]):
+    for cmd in (
+        ["genperf.train", "vae", "--data", "digits", "--steps", "2", "--out", str(tmp_path / "run")],
+        ["genperf.sample", str(tmp_path / "run"), "--n", "4"],
+    ):
         proc = subprocess.run([sys.executable, "-m", *cmd], capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         prog = "genperf" if cmd[0] == "genperf.train" else cmd[0]
         line = next(line for line in proc.stderr.splitlines() if "TORCHINDUCTOR_CACHE_DIR" in line)
-        assert line.startswith(f"{prog}: TORCHINDUCTOR_CACHE_DIR={tmp_path}/file/cache cannot be used (Not a "
-                               f"directory); this run compiles into ")
+        assert line.startswith(
+            f"{prog}: TORCHINDUCTOR_CACHE_DIR={tmp_path}/file/cache cannot be used (Not a "
+            f"directory); this run compiles into "
+        )
 
 
 def test_a_damaged_metrics_log_is_resumed_past_with_its_bad_lines_counted(tmp_path, capsys):
     assert _vae_digits(tmp_path, "--log-every", "2") == 0
     with open(tmp_path / "metrics.jsonl", "ab") as f:
-        f.write(b"\xff\xfe not utf-8\n[1, 2]\n\"a string\"\n{\"no\": \"step\"}\n")
+        f.write(b'\xff\xfe not utf-8\n[1, 2]\n"a string"\n{"no": "step"}\n')
     capsys.readouterr()
     assert _vae_digits(tmp_path, "--resume", "--steps", "8", "--log-every", "2") == 0
     assert f"genperf: {tmp_path}/metrics.jsonl: left out 4 damaged lines" in capsys.readouterr().err
@@ -669,11 +778,15 @@ def test_a_step_that_cannot_fit_memory_is_refused_before_training(tmp_path, monk
     from genperf import perf
 
     monkeypatch.setattr(perf, "free_memory", lambda device: 10 << 20)  # 10 MiB free
-    assert train.main(["realnvp", "--data", "digits", "--mid-channels", "32", "--num-blocks", "4", "--out",
-                       str(tmp_path)]) == 2
+    assert (
+        train.main(["realnvp", "--data", "digits", "--mid-channels", "32", "--num-blocks", "4", "--out", str(tmp_path)])
+        == 2
+    )
     line = _error(capsys)
-    assert line.startswith("genperf: error: a training step at --batch-size 64 needs about 0.06 GiB, more than the "
-                           "0.0 GiB free on cpu; lower --batch-size or --image-size"), line
+    assert line.startswith(
+        "genperf: error: a training step at --batch-size 64 needs about 0.06 GiB, more than the "
+        "0.0 GiB free on cpu; lower --batch-size or --image-size"
+    ), line
     assert not os.path.exists(tmp_path / "metrics.jsonl")
 
 
@@ -696,8 +809,9 @@ def test_a_checkpoint_copied_in_from_another_run_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert train.main(["--resume", "--out", str(tmp_path / "a"), "--steps", "8"]) == 2
     line = _error(capsys)
-    assert line.startswith(f"genperf: error: {tmp_path}/a/checkpoint.pt is not this folder's run: it trained dcgan on "
-                           f"ring8 (run "), line
+    assert line.startswith(
+        f"genperf: error: {tmp_path}/a/checkpoint.pt is not this folder's run: it trained dcgan on ring8 (run "
+    ), line
     assert line.endswith("a checkpoint copied from another run folder? Move it out, or resume the run it came from")
 
 
@@ -708,25 +822,30 @@ def test_deleting_the_lock_file_does_not_let_a_second_run_in(tmp_path, capsys):
         _wait_for(lambda: _steps_logged(str(out)), what="training")
         os.remove(out / "run.lock")
         assert _ring(out, "--steps", "10") == 2
-        assert _error(capsys) == (f"genperf: error: {out} is in use by another genperf run (pid unknown); wait for it "
-                                  f"to end, stop it, or choose another --out")
+        assert _error(capsys) == (
+            f"genperf: error: {out} is in use by another genperf run (pid unknown); wait for it "
+            f"to end, stop it, or choose another --out"
+        )
     finally:
         proc.kill()
         proc.wait()
 
 
 # ---- 13. options out of range ----
-@pytest.mark.parametrize("argv, line", [
-    (["--fsdp", "--nproc", "-2"], "--nproc must be >= 1 (got -2)"),
-    (["--fsdp", "--nproc", "0"], "--nproc must be >= 1 (got 0)"),
-    (["--fsdp", "--nproc", "4096"], "--nproc 4096 asks for more ranks than this machine's"),
-    (["--beta", "-1"], "--beta must be >= 0 (got -1.0)"),
-    (["--lr", "0"], "--lr must be a number > 0 (got 0.0)"),
-    (["--lr", "nan"], "--lr must be a number > 0 (got nan)"),
-    (["--latent-dim", "0"], "--latent-dim must be >= 1 (got 0)"),
-    (["--ckpt-every", "-1"], "--ckpt-every must be >= 0 (got -1)"),
-    (["--image-size", "0"], "--image-size must be >= 1 (got 0)"),
-])
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["--fsdp", "--nproc", "-2"], "--nproc must be >= 1 (got -2)"),
+        (["--fsdp", "--nproc", "0"], "--nproc must be >= 1 (got 0)"),
+        (["--fsdp", "--nproc", "4096"], "--nproc 4096 asks for more ranks than this machine's"),
+        (["--beta", "-1"], "--beta must be >= 0 (got -1.0)"),
+        (["--lr", "0"], "--lr must be a number > 0 (got 0.0)"),
+        (["--lr", "nan"], "--lr must be a number > 0 (got nan)"),
+        (["--latent-dim", "0"], "--latent-dim must be >= 1 (got 0)"),
+        (["--ckpt-every", "-1"], "--ckpt-every must be >= 0 (got -1)"),
+        (["--image-size", "0"], "--image-size must be >= 1 (got 0)"),
+    ],
+)
 def test_options_out_of_range_are_one_line(tmp_path, capsys, argv, line):
     assert train.main(["vae", "--data", "digits", "--out", str(tmp_path), *argv]) == 2
     assert _error(capsys).startswith(f"genperf: error: {line}")
@@ -740,8 +859,10 @@ def test_a_foreign_torch_file_as_checkpoint_gives_no_unsafe_advice(tmp_path, cap
     capsys.readouterr()
     assert train.main(["--resume", "--out", str(tmp_path)]) == 2
     line = _error(capsys)
-    assert line == f"genperf: error: {tmp_path}/checkpoint.pt is not a genperf checkpoint: it holds Python objects a " \
-                   f"checkpoint never holds"
+    assert (
+        line == f"genperf: error: {tmp_path}/checkpoint.pt is not a genperf checkpoint: it holds Python objects a "
+        f"checkpoint never holds"
+    )
 
 
 def test_a_moved_data_set_is_named_on_resume_and_evaluate_and_checked_by_content(tmp_path, mnist_root, capsys):
@@ -751,21 +872,46 @@ def test_a_moved_data_set_is_named_on_resume_and_evaluate_and_checked_by_content
         (tmp_path / name).mkdir()
     for f in os.listdir(mnist_root):
         os.symlink(os.path.join(mnist_root, f), tmp_path / "old" / f)
-    argv = ["vae", "--data", "mnist", "--data-root", str(tmp_path / "old"), "--no-download", "--batch-size", "32",
-            "--steps", "4", "--out", str(tmp_path / "run")]
+    argv = [
+        "vae",
+        "--data",
+        "mnist",
+        "--data-root",
+        str(tmp_path / "old"),
+        "--no-download",
+        "--batch-size",
+        "32",
+        "--steps",
+        "4",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert train.main(argv) == 0
     os.rename(tmp_path / "old", tmp_path / "moved")
-    assert train.main(["--resume", "--out", str(tmp_path / "run"), "--steps", "8", "--data-root",
-                       str(tmp_path / "moved")]) == 0
-    assert evaluate.main([str(tmp_path / "run"), "--samples", "2", "--metrics", "elbo", "--data-root",
-                          str(tmp_path / "moved")]) == 0
+    assert (
+        train.main(["--resume", "--out", str(tmp_path / "run"), "--steps", "8", "--data-root", str(tmp_path / "moved")])
+        == 0
+    )
+    assert (
+        evaluate.main(
+            [str(tmp_path / "run"), "--samples", "2", "--metrics", "elbo", "--data-root", str(tmp_path / "moved")]
+        )
+        == 0
+    )
     # Other images under the same names: refused, naming what differs.
     for kind, (dims, item) in {"images": ((2000, 28, 28), 784), "labels": ((2000,), 1)}.items():
         header = bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
         (tmp_path / "other" / f"t10k-{kind}-idx{3 if kind == 'images' else 1}-ubyte").write_bytes(
-            header + bytes(2000 * item))
+            header + bytes(2000 * item)
+        )
     capsys.readouterr()
-    assert train.main(["--resume", "--out", str(tmp_path / "run"), "--steps", "12", "--data-root",
-                       str(tmp_path / "other")]) == 2
-    assert _error(capsys).startswith(f"genperf: error: the mnist data under {tmp_path}/other is not the data this run "
-                                     f"trained on (train 9000 -> 1000, ")
+    assert (
+        train.main(
+            ["--resume", "--out", str(tmp_path / "run"), "--steps", "12", "--data-root", str(tmp_path / "other")]
+        )
+        == 2
+    )
+    assert _error(capsys).startswith(
+        f"genperf: error: the mnist data under {tmp_path}/other is not the data this run "
+        f"trained on (train 9000 -> 1000, "
+    )

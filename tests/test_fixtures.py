@@ -1,5 +1,6 @@
 """Run folders written by an earlier genperf (tests/fixtures/, made by commit 78b1df9: a single-process VAE and a
 2-rank FSDP RealNVP on digits, 4 steps each) still load and resume: checkpoints outlive refactors."""
+
 import os
 import shutil
 import subprocess
@@ -32,7 +33,12 @@ def test_an_earlier_single_process_run_resumes(tmp_path):
 def test_an_earlier_sharded_run_resumes_on_two_ranks(tmp_path):
     out = tmp_path / "run"
     shutil.copytree(os.path.join(FIXTURES, "realnvp-fsdp2"), out)
-    proc = subprocess.run([sys.executable, "-m", "genperf.train", "--resume", "--out", str(out), "--steps", "6"],
-                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "genperf.train", "--resume", "--out", str(out), "--steps", "6"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert genperf.load(str(out)).step == 6

@@ -1,6 +1,7 @@
 """genperf's imports point down: every module belongs to a layer below, and imports only from lower layers (a
 subpackage's modules may import each other, without cycles). Read from the source with ast, so the check sees
 the imports inside functions too."""
+
 import ast
 import os
 
@@ -15,8 +16,15 @@ LAYERS = [
     ["genperf.config"],  # every option
     ["genperf.families"],  # the model families: objective, build, options, likelihoods
     ["genperf.checkpoint", "genperf.faults", "genperf.runlog", "genperf.metrics", "genperf.perf", "genperf.models"],
-    ["genperf.layers", "genperf.invertible", "genperf.data", "genperf.distributed", "genperf.precision",
-     "genperf.options", "genperf.streams"],
+    [
+        "genperf.layers",
+        "genperf.invertible",
+        "genperf.data",
+        "genperf.distributed",
+        "genperf.precision",
+        "genperf.options",
+        "genperf.streams",
+    ],
     ["genperf.ops"],
     ["genperf.errors", "genperf.dtypes", "genperf._C", "genperf.kernels"],
 ]
@@ -85,7 +93,7 @@ def cycles(graph):
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                found.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                found.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt in graph and nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"

@@ -1,4 +1,5 @@
 """genperf.metrics against independent facts: exact mixtures, Gaussians with known distance, ELBO bounds."""
+
 import math
 
 import numpy as np
@@ -9,8 +10,8 @@ from genperf import metrics
 from genperf.data import load_dataset, make_batches
 from genperf.data.toy import sample_toy, toy_mixture
 from genperf.errors import GenperfError
-from genperf.models import VAE
 from genperf.families.vae import VAEObjective, vae_terms
+from genperf.models import VAE
 from genperf.precision import Precision
 
 
@@ -41,8 +42,9 @@ def test_frechet_distance_of_gaussians_is_the_squared_mean_shift():
 def test_classifier_trains_on_digits_and_scores_real_data_closer_than_noise():
     data = load_dataset("digits")
     to_f = lambda v: v.float() / 255  # noqa: E731
-    model, accuracy = metrics.train_classifier(to_f(data.train), data.labels[0], to_f(data.heldout), data.labels[1],
-                                               epochs=3)
+    model, accuracy = metrics.train_classifier(
+        to_f(data.train), data.labels[0], to_f(data.heldout), data.labels[1], epochs=3
+    )
     assert accuracy > 0.8
     real, other_real = to_f(data.heldout[:100]), to_f(data.heldout[100:])
     noise = torch.rand(100, 1, 8, 8)

@@ -1,4 +1,5 @@
 """genperf.perf (FLOPs of a step, measured peak) and benchmarks/bench_train.py end to end."""
+
 import csv
 import importlib.util
 import math
@@ -56,8 +57,12 @@ def test_bench_train_runs_and_appends_its_rows(tmp_path):
     out = tmp_path / "train.csv"
     limit = torch._dynamo.config.recompile_limit
     with torch._dynamo.config.patch(recompile_limit=limit):  # bench_train raises it for its process: restored here
-        assert bench.main(["--models", "dcgan-28", "--variants", "baseline", "fused", "+amp", "--rounds", "1",
-                           "--csv", str(out)]) == 0
+        assert (
+            bench.main(
+                ["--models", "dcgan-28", "--variants", "baseline", "fused", "+amp", "--rounds", "1", "--csv", str(out)]
+            )
+            == 0
+        )
     assert torch._dynamo.config.recompile_limit == limit
     rows = list(csv.DictReader(out.open()))
     assert [r["variant"] for r in rows] == ["baseline", "fused", "+amp"]

@@ -1,4 +1,5 @@
 """benchmarks/selftest.py: its quick mode end to end on this machine, and its verdict."""
+
 import importlib.util
 import json
 import os
@@ -19,8 +20,13 @@ def test_quick_selftest_runs_every_stage_and_reports(tmp_path):
     # As a user starts it: without the Triton interpreter that this suite's conftest switches on (under it the
     # kernels stage also times the interpreted Triton kernels)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "selftest.json").read_text())
     stages = {s["name"]: s for s in result["stages"]}
@@ -54,6 +60,8 @@ def test_every_command_of_a_stage_is_logged_whole(tmp_path):
     suite = selftest.Suite(args)
     suite.stage_name = "train"
     long_line = "x" * 5000  # longer than the report's tails
-    suite.command([sys.executable, "-c", f"import sys; print('first'); print('{long_line}', file=sys.stderr); sys.exit(3)"])
+    suite.command(
+        [sys.executable, "-c", f"import sys; print('first'); print('{long_line}', file=sys.stderr); sys.exit(3)"]
+    )
     log = (tmp_path / "train.log").read_text()
     assert log.startswith("$ ") and "first\n" in log and long_line in log and "[exit 3]" in log

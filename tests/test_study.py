@@ -1,6 +1,7 @@
 """python -m genperf.study: every experiment runs with --quick (two seeds where the runs are cheap, one where
 they are slow) and writes its report, figures and results; the aggregation over seeds and the verdicts against
 hand-computed values."""
+
 import argparse
 import json
 import math
@@ -43,8 +44,9 @@ ONE_SEED = {"evolution", "interpolation", "latent-sweep", "flow-stability"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["evolution", "interpolation", "latent-sweep", "label-smoothing", "beta-sweep",
-                                  "flow-stability"])
+@pytest.mark.parametrize(
+    "name", ["evolution", "interpolation", "latent-sweep", "label-smoothing", "beta-sweep", "flow-stability"]
+)
 def test_experiment_quick(name, tmp_path, runs):
     seeds = ("0",) if name in ONE_SEED else ("0", "1")
     results, report, figures = _run(name, tmp_path / name, runs, seeds=["--seeds", str(len(seeds))])
@@ -57,7 +59,11 @@ def test_experiment_quick(name, tmp_path, runs):
             _check_spread(r, "heldout_elbo")
             for seed in r["per_seed"].values():
                 assert seed["heldout_elbo"] < 0 < seed["heldout_nll_importance_sampled"] <= -seed["heldout_elbo"] + 1.0
-        assert [c["verdict"] for c in results["claims"]][0] in (study.REPRODUCED, study.NOT_REPRODUCED, study.INCONCLUSIVE)
+        assert [c["verdict"] for c in results["claims"]][0] in (
+            study.REPRODUCED,
+            study.NOT_REPRODUCED,
+            study.INCONCLUSIVE,
+        )
     if name == "label-smoothing":
         assert 0.5 < results["classifier_accuracy"] <= 1
         for label in ("with", "without"):
@@ -89,8 +95,13 @@ def test_mode_collapse_quick(tmp_path, runs):
         _check_spread(r, "high_quality", ("0",))
         assert [h["generator_steps"] for h in r["history"]] == ([300, 600] if model == "wgan-gp" else [300])
     for model in ("dcgan", "wgan-gp"):  # the top-level ring8 entries
-        assert set(results[model]) == {"modes_covered", "modes_covered_std", "high_quality", "high_quality_std",
-                                       "per_seed"}
+        assert set(results[model]) == {
+            "modes_covered",
+            "modes_covered_std",
+            "high_quality",
+            "high_quality_std",
+            "per_seed",
+        }
         assert results[model]["modes_covered"] == results["ring8"][model]["modes_covered"]
     # WGAN-GP has learnt the ring's shape. Seeds 0 and 1 reached 5 and 7 modes, high-quality 0.19 and 0.25, on an
     # AVX2 EPYC, and 7 or 8 modes on an AVX-512 Xeon (the two round differently); 100 updates in: 0 modes, 0.01
@@ -161,10 +172,15 @@ def test_a_run_trained_with_other_options_is_refused(tmp_path, capsys):
     run = tmp_path / "runs" / "vae-beta1"
     run.mkdir(parents=True)
     (run / "summary.json").write_text("{}")
-    (run / "study-options.json").write_text(json.dumps(["vae", "--data", "digits", "--beta", "1", "--epochs", "3",
-                                                        "--seed", "0"]))
-    assert study.main(["beta-sweep", "--quick", "--seeds", "1", "--out", str(tmp_path / "out"),
-                       "--runs", str(tmp_path / "runs")]) == 2
+    (run / "study-options.json").write_text(
+        json.dumps(["vae", "--data", "digits", "--beta", "1", "--epochs", "3", "--seed", "0"])
+    )
+    assert (
+        study.main(
+            ["beta-sweep", "--quick", "--seeds", "1", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "vae-beta1 was trained with `vae --data digits --beta 1 --epochs 3 --seed 0`" in err
     assert "--image-size 28 --epochs 20" in err

@@ -1,4 +1,5 @@
 """The CLI end to end: every model, resume, bad input, NaN, FSDP on CPU."""
+
 import json
 import math
 import os
@@ -23,8 +24,21 @@ SMALL = {  # per model: options that keep a CPU smoke run to a few seconds
 
 
 def _run(model, out, *extra):
-    argv = [model, "--data", "digits", "--image-size", "16", "--batch-size", "32", "--out", str(out),
-            "--log-every", "2", *SMALL[model], *extra]
+    argv = [
+        model,
+        "--data",
+        "digits",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+        "--log-every",
+        "2",
+        *SMALL[model],
+        *extra,
+    ]
     return train.main(argv)
 
 
@@ -80,8 +94,12 @@ def test_amp_on_a_cpu_without_bf16_kernels_trains_in_fp32_and_says_so(tmp_path, 
 
 
 def test_main_command_as_a_subprocess(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "genperf.train", "vae", "--data", "digits", "--epochs", "1",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "genperf.train", "vae", "--data", "digits", "--epochs", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     from PIL import Image
 
@@ -121,19 +139,22 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 4
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["dcgan", "--data", "digits", "--image-size", "30"], "cannot take image size 30"),
-    (["realnvp", "--data", "digits", "--arch", "mnist"], "pass --image-size 28"),
-    (["realnvp", "--data", "digits", "--num-scales", "5"], "not divisible by 16"),
-    (["beta-vae", "--data", "digits", "--beta", "1"], "needs --beta > 1"),
-    (["vae", "--data", "ring8"], "needs image data"),
-    (["vae", "--data", "cifar"], "unknown data set"),
-    (["vae", "--data", "mnist", "--data-root", "/nonexistent", "--no-download"], "no IDX files"),
-    (["dcgan", "--data", "digits", "--steps", "0"], "--steps must be >= 1 (got 0)"),  # was: the default schedule
-    (["vae", "--data", "digits", "--epochs", "0"], "--epochs must be >= 1 (got 0)"),
-    # refused before the workers start (was: one refusal per worker and a launcher error, exit 1)
-    (["wgan-gp", "--data", "digits", "--fsdp"], "wgan-gp does not run under --fsdp yet"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["dcgan", "--data", "digits", "--image-size", "30"], "cannot take image size 30"),
+        (["realnvp", "--data", "digits", "--arch", "mnist"], "pass --image-size 28"),
+        (["realnvp", "--data", "digits", "--num-scales", "5"], "not divisible by 16"),
+        (["beta-vae", "--data", "digits", "--beta", "1"], "needs --beta > 1"),
+        (["vae", "--data", "ring8"], "needs image data"),
+        (["vae", "--data", "cifar"], "unknown data set"),
+        (["vae", "--data", "mnist", "--data-root", "/nonexistent", "--no-download"], "no IDX files"),
+        (["dcgan", "--data", "digits", "--steps", "0"], "--steps must be >= 1 (got 0)"),  # was: the default schedule
+        (["vae", "--data", "digits", "--epochs", "0"], "--epochs must be >= 1 (got 0)"),
+        # refused before the workers start (was: one refusal per worker and a launcher error, exit 1)
+        (["wgan-gp", "--data", "digits", "--fsdp"], "wgan-gp does not run under --fsdp yet"),
+    ],
+)
 def test_bad_input_stops_with_one_clear_line(argv, message, tmp_path, capsys):
     assert train.main([*argv, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
@@ -175,8 +196,23 @@ def test_unknown_model_is_an_argparse_error():
 
 def _cli(*argv, out):
     """python -m genperf.train realnvp in a subprocess (--fsdp runs launch their own workers)."""
-    cmd = [sys.executable, "-m", "genperf.train", "realnvp", "--data", "digits", "--batch-size", "32",
-           "--mid-channels", "8", "--num-blocks", "1", "--out", str(out), *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "genperf.train",
+        "realnvp",
+        "--data",
+        "digits",
+        "--batch-size",
+        "32",
+        "--mid-channels",
+        "8",
+        "--num-blocks",
+        "1",
+        "--out",
+        str(out),
+        *argv,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -193,8 +229,20 @@ def test_fsdp_two_ranks_follow_one_rank_and_resume_onto_another_rank_count(tmp_p
     _cli("--fsdp", "--nproc", "2", "--steps", "20", "--log-every", "2", out=tmp_path / "two")
     _cli("--fsdp", "--nproc", "2", "--steps", "10", "--log-every", "2", out=tmp_path / "resumed")
     assert (tmp_path / "resumed" / "checkpoint" / "meta.pt").exists()
-    proc = _cli("--fsdp", "--nproc", "1", "--steps", "20", "--log-every", "2", "--resume", "--invertible",
-                "--checkpointing", "block", out=tmp_path / "resumed")
+    proc = _cli(
+        "--fsdp",
+        "--nproc",
+        "1",
+        "--steps",
+        "20",
+        "--log-every",
+        "2",
+        "--resume",
+        "--invertible",
+        "--checkpointing",
+        "block",
+        out=tmp_path / "resumed",
+    )
     assert "resuming at step 10" in proc.stdout
     one, two, resumed = (_train_curve(tmp_path / n) for n in ("one", "two", "resumed"))
     assert sorted(one) == sorted(two) == sorted(resumed) == list(range(2, 21, 2))

@@ -1,5 +1,6 @@
 """Data sets by name. Images come out as uint8 tensors (N, C, H, W) or, for CelebA, a map-style
 dataset of float images; `Batches` turns either into float batches in [0, 1] on the device."""
+
 from __future__ import annotations
 
 import hashlib
@@ -45,8 +46,12 @@ class Data:
         else:
             for path in self.train.paths[:64]:
                 digest.update(f"{os.path.basename(path)}:{os.path.getsize(path)};".encode())
-        return {"train": len(self.train), "heldout": len(self.heldout), "shape": list(self.shape),
-                "sha256": digest.hexdigest()[:16]}
+        return {
+            "train": len(self.train),
+            "heldout": len(self.heldout),
+            "shape": list(self.shape),
+            "sha256": digest.hexdigest()[:16],
+        }
 
     def check_same(self, stored, root):
         """Refuses data whose fingerprint differs from `stored` (a checkpoint's), naming what differs."""
@@ -56,8 +61,10 @@ class Data:
         changed = [k for k in stored if stored[k] != now.get(k)]
         if changed:
             what = ", ".join(f"{k} {stored[k]} -> {now.get(k)}" for k in changed)
-            raise DataError(f"the {self.name} data under {root} is not the data this run trained on ({what}); "
-                            f"pass --data-root to the folder it was trained on")
+            raise DataError(
+                f"the {self.name} data under {root} is not the data this run trained on ({what}); "
+                f"pass --data-root to the folder it was trained on"
+            )
 
 
 def _resize(images, size, chunk=256):
@@ -67,9 +74,14 @@ def _resize(images, size, chunk=256):
         return images
     out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
     for start in range(0, len(images), chunk):
-        x = F.interpolate(images[start:start + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)
-        out[start:start + chunk] = x.round().clamp(0, 255)
+        x = F.interpolate(
+            images[start : start + chunk].float(),
+            size=(size, size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
+        out[start : start + chunk] = x.round().clamp(0, 255)
     return out
 
 
@@ -77,20 +89,30 @@ def _idx_data(name, root, download):
     train = mnist.load_split(root, name, "train", download)
     test = mnist.load_split(root, name, "test", download)
     if test is None:
-        raise DataError(f"{name}: no IDX files under {root} (looked in {root} and {root}/"
-                        f"{mnist.TORCHVISION_FOLDERS[name]}/raw); pass --data-root to the folder holding them")
+        raise DataError(
+            f"{name}: no IDX files under {root} (looked in {root} and {root}/"
+            f"{mnist.TORCHVISION_FOLDERS[name]}/raw); pass --data-root to the folder holding them"
+        )
     notes = []
     test_images = torch.from_numpy(test[0].copy()).unsqueeze(1)
     test_labels = torch.from_numpy(test[1].astype("int64"))
     if train is None:
         n = len(test_images)
         if n <= CARVED_HELDOUT:
-            raise DataError(f"{name}: only the test split is under {root}, and its {n} images are too few to hold out "
-                            f"{CARVED_HELDOUT} and train on the rest; add the training split's IDX files")
-        notes.append(f"{name}: training split not found under {root}; training on the first {n - CARVED_HELDOUT} "
-                     f"images of the test split and holding out its last {CARVED_HELDOUT}")
-        return (test_images[:-CARVED_HELDOUT], test_images[-CARVED_HELDOUT:], notes,
-                (test_labels[:-CARVED_HELDOUT], test_labels[-CARVED_HELDOUT:]))
+            raise DataError(
+                f"{name}: only the test split is under {root}, and its {n} images are too few to hold out "
+                f"{CARVED_HELDOUT} and train on the rest; add the training split's IDX files"
+            )
+        notes.append(
+            f"{name}: training split not found under {root}; training on the first {n - CARVED_HELDOUT} "
+            f"images of the test split and holding out its last {CARVED_HELDOUT}"
+        )
+        return (
+            test_images[:-CARVED_HELDOUT],
+            test_images[-CARVED_HELDOUT:],
+            notes,
+            (test_labels[:-CARVED_HELDOUT], test_labels[-CARVED_HELDOUT:]),
+        )
     train_labels = torch.from_numpy(train[1].astype("int64"))
     return torch.from_numpy(train[0].copy()).unsqueeze(1), test_images, notes, (train_labels, test_labels)
 
@@ -128,16 +150,27 @@ def default_loader(data):
     return "dali" if data == "celeba" and celeba.dali_available() else "torch"
 
 
-def make_batches(source, batch_size, seed=0, rank=0, world_size=1, device="cpu", shuffle=True, drop_last=True,
-                 loader="torch", workers=2):
+def make_batches(
+    source,
+    batch_size,
+    seed=0,
+    rank=0,
+    world_size=1,
+    device="cpu",
+    shuffle=True,
+    drop_last=True,
+    loader="torch",
+    workers=2,
+):
     """Batches of `source` on `device`. File-based sources (CelebA) go through `loader`: "dali" (a DALI
     pipeline with `workers` threads) or "torch" (a DataLoader with `workers` processes); the two give
     the same global batches. In-memory tensors always take the plain path."""
     if loader not in LOADERS:
         raise DataError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
     if loader == "dali" and isinstance(source, celeba.CelebAFolder):
-        return celeba.DALIBatches(source, batch_size, seed, rank, world_size, device, shuffle, drop_last,
-                                  threads=max(1, workers))
+        return celeba.DALIBatches(
+            source, batch_size, seed, rank, world_size, device, shuffle, drop_last, threads=max(1, workers)
+        )
     return Batches(source, batch_size, seed, rank, world_size, device, shuffle, drop_last, workers)
 
 
@@ -187,4 +220,15 @@ def load_dataset(name, root="data", image_size=None, channels=3, download=True, 
     return Data(name, train, heldout, tuple(train.shape[1:]), notes, labels)
 
 
-__all__ = ["Batches", "Data", "DataError", "DATASETS", "LOADERS", "check_dataset", "default_loader", "digits_arrays", "load_dataset", "make_batches"]
+__all__ = [
+    "Batches",
+    "Data",
+    "DataError",
+    "DATASETS",
+    "LOADERS",
+    "check_dataset",
+    "default_loader",
+    "digits_arrays",
+    "load_dataset",
+    "make_batches",
+]

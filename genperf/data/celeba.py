@@ -13,6 +13,7 @@ Unreadable files (not an image, truncated, a header that does not parse) are fou
 the split is listed, skipped, counted and reported; the scan reads headers and end markers, not
 pixels, so it costs a fraction of one epoch.
 """
+
 from __future__ import annotations
 
 import os
@@ -132,8 +133,10 @@ class CelebAFolder:
         self.split, self.image_size, self.flip = split, image_size, flip
         self.paths, self.skipped = scan(list_split(root, split))
         if not self.paths:
-            raise DataError(f"none of the {len(self.skipped)} images of the CelebA {split} split is readable, "
-                            f"e.g. {self.skipped[0][0]}: {self.skipped[0][1]}")
+            raise DataError(
+                f"none of the {len(self.skipped)} images of the CelebA {split} split is readable, "
+                f"e.g. {self.skipped[0][0]}: {self.skipped[0][1]}"
+            )
         ops = [T.CenterCrop(CROP), T.Resize(image_size, antialias=True)]
         if flip:
             ops.append(T.RandomHorizontalFlip())
@@ -169,12 +172,24 @@ class DALIBatches(Batches):
     the batches are those of the torch loader, no image is dropped or repeated within an epoch, and
     an epoch resumes at any batch, flips included."""
 
-    def __init__(self, source: CelebAFolder, batch_size, seed=0, rank=0, world_size=1, device="cpu", shuffle=True,
-                 drop_last=True, threads=2, prefetch=2):
+    def __init__(
+        self,
+        source: CelebAFolder,
+        batch_size,
+        seed=0,
+        rank=0,
+        world_size=1,
+        device="cpu",
+        shuffle=True,
+        drop_last=True,
+        threads=2,
+        prefetch=2,
+    ):
         super().__init__(source, batch_size, seed, rank, world_size, device, shuffle, drop_last)
         if not dali_available():
-            raise DataError("--loader dali: nvidia-dali is not installed (pip install nvidia-dali-cuda130); "
-                            "use --loader torch")
+            raise DataError(
+                "--loader dali: nvidia-dali is not installed (pip install nvidia-dali-cuda130); use --loader torch"
+            )
         self.threads, self.prefetch = threads, prefetch
         self.skipped = 0
         self.undecodable = set()  # files the scan passed but DALI's decoder rejects
@@ -199,19 +214,30 @@ class DALIBatches(Batches):
             i = info.idx_in_epoch
             return np.array(mirror[i] if i < len(mirror) else 0, dtype=np.int32)
 
-        @pipeline_def(batch_size=local, num_threads=self.threads, device_id=(self.device.index or 0) if gpu else None,
-                      prefetch_queue_depth=self.prefetch)
+        @pipeline_def(
+            batch_size=local,
+            num_threads=self.threads,
+            device_id=(self.device.index or 0) if gpu else None,
+            prefetch_queue_depth=self.prefetch,
+        )
         def pipe():
             jpegs, _ = fn.readers.file(files=files, random_shuffle=False, name="reader")
             # Decodes the centred crop only (libjpeg-turbo skips the rows outside it); fancy upsampling as
             # in libjpeg-turbo's default, which PIL uses.
-            images = fn.decoders.image_crop(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
-                                            crop=(CROP, CROP), jpeg_fancy_upsampling=True)
-            images = fn.resize(images, size=(src.image_size, src.image_size), interp_type=types.INTERP_LINEAR,
-                               antialias=True)
+            images = fn.decoders.image_crop(
+                jpegs,
+                device="mixed" if gpu else "cpu",
+                output_type=types.RGB,
+                crop=(CROP, CROP),
+                jpeg_fancy_upsampling=True,
+            )
+            images = fn.resize(
+                images, size=(src.image_size, src.image_size), interp_type=types.INTERP_LINEAR, antialias=True
+            )
             flip = fn.external_source(source=flag, batch=False)  # one flag per sample, in step with the reader
-            return fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", mean=[0.0] * 3,
-                                            std=[255.0] * 3, mirror=flip)
+            return fn.crop_mirror_normalize(
+                images, dtype=types.FLOAT, output_layout="CHW", mean=[0.0] * 3, std=[255.0] * 3, mirror=flip
+            )
 
         return pipe()
 
@@ -245,11 +271,13 @@ class DALIBatches(Batches):
                 return
             except RuntimeError as e:
                 # The error may belong to a batch the pipeline was already preparing (its prefetch).
-                window = files[first:first + (self.prefetch + 1) * local]
+                window = files[first : first + (self.prefetch + 1) * local]
                 bad = [p for p in dict.fromkeys(window) if p not in self.undecodable and not self._decodes(p)]
                 if not bad:
-                    raise DataError(f"DALI failed on batch {start + done} of epoch {epoch} and none of its files "
-                                    f"fails alone: {_last_line(e)}") from None
+                    raise DataError(
+                        f"DALI failed on batch {start + done} of epoch {epoch} and none of its files "
+                        f"fails alone: {_last_line(e)}"
+                    ) from None
                 for path in bad:
                     print(f"genperf: skipping {path}: DALI cannot decode it", flush=True)
                 self.undecodable.update(bad)

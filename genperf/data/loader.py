@@ -8,6 +8,7 @@ In-memory data (a uint8 or float tensor: MNIST, digits, the 2-D toys) is copied 
 device once and stays there as it is (uint8 images: a quarter of their float size); each batch is
 indexed and dequantized to floats on the device, so a step moves no data (the epoch's order goes
 to the device once)."""
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,9 @@ from genperf.errors import DataError
 
 
 class Batches:
-    def __init__(self, source, batch_size, seed=0, rank=0, world_size=1, device="cpu", shuffle=True,
-                 drop_last=True, workers=0):
+    def __init__(
+        self, source, batch_size, seed=0, rank=0, world_size=1, device="cpu", shuffle=True, drop_last=True, workers=0
+    ):
         if batch_size % world_size:
             raise DataError(f"batch size {batch_size} is not divisible by the {world_size} ranks")
         if drop_last and len(source) < batch_size:
@@ -40,7 +42,7 @@ class Batches:
     def _rank_slices(self, epoch, start, device="cpu"):
         order = self._order(epoch).to(device)  # one transfer per epoch, then slices of it
         for b in range(start, len(self)):
-            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield batch.tensor_split(self.world_size)[self.rank]
 
     def epoch(self, epoch, start=0):
@@ -50,8 +52,13 @@ class Batches:
                 yield self._to_float(self.source[idx])
             return
         slices = list(self._rank_slices(epoch, start))
-        loader = torch.utils.data.DataLoader(self.source, batch_sampler=slices, num_workers=self.workers,
-                                             collate_fn=_stack_readable, pin_memory=self.device.type == "cuda")
+        loader = torch.utils.data.DataLoader(
+            self.source,
+            batch_sampler=slices,
+            num_workers=self.workers,
+            collate_fn=_stack_readable,
+            pin_memory=self.device.type == "cuda",
+        )
         lost = 0
         for idx, batch in zip(slices, loader):
             lost = self.count_unreadable(len(idx) - len(batch), lost, epoch)
@@ -64,8 +71,10 @@ class Batches:
         (files deleted or damaged after the start's scan): one error, not an endless stream of skips."""
         self.skipped, lost = self.skipped + n, lost + n
         if n and lost >= max(self.batch_size // self.world_size, len(self.source) // 100):
-            raise DataError(f"{lost} images of epoch {epoch} could not be read (named above): the data set changed "
-                            f"during the run; restore it and resume")
+            raise DataError(
+                f"{lost} images of epoch {epoch} could not be read (named above): the data set changed "
+                f"during the run; restore it and resume"
+            )
         return lost
 
     def _to_float(self, batch):

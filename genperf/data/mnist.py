@@ -1,4 +1,5 @@
 """MNIST and Fashion-MNIST from IDX files (gzip or raw), in the torchvision layout or a plain folder."""
+
 from __future__ import annotations
 
 import gzip
@@ -25,7 +26,9 @@ def read_idx(path: str) -> np.ndarray:
         with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: cannot read ({e}); the file is truncated or corrupt, delete it and fetch it again") from None
+        raise DataError(
+            f"{path}: cannot read ({e}); the file is truncated or corrupt, delete it and fetch it again"
+        ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
     dtype, ndim = raw[2], raw[3]
@@ -37,8 +40,10 @@ def read_idx(path: str) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     expected = math.prod(dims)  # a Python int: numpy's product wraps around for absurd headers
     if len(raw) - header != expected:
-        raise DataError(f"{path}: IDX header says {'x'.join(map(str, dims))} = {expected} bytes of data, "
-                        f"file has {len(raw) - header}; it is truncated or corrupt")
+        raise DataError(
+            f"{path}: IDX header says {'x'.join(map(str, dims))} = {expected} bytes of data, "
+            f"file has {len(raw) - header}; it is truncated or corrupt"
+        )
     return np.frombuffer(raw, dtype=IDX_DTYPES[dtype], offset=header).reshape(dims)
 
 
@@ -68,10 +73,13 @@ def _download(root, name):
     except Exception as e:  # offline machines fail in many ways (URLError, RuntimeError, timeouts)
         if created:
             shutil.rmtree(created, ignore_errors=True)
-        raise DataError(f"{name} IDX files not found under {root} and the download failed ({type(e).__name__}: {str(e).splitlines()[0]}). "
-                        f"Copy train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
-                        f"t10k-labels-idx1-ubyte.gz into {os.path.join(root, TORCHVISION_FOLDERS[name], 'raw')} "
-                        f"or pass --data-root to the folder holding them") from None
+        raise DataError(
+            f"{name} IDX files not found under {root} and the download failed "
+            f"({type(e).__name__}: {str(e).splitlines()[0]}). "
+            f"Copy train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+            f"t10k-labels-idx1-ubyte.gz into {os.path.join(root, TORCHVISION_FOLDERS[name], 'raw')} "
+            f"or pass --data-root to the folder holding them"
+        ) from None
 
 
 def has_any_split(root, name):
@@ -88,8 +96,10 @@ def load_split(root, name, split, download=False):
         return None
     if labels_path is None or images_path is None:
         found, kind = (images_path, "labels") if labels_path is None else (labels_path, "images")
-        raise DataError(f"{name} {split}: found {found} but not its {kind} file "
-                        f"({SPLIT_PREFIX[split]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte[.gz]) under {root}")
+        raise DataError(
+            f"{name} {split}: found {found} but not its {kind} file "
+            f"({SPLIT_PREFIX[split]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte[.gz]) under {root}"
+        )
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{images_path} holds {images.shape} images but {labels_path} holds {labels.shape} labels")

@@ -1,4 +1,5 @@
 """The study's 2-D Gaussian mixtures: `ring8` (8 modes on a circle) and `grid25` (a 5 x 5 grid)."""
+
 from __future__ import annotations
 
 import math

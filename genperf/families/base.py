@@ -1,8 +1,9 @@
 """What a model family is to the rest of genperf (genperf/families/README: how to add one)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -1,5 +1,6 @@
 """Normalizing flows: multi-scale RealNVP trained by maximum likelihood on dequantized 8-bit images (loss:
 bits/dim), with the fused affine coupling and its memory modes (--checkpointing, --invertible)."""
+
 from __future__ import annotations
 
 import torch
@@ -74,8 +75,9 @@ def realnvp_config(config, shape):
     c, h, w = shape
     if h != w:
         raise GenperfError(f"realnvp needs square images, got {h}x{w}")
-    arch = config.arch or next((k for k, v in models.REALNVP_ARCHS.items()
-                                if (v["in_channels"], v["image_size"]) == (c, h)), None)
+    arch = config.arch or next(
+        (k for k, v in models.REALNVP_ARCHS.items() if (v["in_channels"], v["image_size"]) == (c, h)), None
+    )
     if arch is None:
         cfg = dict(models.REALNVP_ARCHS["mnist"], in_channels=c, image_size=h)
     elif arch not in models.REALNVP_ARCHS:
@@ -83,8 +85,10 @@ def realnvp_config(config, shape):
     else:
         cfg = dict(models.REALNVP_ARCHS[arch])
         if (cfg["in_channels"], cfg["image_size"]) != (c, h):
-            raise GenperfError(f"--arch {arch} is built for {cfg['in_channels']}x{cfg['image_size']}x{cfg['image_size']} "
-                               f"images, {config.data} gives {c}x{h}x{w}; pass --image-size {cfg['image_size']} or another --arch")
+            raise GenperfError(
+                f"--arch {arch} is built for {cfg['in_channels']}x{cfg['image_size']}x{cfg['image_size']} "
+                f"images, {config.data} gives {c}x{h}x{w}; pass --image-size {cfg['image_size']} or another --arch"
+            )
     for key in ("num_scales", "mid_channels", "num_blocks"):
         if getattr(config, key) is not None:
             cfg[key] = getattr(config, key)
@@ -92,8 +96,11 @@ def realnvp_config(config, shape):
 
 
 def build(config, data, precision, device, rank=0, world_size=1):
-    model = placer(config, device)(models.RealNVP(**realnvp_config(config, data.shape), checkpointing=config.checkpointing,
-                                 invertible=config.invertible))
+    model = placer(config, device)(
+        models.RealNVP(
+            **realnvp_config(config, data.shape), checkpointing=config.checkpointing, invertible=config.invertible
+        )
+    )
     if config.fsdp:
         apply_fsdp(model, model.couplings(), precision.dtype, ("inverse", "bits_per_dim"))
     return FlowObjective(model, precision, config.lr, device.type, seed=config.seed, rank=rank, world_size=world_size)
@@ -101,8 +108,10 @@ def build(config, data, precision, device, rank=0, world_size=1):
 
 def check(config):
     if config.compile and config.invertible:
-        raise GenperfError("--compile does not combine with --invertible, whose backward runs autograd itself for each "
-                           "coupling; use --checkpointing to save memory under --compile")
+        raise GenperfError(
+            "--compile does not combine with --invertible, whose backward runs autograd itself for each "
+            "coupling; use --checkpointing to save memory under --compile"
+        )
 
 
 def likelihood(run, batches, samples, wanted, progress):
@@ -118,28 +127,61 @@ def likelihood(run, batches, samples, wanted, progress):
 
 
 def summary(result):
-    return [f"  bits/dim        {result['bits_per_dim']:.4f} +- {result['bits_per_dim_se']:.4f} "
-            f"({result['dequantization_draws']} dequantization draws; draw 0 {result['bits_per_dim_draw0']:.4f})"]
+    return [
+        f"  bits/dim        {result['bits_per_dim']:.4f} +- {result['bits_per_dim_se']:.4f} "
+        f"({result['dequantization_draws']} dequantization draws; draw 0 {result['bits_per_dim_draw0']:.4f})"
+    ]
 
 
 FLOW_ONLY = ("realnvp",)
 FAMILY = Family(
-    name="flow", order=2, image_only=True,
-    models={"realnvp": dict(help="multi-scale RealNVP; --arch mnist (1x28x28, 2 scales, 64 features, 8 blocks, "
-                                 "19.5M parameters) or celeba64 (3x64x64, 3 scales, 87.5M)", lr=1e-3, epochs=5)},
+    name="flow",
+    order=2,
+    image_only=True,
+    models={
+        "realnvp": dict(
+            help="multi-scale RealNVP; --arch mnist (1x28x28, 2 scales, 64 features, 8 blocks, "
+            "19.5M parameters) or celeba64 (3x64x64, 3 scales, 87.5M)",
+            lr=1e-3,
+            epochs=5,
+        )
+    },
     options=(
         Option("num_scales", "realnvp: override the preset's number of scales", type=int, models=FLOW_ONLY, at_least=1),
-        Option("mid_channels", "realnvp: override the preset's s/t network width", type=int, models=FLOW_ONLY,
-               at_least=1),
-        Option("num_blocks", "realnvp: override the preset's residual blocks per s/t network", type=int,
-               models=FLOW_ONLY, at_least=1),
-        Option("checkpointing", "realnvp: recompute activations in backward per coupling or per residual block (bare "
-                                "--checkpointing: coupling, the best time/memory trade measured by bench_memory.py)",
-               default="none", type=str, choices=models.CHECKPOINTING, nargs="?", const="coupling", models=FLOW_ONLY,
-               resumable=True),
-        Option("invertible", "realnvp: backprop through the couplings by inverting them instead of keeping activations",
-               default=False, models=FLOW_ONLY, resumable=True),
+        Option(
+            "mid_channels", "realnvp: override the preset's s/t network width", type=int, models=FLOW_ONLY, at_least=1
+        ),
+        Option(
+            "num_blocks",
+            "realnvp: override the preset's residual blocks per s/t network",
+            type=int,
+            models=FLOW_ONLY,
+            at_least=1,
+        ),
+        Option(
+            "checkpointing",
+            "realnvp: recompute activations in backward per coupling or per residual block (bare "
+            "--checkpointing: coupling, the best time/memory trade measured by bench_memory.py)",
+            default="none",
+            type=str,
+            choices=models.CHECKPOINTING,
+            nargs="?",
+            const="coupling",
+            models=FLOW_ONLY,
+            resumable=True,
+        ),
+        Option(
+            "invertible",
+            "realnvp: backprop through the couplings by inverting them instead of keeping activations",
+            default=False,
+            models=FLOW_ONLY,
+            resumable=True,
+        ),
     ),
-    build=build, check=check, likelihood=likelihood, likelihood_metrics=("bits_per_dim",), default_samples=4,
+    build=build,
+    check=check,
+    likelihood=likelihood,
+    likelihood_metrics=("bits_per_dim",),
+    default_samples=4,
     summary=summary,
 )

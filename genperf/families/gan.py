@@ -1,5 +1,6 @@
 """GANs: DCGAN (non-saturating generator loss, optional one-sided label smoothing), WGAN-GP (gradient penalty) and
 WGAN (weight clipping), on images (DCGAN networks) or on the 2-D mixtures (MLPs of 3 ReLU layers of 512 units)."""
+
 from __future__ import annotations
 
 import copy
@@ -28,8 +29,22 @@ class GANObjective:
     penalty, Adam(0.5, 0.9)) and WGAN (weight clipping, RMSprop). One step = one batch for the
     discriminator/critic; the generator steps every `critic_iters` steps (every step for DCGAN)."""
 
-    def __init__(self, kind, generator, critic, precision, lr, device_type, label_smoothing=False,
-                 critic_iters=5, gp_weight=10.0, clip=0.01, image_data=True, generator_ema=None, ema_decay=0.0):
+    def __init__(
+        self,
+        kind,
+        generator,
+        critic,
+        precision,
+        lr,
+        device_type,
+        label_smoothing=False,
+        critic_iters=5,
+        gp_weight=10.0,
+        clip=0.01,
+        image_data=True,
+        generator_ema=None,
+        ema_decay=0.0,
+    ):
         self.kind, self.precision, self.image_data = kind, precision, image_data
         self.label_smoothing, self.clip = label_smoothing, clip
         self.penalty = GradientPenalty(gp_weight)
@@ -73,9 +88,12 @@ class GANObjective:
             else:  # the critic has no batch norm: one pass scores both (fewer, larger convolutions)
                 d_real, d_fake = self.D_step(torch.cat([real, fake.detach().to(real.dtype)])).split(n)
             if self.kind == DCGAN:
-                target = smoothed_real_labels(n, device=real.device) if self.label_smoothing else torch.ones_like(d_real)
-                d_loss = (F.binary_cross_entropy_with_logits(d_real.float(), target)
-                          + F.binary_cross_entropy_with_logits(d_fake.float(), torch.zeros_like(target)))
+                target = (
+                    smoothed_real_labels(n, device=real.device) if self.label_smoothing else torch.ones_like(d_real)
+                )
+                d_loss = F.binary_cross_entropy_with_logits(
+                    d_real.float(), target
+                ) + F.binary_cross_entropy_with_logits(d_fake.float(), torch.zeros_like(target))
             else:
                 d_loss = d_fake.float().mean() - d_real.float().mean()
                 if self.kind == WGAN_GP:
@@ -90,8 +108,11 @@ class GANObjective:
             with self.precision.autocast():
                 g_out = self.D_step(fake).float()
                 # Non-saturating loss for DCGAN: maximise log D(G(z)).
-                g_loss = (F.binary_cross_entropy_with_logits(g_out, torch.ones_like(g_out))
-                          if self.kind == DCGAN else -g_out.mean())
+                g_loss = (
+                    F.binary_cross_entropy_with_logits(g_out, torch.ones_like(g_out))
+                    if self.kind == DCGAN
+                    else -g_out.mean()
+                )
             self.precision.step(g_loss, self.optimizers["generator"])
             self.last_g_loss = g_loss.detach()
             if self.G_ema is not None:
@@ -135,8 +156,21 @@ def build(config, data, precision, device, rank=0, world_size=1):
         for m in (G, D, G_ema):
             if m is not None:
                 apply_fsdp(m, [], precision.dtype)
-    return GANObjective(config.model, G, D, precision, config.lr, device.type, config.label_smoothing,
-                        config.critic_iters, config.gp_weight, config.clip, data.is_image, G_ema, config.ema)
+    return GANObjective(
+        config.model,
+        G,
+        D,
+        precision,
+        config.lr,
+        device.type,
+        config.label_smoothing,
+        config.critic_iters,
+        config.gp_weight,
+        config.clip,
+        data.is_image,
+        G_ema,
+        config.ema,
+    )
 
 
 def check(config):
@@ -146,24 +180,51 @@ def check(config):
 
 GANS = (DCGAN, WGAN_GP, WGAN_CLIP)
 FAMILY = Family(
-    name="gan", order=0,
-    models={DCGAN: dict(help="DCGAN, non-saturating generator loss; --label-smoothing draws real labels from "
-                             "U[0.7, 0.9]", lr=2e-4, epochs=5, latent_dim=100),
-            WGAN_GP: dict(help="WGAN-GP: critic without batch norm, penalty weight --gp-weight, --critic-iters",
-                          lr=1e-4, epochs=5, latent_dim=100),
-            WGAN_CLIP: dict(help="WGAN with weight clipping --clip, --critic-iters; RMSprop", lr=5e-5, epochs=5,
-                            latent_dim=100)},
+    name="gan",
+    order=0,
+    models={
+        DCGAN: dict(
+            help="DCGAN, non-saturating generator loss; --label-smoothing draws real labels from U[0.7, 0.9]",
+            lr=2e-4,
+            epochs=5,
+            latent_dim=100,
+        ),
+        WGAN_GP: dict(
+            help="WGAN-GP: critic without batch norm, penalty weight --gp-weight, --critic-iters",
+            lr=1e-4,
+            epochs=5,
+            latent_dim=100,
+        ),
+        WGAN_CLIP: dict(
+            help="WGAN with weight clipping --clip, --critic-iters; RMSprop", lr=5e-5, epochs=5, latent_dim=100
+        ),
+    },
     options=(
         Option("label_smoothing", "dcgan: real labels drawn from U[0.7, 0.9]", default=False, models=(DCGAN,)),
-        Option("critic_iters", "wgan, wgan-gp: critic steps per generator step", default=5, type=int,
-               models=(WGAN_GP, WGAN_CLIP), at_least=1),
-        Option("gp_weight", "wgan-gp: gradient penalty weight", default=10.0, type=float, models=(WGAN_GP,),
-               at_least=0),
+        Option(
+            "critic_iters",
+            "wgan, wgan-gp: critic steps per generator step",
+            default=5,
+            type=int,
+            models=(WGAN_GP, WGAN_CLIP),
+            at_least=1,
+        ),
+        Option(
+            "gp_weight", "wgan-gp: gradient penalty weight", default=10.0, type=float, models=(WGAN_GP,), at_least=0
+        ),
         Option("clip", "wgan: weight clipping bound", default=0.01, type=float, models=(WGAN_CLIP,), above=0),
-        Option("ema", "GANs: keep an exponential moving average of the generator weights with this decay (e.g. "
-                      "0.999) and draw samples and metrics from it (default 0: off)", default=0.0, type=float,
-               models=GANS, metavar="DECAY", at_least=0),
+        Option(
+            "ema",
+            "GANs: keep an exponential moving average of the generator weights with this decay (e.g. "
+            "0.999) and draw samples and metrics from it (default 0: off)",
+            default=0.0,
+            type=float,
+            models=GANS,
+            metavar="DECAY",
+            at_least=0,
+        ),
     ),
-    build=build, check=check,
+    build=build,
+    check=check,
     no_fsdp={WGAN_GP: "FSDP2 frees the critic's gathered parameters before the gradient penalty's double backward"},
 )

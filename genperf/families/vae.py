@@ -1,4 +1,5 @@
 """Variational autoencoders: the VAE (beta = 1) and beta-VAE, loss BCE (summed over pixels) + beta * KL."""
+
 from __future__ import annotations
 
 import math
@@ -117,22 +118,47 @@ def likelihood(run, batches, samples, wanted, progress):
 def summary(result):
     lines = []
     if "elbo" in result:
-        lines.append(f"  ELBO            {result['elbo']:.3f} +- {result['elbo_se']:.3f} nats "
-                     f"({result['posterior_samples']} posterior draws; draw 0 {result['elbo_draw0']:.3f})")
+        lines.append(
+            f"  ELBO            {result['elbo']:.3f} +- {result['elbo_se']:.3f} nats "
+            f"({result['posterior_samples']} posterior draws; draw 0 {result['elbo_draw0']:.3f})"
+        )
     if "nll" in result:
-        lines.append(f"  NLL (IS)        {result['nll']:.3f} +- {result['nll_se']:.3f} nats "
-                     f"({result['posterior_samples']} importance samples)")
+        lines.append(
+            f"  NLL (IS)        {result['nll']:.3f} +- {result['nll_se']:.3f} nats "
+            f"({result['posterior_samples']} importance samples)"
+        )
     return lines
 
 
 VAES = ("vae", "beta-vae")
 FAMILY = Family(
-    name="vae", order=1, image_only=True,
-    models={"vae": dict(help="VAE, loss BCE (sum) + KL; --arch mlp (784-400-20) or conv (64x64)", lr=1e-3, epochs=10,
-                        latent_dim=20, beta=1.0),
-            "beta-vae": dict(help="the same model with --beta > 1", lr=1e-3, epochs=10, latent_dim=20, beta=4.0)},
-    options=(Option("beta", "KL weight of vae (1) and beta-vae (default 4, must be > 1)", default=PER_MODEL,
-                    type=float, models=VAES, at_least=0),),
-    build=build, check=check, likelihood=likelihood, likelihood_metrics=("elbo", "nll"), default_samples=100,
+    name="vae",
+    order=1,
+    image_only=True,
+    models={
+        "vae": dict(
+            help="VAE, loss BCE (sum) + KL; --arch mlp (784-400-20) or conv (64x64)",
+            lr=1e-3,
+            epochs=10,
+            latent_dim=20,
+            beta=1.0,
+        ),
+        "beta-vae": dict(help="the same model with --beta > 1", lr=1e-3, epochs=10, latent_dim=20, beta=4.0),
+    },
+    options=(
+        Option(
+            "beta",
+            "KL weight of vae (1) and beta-vae (default 4, must be > 1)",
+            default=PER_MODEL,
+            type=float,
+            models=VAES,
+            at_least=0,
+        ),
+    ),
+    build=build,
+    check=check,
+    likelihood=likelihood,
+    likelihood_metrics=("elbo", "nll"),
+    default_samples=100,
     summary=summary,
 )

@@ -3,5 +3,14 @@ from genperf.models.realnvp import ARCHS as REALNVP_ARCHS
 from genperf.models.realnvp import CHECKPOINTING, RealNVP, WeightNormConv2d
 from genperf.models.vae import VAE
 
-__all__ = ["DCGANGenerator", "DCGANDiscriminator", "MLPGenerator", "MLPDiscriminator", "RealNVP",
-           "REALNVP_ARCHS", "CHECKPOINTING", "VAE", "WeightNormConv2d"]
+__all__ = [
+    "DCGANGenerator",
+    "DCGANDiscriminator",
+    "MLPGenerator",
+    "MLPDiscriminator",
+    "RealNVP",
+    "REALNVP_ARCHS",
+    "CHECKPOINTING",
+    "VAE",
+    "WeightNormConv2d",
+]

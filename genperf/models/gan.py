@@ -1,4 +1,5 @@
 """DCGAN generator/discriminator (Radford et al.), the WGAN critic, and MLPs for 2-D point data."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,10 @@ def conv_plan(image_size: int, model: str):
         n = math.log2(image_size / base) if image_size >= base else -1
         if n >= 1 and n == int(n):
             return base, int(n)
-    raise ValueError(f"{model} cannot take image size {image_size}: it needs 7 * 2^n (e.g. 28) or 4 * 2^n "
-                     f"(e.g. 8, 32, 64); pass --image-size to resize")
+    raise ValueError(
+        f"{model} cannot take image size {image_size}: it needs 7 * 2^n (e.g. 28) or 4 * 2^n "
+        f"(e.g. 8, 32, 64); pass --image-size to resize"
+    )
 
 
 def dcgan_init(module):
@@ -89,8 +92,15 @@ class MLPGenerator(nn.Module):
     def __init__(self, latent_dim=2, dim=2, hidden=512):
         super().__init__()
         self.latent_dim = latent_dim
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(True), nn.Linear(hidden, hidden),
-                                 nn.ReLU(True), nn.Linear(hidden, hidden), nn.ReLU(True), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden),
+            nn.ReLU(True),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(True),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(True),
+            nn.Linear(hidden, dim),
+        )
 
     def forward(self, z):
         return self.net(z)
@@ -99,8 +109,15 @@ class MLPGenerator(nn.Module):
 class MLPDiscriminator(nn.Module):
     def __init__(self, dim=2, hidden=512):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(True), nn.Linear(hidden, hidden),
-                                 nn.ReLU(True), nn.Linear(hidden, hidden), nn.ReLU(True), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.ReLU(True),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(True),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(True),
+            nn.Linear(hidden, 1),
+        )
 
     def forward(self, x):
         # A new tensor, not a view: FSDP2 warns of (and would skip its hooks for) in-place ops on a view output.

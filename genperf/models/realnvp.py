@@ -6,6 +6,7 @@ networks are weight-normalised ResNets whose width doubles from one scale to the
 again for the channel-wise couplings. Images x in [0, 1] first go through the logit transform
 y = logit(alpha + (1 - 2 alpha) x), whose log-determinant is part of the model's.
 """
+
 from __future__ import annotations
 
 import math
@@ -106,9 +107,15 @@ class Scale(nn.Module):
         super().__init__()
         n_in = 4 if last else 3
         self.in_couplings = nn.ModuleList(
-            _coupling(channels, mid_channels, num_blocks, CHECKERBOARD, i % 2 == 1) for i in range(n_in))
-        self.out_couplings = nn.ModuleList() if last else nn.ModuleList(
-            _coupling(4 * channels, 2 * mid_channels, num_blocks, CHANNEL, i % 2 == 1) for i in range(3))
+            _coupling(channels, mid_channels, num_blocks, CHECKERBOARD, i % 2 == 1) for i in range(n_in)
+        )
+        self.out_couplings = (
+            nn.ModuleList()
+            if last
+            else nn.ModuleList(
+                _coupling(4 * channels, 2 * mid_channels, num_blocks, CHANNEL, i % 2 == 1) for i in range(3)
+            )
+        )
 
 
 class RealNVP(nn.Module):
@@ -120,14 +127,25 @@ class RealNVP(nn.Module):
     activations in backward; `invertible` backpropagates each run of couplings by inversion
     (genperf.invertible), so activation memory stops growing with depth."""
 
-    def __init__(self, in_channels=1, image_size=28, num_scales=2, mid_channels=64, num_blocks=8, alpha=0.05,
-                 checkpointing="none", invertible=False):
+    def __init__(
+        self,
+        in_channels=1,
+        image_size=28,
+        num_scales=2,
+        mid_channels=64,
+        num_blocks=8,
+        alpha=0.05,
+        checkpointing="none",
+        invertible=False,
+    ):
         super().__init__()
         if num_scales < 1:
             raise ValueError(f"num_scales must be >= 1, got {num_scales}")
         if image_size % (2 ** (num_scales - 1)):
-            raise ValueError(f"RealNVP with {num_scales} scales halves the image {num_scales - 1} times: "
-                             f"image size {image_size} is not divisible by {2 ** (num_scales - 1)}")
+            raise ValueError(
+                f"RealNVP with {num_scales} scales halves the image {num_scales - 1} times: "
+                f"image size {image_size} is not divisible by {2 ** (num_scales - 1)}"
+            )
         self.in_channels, self.image_size, self.alpha = in_channels, image_size, alpha
         self.scales = nn.ModuleList()
         channels, mid = in_channels, mid_channels
@@ -153,7 +171,9 @@ class RealNVP(nn.Module):
     def _check(self, x, name):
         want = (self.in_channels, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"RealNVP built for {name} of shape (N, {', '.join(map(str, want))}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"RealNVP built for {name} of shape (N, {', '.join(map(str, want))}), got {tuple(x.shape)}"
+            )
 
     def forward(self, x):
         self._check(x, "images")
@@ -178,7 +198,7 @@ class RealNVP(nn.Module):
         self._check(z, "latents")
         z = at_least_fp32(z)
         factored = []
-        for scale in self.scales[:-1]:
+        for _ in self.scales[:-1]:  # the latents each scale factored out
             z_out, z = F.pixel_unshuffle(z, 2).chunk(2, dim=1)
             factored.append(z_out)
         for c in reversed(self.scales[-1].in_couplings):

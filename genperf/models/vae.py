@@ -1,4 +1,5 @@
 """VAE (Kingma & Welling) and beta-VAE: the same model, trained with BCE + beta * KL."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,9 @@ class VAE(nn.Module):
             dim = channels * image_size * image_size
             self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(dim, hidden), nn.ReLU(True))
             self.to_stats = nn.Linear(hidden, 2 * latent_dim)
-            self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(True), nn.Linear(hidden, dim),
-                                         nn.Unflatten(1, self.shape))
+            self.decoder = nn.Sequential(
+                nn.Linear(latent_dim, hidden), nn.ReLU(True), nn.Linear(hidden, dim), nn.Unflatten(1, self.shape)
+            )
         elif arch == "conv":
             base, n = conv_plan(image_size, "the conv VAE")
             enc, ch, cin = [], width, channels

@@ -9,6 +9,7 @@
 default, otherwise the fastest available for the tensors' device runs. When no fused backend can
 run on a device the reference runs, and genperf says so once on stderr.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,14 +34,18 @@ def _probe():
 
         reasons["cpu"] = None
         if not _C.has_cuda():
-            reasons["cuda"] = ("genperf._C was built without CUDA (no GPU visible or no nvcc at install time; "
-                               "reinstall where the GPU is, or with TORCH_CUDA_ARCH_LIST set)")
+            reasons["cuda"] = (
+                "genperf._C was built without CUDA (no GPU visible or no nvcc at install time; "
+                "reinstall where the GPU is, or with TORCH_CUDA_ARCH_LIST set)"
+            )
         elif not torch.cuda.is_available():
             reasons["cuda"] = "no CUDA device"
         else:
             reasons["cuda"] = None
     except ImportError as e:
-        reasons["cpu"] = reasons["cuda"] = f"genperf._C is not built ({e}); reinstall with pip install --no-build-isolation -e ."
+        reasons["cpu"] = reasons["cuda"] = (
+            f"genperf._C is not built ({e}); reinstall with pip install --no-build-isolation -e ."
+        )
     if importlib.util.find_spec("triton") is None:
         reasons["triton"] = "triton is not installed"
     elif torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
@@ -100,6 +105,9 @@ def select(device: torch.device) -> str:
     if device.type not in _warned and device.type != "meta":  # meta: shapes only (genperf.memory's estimate)
         _warned.add(device.type)
         why = "; ".join(f"{n}: {_REASONS[n]}" for n in PREFERENCE.get(device.type, ()))
-        print(f"genperf: no fused backend for {device.type} tensors ({why or 'none exists'}); "
-              f"the ops run their pure-torch reference", file=sys.stderr)
+        print(
+            f"genperf: no fused backend for {device.type} tensors ({why or 'none exists'}); "
+            f"the ops run their pure-torch reference",
+            file=sys.stderr,
+        )
     return "reference"

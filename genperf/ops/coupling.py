@@ -9,9 +9,8 @@ an autocast network are upcast, and y keeps x's dtype, so the flow state stays i
 under AMP. The fused backends (genperf.ops.backends) make one pass forward and one pass backward,
 recomputing tanh and exp instead of saving them; their y and gradients are contiguous.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 from torch import Tensor
@@ -39,7 +38,9 @@ def _check_args(x, s_raw, t, scale, mask):
         if mask.device != x.device:
             raise ValueError(f"affine_coupling: mask is on {mask.device}, x on {x.device}")
         if mask.dim() > x.dim() or any(m not in (1, d) for m, d in zip(mask.shape[::-1], x.shape[::-1])):
-            raise ValueError(f"affine_coupling: mask of shape {tuple(mask.shape)} does not broadcast to x's {tuple(x.shape)}")
+            raise ValueError(
+                f"affine_coupling: mask of shape {tuple(mask.shape)} does not broadcast to x's {tuple(x.shape)}"
+            )
 
 
 def affine_coupling_ref(x, s_raw, t, scale, mask=None, reverse=False):
@@ -120,9 +121,11 @@ else:
 
 # ---- the Triton backend as a torch.library custom op (its kernels are Python) ----
 
+
 @torch.library.custom_op("genperf::affine_coupling_triton", mutates_args=())
-def _triton_forward(x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor, mask: Optional[Tensor],
-                    reverse: bool) -> tuple[Tensor, Tensor]:
+def _triton_forward(
+    x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor, mask: Tensor | None, reverse: bool
+) -> tuple[Tensor, Tensor]:
     from genperf.kernels import coupling
 
     y, logdet = coupling.coupling_forward(x, s_raw, t, scale, mask, reverse)
@@ -130,8 +133,16 @@ def _triton_forward(x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor, mask: Op
 
 
 @torch.library.custom_op("genperf::affine_coupling_triton_backward", mutates_args=())
-def _triton_backward(grad_y: Tensor, grad_logdet: Tensor, x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor,
-                     mask: Optional[Tensor], reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _triton_backward(
+    grad_y: Tensor,
+    grad_logdet: Tensor,
+    x: Tensor,
+    s_raw: Tensor,
+    t: Tensor,
+    scale: Tensor,
+    mask: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from genperf.kernels import coupling
 
     dx, dr, dt, dscale = coupling.coupling_backward(grad_y, grad_logdet, x, s_raw, t, scale, mask, reverse)
@@ -150,7 +161,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, grad_logdet):
     dx, dr, dt, dscale = torch.ops.genperf.affine_coupling_triton_backward(
-        grad_y.contiguous(), grad_logdet.contiguous(), *ctx.saved_tensors, ctx.reverse)
+        grad_y.contiguous(), grad_logdet.contiguous(), *ctx.saved_tensors, ctx.reverse
+    )
     return dx, dr, dt, dscale, None, None
 
 

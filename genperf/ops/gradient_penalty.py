@@ -5,6 +5,7 @@
 
 differentiable with respect to the critic's parameters (the gradient is taken with create_graph).
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,9 @@ def _check_args(real, fake, eps):
     if real.shape != fake.shape:
         raise ValueError(f"gradient_penalty: real has shape {tuple(real.shape)}, fake {tuple(fake.shape)}")
     if real.dtype != fake.dtype or real.device != fake.device:
-        raise ValueError(f"gradient_penalty: real ({real.dtype}, {real.device}) and fake ({fake.dtype}, {fake.device}) differ")
+        raise ValueError(
+            f"gradient_penalty: real ({real.dtype}, {real.device}) and fake ({fake.dtype}, {fake.device}) differ"
+        )
     if eps is not None and eps.shape != (real.shape[0],):
         raise ValueError(f"gradient_penalty: eps has shape {tuple(eps.shape)}, expected ({real.shape[0]},)")
 
@@ -58,6 +61,7 @@ def gradient_penalty(critic, real, fake, weight=10.0, eps=None):
 
 # ---- the fused ops: schema, kernels, fake (meta) implementation, autograd ----
 
+
 def _kernels(backend):
     if backend == "triton":
         from genperf.kernels import gradient_penalty as k
@@ -72,8 +76,9 @@ def _interpolate(real: Tensor, fake: Tensor, eps: Tensor, backend: str) -> Tenso
     """eps * real + (1 - eps) * fake with one eps per sample. No autograd: the penalty detaches both."""
     interpolate, _, _ = _kernels(backend)
     n = real.shape[0]
-    out = interpolate(real.reshape(n, -1).contiguous(), fake.reshape(n, -1).contiguous(),
-                      eps.to(real.dtype).contiguous())
+    out = interpolate(
+        real.reshape(n, -1).contiguous(), fake.reshape(n, -1).contiguous(), eps.to(real.dtype).contiguous()
+    )
     return out.view(real.shape)
 
 
@@ -101,8 +106,9 @@ def _(grad, weight, backend):
 def _penalty_backward(grad_out: Tensor, grad: Tensor, sumsq: Tensor, weight: float, backend: str) -> Tensor:
     _, _, backward = _kernels(backend)
     n = grad.shape[0]
-    dg = backward(grad_out.to(torch.float32).reshape(1).contiguous(), grad.reshape(n, -1).contiguous(), sumsq,
-                  weight, NORM_EPS)
+    dg = backward(
+        grad_out.to(torch.float32).reshape(1).contiguous(), grad.reshape(n, -1).contiguous(), sumsq, weight, NORM_EPS
+    )
     return dg.view(grad.shape)
 
 

@@ -7,6 +7,7 @@ seed's value, and a verdict on each claim of the source study it tests. `all` ru
 DIR/NAME and writes a summary DIR/report.md. --quick is a smoke test on the bundled `digits` data for tests and
 CI; the full versions train on MNIST (--data-root).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,18 +61,27 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m genperf.study", description=__doc__.split("\n")[0])
     p.add_argument("experiment", choices=["all", *RUNNERS], help="one experiment, or all of them (each into OUT/NAME)")
     p.add_argument("--out", required=True, help="report folder: report.md, figures, results.json")
-    p.add_argument("--seeds", type=parse_seeds, metavar="N|S1,S2,...",
-                   help="train every configuration with seeds 0..N-1 (or the seeds listed) and report mean +- std "
-                        f"(default: {DEFAULT_SEEDS['mode-collapse']} for mode-collapse, {FULL_SEEDS} for the others, "
-                        f"{QUICK_SEEDS} with --quick)")
+    p.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        metavar="N|S1,S2,...",
+        help="train every configuration with seeds 0..N-1 (or the seeds listed) and report mean +- std "
+        f"(default: {DEFAULT_SEEDS['mode-collapse']} for mode-collapse, {FULL_SEEDS} for the others, "
+        f"{QUICK_SEEDS} with --quick)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke-test budgets on the bundled digits data (minutes)")
     p.add_argument("--runs", help="folder of the training runs, shared between experiments (default OUT/runs)")
     p.add_argument("--data", default="mnist", help="image data of the full versions (default mnist)")
     p.add_argument("--data-root", default="data", help="where --data lives (default ./data, where MNIST is downloaded)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="where to train and evaluate (default: cuda when available)")
-    p.add_argument("--inception-weights", help="local FID Inception weights file; adds the standard FID "
-                                               "(needs torchmetrics[image]) to label-smoothing")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where to train and evaluate (default: cuda when available)",
+    )
+    p.add_argument(
+        "--inception-weights",
+        help="local FID Inception weights file; adds the standard FID (needs torchmetrics[image]) to label-smoothing",
+    )
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     try:
@@ -86,4 +96,3 @@ def main(argv=None):
     write_summary(args, studies, time.perf_counter() - t0)
     print(f"genperf.study: all done in {time.perf_counter() - t0:.0f} s; summary {args.out}/report.md", flush=True)
     return 0
-

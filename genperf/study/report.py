@@ -1,4 +1,5 @@
 """The study's figures and its summary report."""
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,7 @@ def seed_spread(entries, key, title, ylabel):
     """Each configuration's per-seed values (dots) and mean +- std (bar): {label: entry of spread()}."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.6 * len(entries) + 2, 3.2))
-    for x, (label, entry) in enumerate(entries.items()):
+    for x, entry in enumerate(entries.values()):
         values = values_of(entry, key)
         ax.plot([x] * len(values), values, "o", color="0.5", ms=4)
         ax.errorbar([x + 0.15], [entry[key]], yerr=[entry[f"{key}_std"] or 0.0], fmt="s", color="tab:red", capsize=4)
@@ -71,18 +72,33 @@ def write_summary(args, studies, seconds):
     lines = [f"# The study{' (quick)' if args.quick else ''}", ""]
     if args.quick:
         lines += [QUICK_WARNING, ""]
-    lines += [f"`python -m genperf.study all --out {args.out}{given}{' --quick' if args.quick else ''}`: "
-              f"{seconds:.0f} s on {args.device} (" + ", ".join(f"{st.experiment} {st.seconds:.0f} s" for st in studies)
-              + "). Each experiment's report, figures and numbers are in its own folder; m +- s is the mean over the "
-              "seeds and their sample standard deviation.", "",
-              "| experiment | quantity | mean +- std | seeds |", "| --- | --- | --- | --- |"]
-    lines += [f"| [{exp}]({exp}/report.md) | {what} | {value} | {n} |" for st in studies for exp, what, value, n in
-              st.headlines]
-    lines += ["", "## The source study's claims", "",
-              "Judged from the seeds' spread (`genperf.study.verdict`): with d the difference of the means and se its "
-              "standard error, *reproduced* when d - 2 se reaches the smallest effect the claim counts, *not "
-              "reproduced* when d + 2 se stays below it (ruled out, or the opposite), *inconclusive at this budget* "
-              "when the interval straddles it.", "", "| claim | verdict | evidence |", "| --- | --- | --- |"]
+    lines += [
+        f"`python -m genperf.study all --out {args.out}{given}{' --quick' if args.quick else ''}`: "
+        f"{seconds:.0f} s on {args.device} ("
+        + ", ".join(f"{st.experiment} {st.seconds:.0f} s" for st in studies)
+        + "). Each experiment's report, figures and numbers are in its own folder; m +- s is the mean over the "
+        "seeds and their sample standard deviation.",
+        "",
+        "| experiment | quantity | mean +- std | seeds |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| [{exp}]({exp}/report.md) | {what} | {value} | {n} |"
+        for st in studies
+        for exp, what, value, n in st.headlines
+    ]
+    lines += [
+        "",
+        "## The source study's claims",
+        "",
+        "Judged from the seeds' spread (`genperf.study.verdict`): with d the difference of the means and se its "
+        "standard error, *reproduced* when d - 2 se reaches the smallest effect the claim counts, *not "
+        "reproduced* when d + 2 se stays below it (ruled out, or the opposite), *inconclusive at this budget* "
+        "when the interval straddles it.",
+        "",
+        "| claim | verdict | evidence |",
+        "| --- | --- | --- |",
+    ]
     lines += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for st in studies for c in st.claims]
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

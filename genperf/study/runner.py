@@ -1,6 +1,7 @@
 """One experiment's runs and report: trains what it needs through genperf.fit, once per seed (or reuses the run
 folders under --runs, so experiments that share models train them once), loads them back, and collects the
 report's text, figures, numbers and verdicts."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,11 @@ from genperf.study.stats import pm
 from genperf.train import fit
 
 STUDY_OPTIONS = "study-options.json"  # in each run folder: the training options the study trained it with
-QUICK_WARNING = ("**Quick budgets are smoke tests**: minutes of CPU on the 8x8 `digits` (VAEs on them upsampled to 28x28) "
-                 "and 300-600 generator updates on ring8; they show that every experiment runs end to end, not what the "
-                 "full budgets find.")
+QUICK_WARNING = (
+    "**Quick budgets are smoke tests**: minutes of CPU on the 8x8 `digits` (VAEs on them upsampled to 28x28) "
+    "and 300-600 generator updates on ring8; they show that every experiment runs end to end, not what the "
+    "full budgets find."
+)
 
 
 def _command(options):
@@ -57,8 +60,10 @@ class Study:
             if isinstance(before, list):  # written as a command line by earlier versions
                 before = config.given_options(before)
             if before != wanted:
-                raise GenperfError(f"{out} was trained with `{shown}`, not the `{_command(wanted)}` asked for now; give "
-                                   "the study another --runs folder or move that run away")
+                raise GenperfError(
+                    f"{out} was trained with `{shown}`, not the `{_command(wanted)}` asked for now; give "
+                    "the study another --runs folder or move that run away"
+                )
 
     def _train(self, name, wanted, steps=None):
         """genperf.fit of the options `wanted` into RUNS/name, resuming what is there."""
@@ -69,8 +74,11 @@ class Study:
         if steps:
             options["steps"] = steps
         command = " ".join(config.to_argv(config.make(**{k: v for k, v in options.items() if k != "resume"})))
-        print(f"genperf.study: training {name}: python -m genperf.train {command}"
-              f"{' --resume' if options['resume'] else ''}", flush=True)
+        print(
+            f"genperf.study: training {name}: python -m genperf.train {command}"
+            f"{' --resume' if options['resume'] else ''}",
+            flush=True,
+        )
         fit(**options)
         atomic_write_text(json.dumps(wanted), os.path.join(out, STUDY_OPTIONS))
         return out
@@ -135,9 +143,12 @@ class Study:
         head = [f"# {self.experiment}{' (quick)' if self.quick else ''}", ""]
         if self.quick:
             head += [QUICK_WARNING, ""]
-        head += [f"`python -m genperf.study {self.experiment} --out {self.out} --seeds {seeds}"
-                 f"{' --quick' if self.quick else ''}`: {seconds:.0f} s on {self.device}, seeds {seeds}; runs in "
-                 f"`{self.runs}`; numbers in `results.json`. A value shown as m +- s is the mean over the seeds and "
-                 f"their sample standard deviation.", ""]
+        head += [
+            f"`python -m genperf.study {self.experiment} --out {self.out} --seeds {seeds}"
+            f"{' --quick' if self.quick else ''}`: {seconds:.0f} s on {self.device}, seeds {seeds}; runs in "
+            f"`{self.runs}`; numbers in `results.json`. A value shown as m +- s is the mean over the seeds and "
+            f"their sample standard deviation.",
+            "",
+        ]
         with open(os.path.join(self.out, "report.md"), "w") as f:
             f.write("\n".join(head + self.lines) + "\n")

@@ -1,5 +1,6 @@
 """The study's statistics: every number as the mean and sample standard deviation over seeds, and the verdict on
 a claim of the source study from the seeds' spread."""
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,7 @@ def verdict(higher, lower, smallest):
         return INCONCLUSIVE, "one seed: no spread to judge a difference by"
     stats = [mean_std(v) for v in samples]
     d = stats[0][0] - (stats[1][0] if len(stats) > 1 else lower)
-    se = math.sqrt(sum(std ** 2 / len(v) for (_, std), v in zip(stats, samples)))
+    se = math.sqrt(sum(std**2 / len(v) for (_, std), v in zip(stats, samples)))
     text = f"difference {d:+.3g} +- {2 * se:.2g} (2 standard errors, {len(higher)} seeds)"
     if d + 2 * se < smallest:
         return NOT_REPRODUCED, text + f"; an effect of {smallest:.3g} or more is ruled out"

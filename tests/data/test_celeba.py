@@ -1,4 +1,5 @@
 """CelebA through DALI and torchvision: splits, sharding, determinism, skipped files, pixel agreement."""
+
 import os
 
 import pytest
@@ -31,7 +32,9 @@ def _indices(images, reference):
 
 
 def test_partition_file_selects_the_split(root):
-    names = {split: [os.path.basename(p) for p in celeba.list_split(root, split)] for split in ("train", "valid", "test")}
+    names = {
+        split: [os.path.basename(p) for p in celeba.list_split(root, split)] for split in ("train", "valid", "test")
+    }
     assert [len(names[s]) for s in ("train", "valid", "test")] == [32, 4, 4]
     assert names["train"][0] == "000001.jpg" and names["test"][-1] == f"{N:06d}.jpg"
 
@@ -124,8 +127,25 @@ def test_the_launchers_check_finds_missing_data_without_opening_images(root, tmp
 
 @pytest.mark.parametrize("loader", [pytest.param("dali", marks=dali), "torch"])
 def test_training_on_celeba_with_each_loader(root, loader, tmp_path):
-    argv = ["dcgan", "--data", "celeba", "--data-root", root, "--image-size", "32", "--batch-size", "8",
-            "--latent-dim", "8", "--steps", "3", "--loader", loader, "--out", str(tmp_path)]
+    argv = [
+        "dcgan",
+        "--data",
+        "celeba",
+        "--data-root",
+        root,
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--latent-dim",
+        "8",
+        "--steps",
+        "3",
+        "--loader",
+        loader,
+        "--out",
+        str(tmp_path),
+    ]
     assert train.main(argv) == 0
     assert (tmp_path / "samples" / "step_000003.png").exists()
 

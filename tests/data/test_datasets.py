@@ -75,8 +75,6 @@ def test_celeba_partition_naming_missing_images(tmp_path):
         CelebAFolder(str(tmp_path), "train")
 
 
-
-
 def test_batches_are_deterministic_resumable_and_sharded():
     source = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1)
     full = Batches(source, 8, seed=3)
@@ -101,7 +99,7 @@ def test_in_memory_data_moves_to_the_device_once_and_batches_follow_the_seeded_o
     assert len(got) == 3
     for k, batch in enumerate(got):
         assert batch.dtype == torch.float32
-        assert torch.equal(batch, source[order[16 * k:16 * (k + 1)]].float() / 255)
+        assert torch.equal(batch, source[order[16 * k : 16 * (k + 1)]].float() / 255)
     on_meta = Batches(source, 16, seed=7, device="meta")
     assert on_meta.source.device.type == "meta" and on_meta.source.dtype == torch.uint8  # moved once, still uint8
     batch = next(on_meta.epoch(4))

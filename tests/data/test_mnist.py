@@ -84,5 +84,7 @@ def test_failed_download_leaves_no_folders(tmp_path, monkeypatch):
 def test_a_file_as_data_root(tmp_path):
     path = tmp_path / "mnist.tar.gz"
     path.write_bytes(b"not a folder")
-    with pytest.raises(DataError, match=r"--data-root .*mnist.tar.gz is a file; pass the folder that holds the mnist data"):
+    with pytest.raises(
+        DataError, match=r"--data-root .*mnist.tar.gz is a file; pass the folder that holds the mnist data"
+    ):
         load_dataset("mnist", str(path), download=False)

@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genperf.models import VAE, DCGANDiscriminator, DCGANGenerator
 from genperf.families.gan import smoothed_real_labels
 from genperf.families.vae import vae_loss
+from genperf.models import VAE, DCGANDiscriminator, DCGANGenerator
 
 
 @pytest.mark.parametrize("channels, size, convs", [(1, 28, 3), (3, 64, 5)])
@@ -48,7 +48,9 @@ def test_vae_loss_equals_independent_bce_plus_beta_kl(beta):
     q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
     prior = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
     kl = torch.distributions.kl_divergence(q, prior).sum(1)
-    torch.testing.assert_close(vae_loss(logits, x, mu, logvar, beta)[0], (bce + beta * kl).mean())  # what training steps on
+    torch.testing.assert_close(
+        vae_loss(logits, x, mu, logvar, beta)[0], (bce + beta * kl).mean()
+    )  # what training steps on
 
 
 def test_vae_architectures():

@@ -1,5 +1,6 @@
 """RealNVP's memory modes: activation checkpointing and invertible backprop give standard gradients,
 and invertible backprop keeps no activations that grow with depth."""
+
 import copy
 
 import pytest

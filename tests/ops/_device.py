@@ -1,4 +1,5 @@
 """Where the backend tests run: GENPERF_TEST_DEVICE (default cpu); benchmarks/selftest.py sets it to the GPU."""
+
 import os
 
 import torch

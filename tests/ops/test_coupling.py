@@ -28,7 +28,7 @@ def test_logdet_equals_explicit_jacobian():
     mask = checkerboard_mask(3, 3, flip=True).double()
     _, ld = affine_coupling_ref(x, s_raw, t, scale, mask)
     for n in range(2):
-        f = lambda v: affine_coupling_ref(v.view(1, 2, 3, 3), s_raw[n:n + 1], t[n:n + 1], scale, mask)[0].flatten()  # noqa: E731
+        f = lambda v: affine_coupling_ref(v.view(1, 2, 3, 3), s_raw[n : n + 1], t[n : n + 1], scale, mask)[0].flatten()  # noqa: E731
         jac = torch.autograd.functional.jacobian(f, x[n].flatten())
         torch.testing.assert_close(ld[n], torch.linalg.slogdet(jac)[1])
 
@@ -42,16 +42,24 @@ def test_low_precision_inputs_accumulate_in_fp32():
     torch.testing.assert_close(ld, ld_ref, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(s_raw=torch.randn(2, 3, 4, 5)), "s_raw has shape"),
-    (dict(t=torch.randn(2, 3, 4)), "t has shape"),
-    (dict(scale=torch.ones(4)), "scale has shape"),
-    (dict(mask=torch.ones(1, 1, 5, 5)), "mask of shape"),
-    (dict(x=torch.zeros(2, 3, 4, 4, dtype=torch.int64)), "x must be a floating tensor"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(s_raw=torch.randn(2, 3, 4, 5)), "s_raw has shape"),
+        (dict(t=torch.randn(2, 3, 4)), "t has shape"),
+        (dict(scale=torch.ones(4)), "scale has shape"),
+        (dict(mask=torch.ones(1, 1, 5, 5)), "mask of shape"),
+        (dict(x=torch.zeros(2, 3, 4, 4, dtype=torch.int64)), "x must be a floating tensor"),
+    ],
+)
 def test_bad_input_names_the_argument(bad, match):
-    args = dict(x=torch.randn(2, 3, 4, 4), s_raw=torch.randn(2, 3, 4, 4), t=torch.randn(2, 3, 4, 4),
-                scale=torch.ones(3), mask=None)
+    args = dict(
+        x=torch.randn(2, 3, 4, 4),
+        s_raw=torch.randn(2, 3, 4, 4),
+        t=torch.randn(2, 3, 4, 4),
+        scale=torch.ones(3),
+        mask=None,
+    )
     args.update(bad)
     with pytest.raises((ValueError, TypeError), match=match):
         affine_coupling_ref(**args)

@@ -1,4 +1,5 @@
 """Every fused backend of affine_coupling against the pure-torch reference, on GENPERF_TEST_DEVICE."""
+
 import pytest
 import torch
 from _device import BACKENDS, DEVICE, HAS_NATIVE, NATIVE
@@ -16,9 +17,11 @@ def _inputs(shape, dtype, mask_kind, channels_last=False, seed=0):
     s_raw = (torch.randn(shape, generator=g) * 2).to(dtype)  # reach tanh's flat parts too
     t = torch.randn(shape, generator=g).to(dtype)
     scale = torch.rand(shape[1], generator=g) + 0.5
-    mask = {"none": None,
-            "checkerboard": checkerboard_mask(shape[2], shape[3], flip=True),
-            "per-element": (torch.rand(shape, generator=g) < 0.5).float()}[mask_kind]
+    mask = {
+        "none": None,
+        "checkerboard": checkerboard_mask(shape[2], shape[3], flip=True),
+        "per-element": (torch.rand(shape, generator=g) < 0.5).float(),
+    }[mask_kind]
     x, s_raw, t, scale = (v.to(DEVICE) for v in (x, s_raw, t, scale))
     mask = None if mask is None else mask.to(DEVICE)
     if channels_last:
@@ -55,8 +58,14 @@ def test_outputs_and_all_gradients_match_reference(backend, dtype, shape, mask_k
     grad_y, grad_ld = torch.randn(shape, generator=g).to(DEVICE), torch.randn(shape[0], generator=g).to(DEVICE)
     fused = _run(backend, x, s_raw, t, scale, mask, reverse, grad_y, grad_ld)
     lowp = _run("reference", x, s_raw, t, scale, mask, reverse, grad_y, grad_ld)
-    exact = _run("reference", *(v.double() for v in (x, s_raw, t, scale)), None if mask is None else mask.double(),
-                 reverse, grad_y.double(), grad_ld.double())
+    exact = _run(
+        "reference",
+        *(v.double() for v in (x, s_raw, t, scale)),
+        None if mask is None else mask.double(),
+        reverse,
+        grad_y.double(),
+        grad_ld.double(),
+    )
     assert fused[0].dtype == dtype and fused[1].dtype == torch.float32
     for name, f, lo, ex in zip(["y", "logdet", "dx", "ds_raw", "dt", "dscale"], fused, lowp, exact):
         assert f.shape == ex.shape, name
@@ -94,7 +103,9 @@ def test_channel_slices_of_one_st_tensor_are_read_in_place(backend, dtype, rever
     grad_y, grad_ld = torch.randn(3, 5, 5, 7, generator=g).to(DEVICE), torch.randn(3, generator=g).to(DEVICE)
     copies = []
     real_contiguous = torch.Tensor.contiguous
-    monkeypatch.setattr(torch.Tensor, "contiguous", lambda v, *a, **k: copies.append(v.shape) or real_contiguous(v, *a, **k))
+    monkeypatch.setattr(
+        torch.Tensor, "contiguous", lambda v, *a, **k: copies.append(v.shape) or real_contiguous(v, *a, **k)
+    )
     results = {}
     for b in (backend, "reference"):
         copies.clear()
@@ -112,8 +123,9 @@ def test_channel_slices_of_one_st_tensor_are_read_in_place(backend, dtype, rever
 @pytest.mark.skipif(not HAS_NATIVE, reason=NO_NATIVE)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck_float64_native_backend(reverse):
-    x, s_raw, t, scale, mask = (v.double() if v is not None else v
-                                for v in _inputs((2, 3, 3, 4), torch.float32, "checkerboard"))
+    x, s_raw, t, scale, mask = (
+        v.double() if v is not None else v for v in _inputs((2, 3, 3, 4), torch.float32, "checkerboard")
+    )
     leaves = [v.requires_grad_(True) for v in (x, s_raw, t, scale)]
     with use_backend(NATIVE):
         assert torch.autograd.gradcheck(lambda *a: affine_coupling(*a, mask=mask.double(), reverse=reverse), leaves)

@@ -22,7 +22,7 @@ class Quadratic(nn.Module):
 
     def __init__(self, dim):
         super().__init__()
-        self.b = nn.Parameter(torch.randn(dim, dim, dtype=torch.float64) / dim ** 0.5)
+        self.b = nn.Parameter(torch.randn(dim, dim, dtype=torch.float64) / dim**0.5)
 
     def forward(self, x):
         a = self.b + self.b.T
@@ -74,11 +74,14 @@ def test_zero_gradient_keeps_a_finite_parameter_gradient():
     torch.testing.assert_close(gp, torch.tensor(10.0 * (1 - 1e-6) ** 2, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("fake, eps, match", [
-    (torch.randn(3, 5), None, "real has shape"),
-    (torch.randn(3, 4, dtype=torch.float64), None, "differ"),
-    (torch.randn(3, 4), torch.rand(2), "eps has shape"),
-])
+@pytest.mark.parametrize(
+    "fake, eps, match",
+    [
+        (torch.randn(3, 5), None, "real has shape"),
+        (torch.randn(3, 4, dtype=torch.float64), None, "differ"),
+        (torch.randn(3, 4), torch.rand(2), "eps has shape"),
+    ],
+)
 def test_bad_input_is_named(fake, eps, match):
     with pytest.raises(ValueError, match=match):
         gradient_penalty_ref(Linear(4).float(), torch.randn(3, 4), fake, eps=eps)

@@ -1,4 +1,5 @@
 """Every fused backend of gradient_penalty against the pure-torch reference, on GENPERF_TEST_DEVICE."""
+
 import pytest
 import torch
 from _device import BACKENDS, DEVICE, HAS_NATIVE, NATIVE
