@@ -194,57 +194,12 @@ SCATTER_COLUMNS = 5  # scatter plots per model: at 1/5, 2/5, ... of its budget
 
 
 def mode_collapse(s: Study):
+    """Each GAN of the toy protocol trained in stages on each 2-D mixture, scored at every stage: scatter plots,
+    coverage curves, a table, and the verdict on DCGAN's collapse."""
     budget = MODE_COLLAPSE_BUDGET["quick" if s.quick else "full"]
     s.results = {}
-    plt = pyplot()
     for toy in budget["toys"]:
-        columns = min(SCATTER_COLUMNS, min(budget["updates"].values()) // budget["every"])
-        fig, axes = plt.subplots(
-            len(MODE_COLLAPSE_MODELS), columns, figsize=(2.6 * columns, 2.6 * len(MODE_COLLAPSE_MODELS)), squeeze=False
-        )
-        real = None  # the first seed's held-out points, drawn behind every panel
-        for i, (model, options) in enumerate(MODE_COLLAPSE_MODELS.items()):
-            critic_steps = 1 if model == "dcgan" else 5  # a WGAN step is a critic step
-            updates = budget["updates"][model]
-            stage_steps = [g * critic_steps for g in range(budget["every"], updates + 1, budget["every"])]
-            shown = [updates * k // columns * critic_steps for k in range(1, columns + 1)]
-            history, final = {}, {}
-            for seed in s.seeds:
-                snapshots = s.train_stages(
-                    f"{model}-{toy}", model, stage_steps, {"data": toy, **TOY_PROTOCOL, **options}, seed=seed
-                )
-                for steps, snapshot in snapshots:
-                    loaded = s.load(os.path.dirname(snapshot), snapshot)
-                    points = loaded.sample(2500, seed=3).cpu()
-                    score = metrics.mode_coverage(points, toy)
-                    final[seed] = {"modes_covered": score["modes_covered"], "high_quality": score["high_quality"]}
-                    history.setdefault(steps // critic_steps, {})[seed] = final[seed]
-                    if seed == s.seeds[0] and steps in shown:
-                        if real is None:  # makes the 500,000-point data set: once, not per panel
-                            real = loaded.data().heldout[:2500]
-                        ax, lim = axes[i, shown.index(steps)], 3 if toy == "ring8" else 5
-                        ax.scatter(*points.T, s=1, alpha=0.3, color="tab:orange")
-                        ax.scatter(*real.T, s=1, color="tab:blue")  # on top: the modes are tiny
-                        ax.set_title(
-                            f"{model}, {steps // critic_steps} G steps: {score['modes_covered']}/{score['modes']}",
-                            fontsize=8,
-                        )
-                        ax.set_xlim(-lim, lim)
-                        ax.set_ylim(-lim, lim)
-                        ax.set_aspect("equal")
-                        ax.set_xticks([])
-                        ax.set_yticks([])
-            s.results.setdefault(toy, {})[model] = dict(
-                spread(final),
-                modes=score["modes"],
-                options=options,
-                history=[dict(spread(h), generator_steps=g) for g, h in sorted(history.items())],
-            )
-        s.figure(
-            fig,
-            f"mode-collapse-{toy}.png",
-            f"{toy}: real (blue) vs generated (orange) over training, seed {s.seeds[0]}",
-        )
+        _mode_collapse_toy(s, toy, budget)
     s.figure(
         coverage_curves(s.results),
         "mode-collapse-curves.png",
@@ -282,19 +237,72 @@ def mode_collapse(s: Study):
             s.headline(f"{toy} {m}: high-quality fraction", r, "high_quality", 3)
     s.say()
     for toy in budget["toys"]:
-        got = s.results[toy]
-        outcome, text = verdict(values_of(got["wgan-gp"], "modes_covered"), values_of(got["dcgan"], "modes_covered"), 1)
-        rising = [m for m in ("wgan-gp", "dcgan") if got[m]["still_rising"]]
-        if rising:  # a claim about where training ends needs curves that have settled
-            outcome, text = (
-                INCONCLUSIVE,
-                text + f"; {' and '.join(rising)} still gain modes over the last third of the budget",
+        _collapse_claim(s, toy)
+
+
+def _mode_collapse_toy(s: Study, toy, budget):
+    """Trains and scores every model of MODE_COLLAPSE_MODELS on `toy` (into s.results[toy]) and draws the first
+    seed's scatter plots over training."""
+    columns = min(SCATTER_COLUMNS, min(budget["updates"].values()) // budget["every"])
+    fig, axes = pyplot().subplots(
+        len(MODE_COLLAPSE_MODELS), columns, figsize=(2.6 * columns, 2.6 * len(MODE_COLLAPSE_MODELS)), squeeze=False
+    )
+    real = None  # the first seed's held-out points, drawn behind every panel
+    for i, (model, options) in enumerate(MODE_COLLAPSE_MODELS.items()):
+        critic_steps = 1 if model == "dcgan" else 5  # a WGAN step is a critic step
+        updates = budget["updates"][model]
+        stage_steps = [g * critic_steps for g in range(budget["every"], updates + 1, budget["every"])]
+        shown = [updates * k // columns * critic_steps for k in range(1, columns + 1)]
+        history, final = {}, {}
+        for seed in s.seeds:
+            snapshots = s.train_stages(
+                f"{model}-{toy}", model, stage_steps, {"data": toy, **TOY_PROTOCOL, **options}, seed=seed
             )
-        s.claim(
-            f"WGAN-GP covers more modes of {toy} than DCGAN, which collapses (each at the end of its budget)",
-            outcome,
-            text,
+            for steps, snapshot in snapshots:
+                loaded = s.load(os.path.dirname(snapshot), snapshot)
+                points = loaded.sample(2500, seed=3).cpu()
+                score = metrics.mode_coverage(points, toy)
+                final[seed] = {"modes_covered": score["modes_covered"], "high_quality": score["high_quality"]}
+                history.setdefault(steps // critic_steps, {})[seed] = final[seed]
+                if seed == s.seeds[0] and steps in shown:
+                    if real is None:  # makes the 500,000-point data set: once, not per panel
+                        real = loaded.data().heldout[:2500]
+                    title = f"{model}, {steps // critic_steps} G steps: {score['modes_covered']}/{score['modes']}"
+                    _scatter(axes[i, shown.index(steps)], points, real, 3 if toy == "ring8" else 5, title)
+        s.results.setdefault(toy, {})[model] = dict(
+            spread(final),
+            modes=score["modes"],
+            options=options,
+            history=[dict(spread(h), generator_steps=g) for g, h in sorted(history.items())],
         )
+    s.figure(
+        fig, f"mode-collapse-{toy}.png", f"{toy}: real (blue) vs generated (orange) over training, seed {s.seeds[0]}"
+    )
+
+
+def _scatter(ax, points, real, lim, title):
+    ax.scatter(*points.T, s=1, alpha=0.3, color="tab:orange")
+    ax.scatter(*real.T, s=1, color="tab:blue")  # on top: the modes are tiny
+    ax.set_title(title, fontsize=8)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _collapse_claim(s: Study, toy):
+    got = s.results[toy]
+    outcome, text = verdict(values_of(got["wgan-gp"], "modes_covered"), values_of(got["dcgan"], "modes_covered"), 1)
+    rising = [m for m in ("wgan-gp", "dcgan") if got[m]["still_rising"]]
+    if rising:  # a claim about where training ends needs curves that have settled
+        outcome, text = (
+            INCONCLUSIVE,
+            text + f"; {' and '.join(rising)} still gain modes over the last third of the budget",
+        )
+    s.claim(
+        f"WGAN-GP covers more modes of {toy} than DCGAN, which collapses (each at the end of its budget)", outcome, text
+    )
 
 
 def label_smoothing(s: Study):
@@ -369,6 +377,8 @@ def label_smoothing(s: Study):
 
 
 def beta_sweep(s: Study):
+    """The VAE at beta 1, 10 and 100: held-out ELBO and NLL per seed, losses, reconstructions and samples, and the
+    verdict on the trade-off beta makes."""
     betas = (1, 10, 100)
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
@@ -421,6 +431,11 @@ def beta_sweep(s: Study):
         "beta-sweep-elbo.png",
         "Held-out ELBO of every seed per beta",
     )
+    _beta_sweep_table(s, betas, got)
+
+
+def _beta_sweep_table(s: Study, betas, got):
+    """The table of every beta's held-out numbers, collapsed posteriors named, and the verdict."""
     s.say(
         "| beta | held-out ELBO (nats) | importance-sampled NLL (nats) | reconstruction (BCE) | KL |\n"
         "| --- | --- | --- | --- | --- |"

@@ -1,0 +1,53 @@
+"""genperf.config: one table of options from which the command line, the Python API and config.json derive."""
+import pytest
+
+import genperf
+from genperf import config
+from genperf.errors import GenperfError
+from genperf.families import FAMILIES, MODELS
+
+
+@pytest.mark.parametrize(
+    "model, options",
+    [
+        ("realnvp", dict(data="digits", mid_channels=8, checkpointing="block", amp=True, lr=3e-4, out="x")),
+        ("dcgan", dict(data="ring8", label_smoothing=True, download=False, ema=0.99, batch_size=32)),
+        ("wgan-gp", dict(data="digits", gp_weight=0.1, critic_iters=3, steps=7, fsdp=True, nproc=2)),
+        ("beta-vae", dict(data="celeba", loader="torch", workers=0, beta=8.0, image_size=32)),
+    ],
+)
+def test_a_config_made_in_python_is_the_one_its_command_line_parses_to(model, options):
+    made = config.make(model, **options)
+    assert vars(config.parse_args(config.to_argv(made))) == vars(made)
+    assert all(getattr(made, k) == v for k, v in options.items())
+
+
+def test_per_model_defaults_come_from_the_families():
+    for family in FAMILIES:
+        for model, defaults in family.models.items():
+            made = config.make(model)
+            assert all(getattr(made, k) == v for k, v in defaults.items() if k != "help")
+    assert config.make("dcgan").lr == 2e-4 and config.make("vae").latent_dim == 20 and config.make("realnvp").lr == 1e-3
+
+
+def test_every_option_has_one_flag_and_a_help():
+    flags = [option.cli for option in config.OPTIONS]
+    assert len(flags) == len(set(flags)) and all(option.help for option in config.OPTIONS)
+    assert set(MODELS) == {"dcgan", "wgan-gp", "wgan", "vae", "beta-vae", "realnvp"}
+
+
+def test_options_that_mean_nothing_for_a_model_are_refused_and_left_out_of_config_json():
+    with pytest.raises(GenperfError, match="--label-smoothing does not apply to wgan on digits"):
+        config.check(config.make("wgan", data="digits", label_smoothing=True))
+    applicable = config.applicable(config.make("realnvp", data="digits"))
+    assert "realnvp" == applicable["model"] and not {"beta", "latent_dim", "critic_iters", "loader"} & set(applicable)
+
+
+def test_the_python_api_trains_and_says_what_is_wrong(tmp_path):
+    summary = genperf.fit("vae", data="digits", steps=3, batch_size=32, out=str(tmp_path / "run"))
+    assert summary["steps"] == 3 and summary["model"] == "vae"
+    assert genperf.fit(resume=True, out=str(tmp_path / "run"), steps=5)["steps"] == 5
+    with pytest.raises(GenperfError, match="unknown option epoch"):
+        genperf.fit("vae", data="digits", epoch=1)
+    with pytest.raises(GenperfError, match="unknown model 'gan3000'"):
+        genperf.fit("gan3000")
