@@ -1,4 +1,5 @@
 """genperf.config: one table of options from which the command line, the Python API and config.json derive."""
+
 import pytest
 
 import genperf
