@@ -1,4 +1,4 @@
-"""Run folders written by an earlier genperf (tests/fixtures/, made by commit 78b1df9: a single-process VAE and a
+"""Run folders written by an earlier genperf (tests/fixtures/, made by commit dcf71ba: a single-process VAE and a
 2-rank FSDP RealNVP on digits, 4 steps each) still load and resume: checkpoints outlive refactors."""
 
 import os
