@@ -117,10 +117,9 @@ def _best_seconds(fn, device, seconds):
             return best
 
 
-@functools.cache
-def peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seconds: float = 0.3) -> float:
+def measure_peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seconds: float = 0.3) -> float:
     """FLOP/s of an (n x n) @ (n x n) matmul in `dtype` on this device, best of repeated timings over
-    about `seconds` (n = `size`, default 8192 on CUDA and 2048 on CPU). Cached per process. A CPU without
+    about `seconds` (n = `size`, default 8192 on CUDA and 2048 on CPU); peak_flops caches it. A CPU without
     bf16 kernels (genperf.dtypes.cpu_has_bf16) does bf16 work with its fp32 units, so its bf16 peak is the
     fp32 one: the fallback bf16 matmul (~1 GFLOP/s there) is no peak, a bf16 step's convolutions outran it.
     On CUDA the fp32 peak is TF32's where cuDNN may use TF32 (torch.backends.cudnn.allow_tf32)."""
@@ -141,6 +140,9 @@ def peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seconds: flo
         return 2 * n**3 / _best_seconds(lambda: a @ b, device, seconds)
     finally:
         matmul.allow_tf32 = was
+
+
+peak_flops = functools.cache(measure_peak_flops)  # once per process, for every run in it
 
 
 @functools.cache
