@@ -244,12 +244,20 @@ def parse_args(argv):
 
 
 def resumed(out, given):
-    """The config of the run in `out`: the options stored in its checkpoint (those added to genperf since take
-    their defaults), with `given` over them."""
-    stored = checkpoint.stored_config(out)
-    config = build_parser().parse_args([given.get("model") or stored["model"]])
-    vars(config).update(stored)
+    """The config of the run in `out`: the options stored in its checkpoint, with `given` over them."""
+    config = stored(checkpoint.stored_config(out), given.get("model"))
     vars(config).update(given, out=out, resume=True)
+    return config
+
+
+def stored(options, model=None):
+    """The config a run stored in its checkpoint (`options`, a dict): options added to genperf since take the value
+    that means what the run did (Option.absent), else their default."""
+    config = build_parser().parse_args([model or options["model"]])
+    vars(config).update(options)
+    for option in OPTIONS:
+        if option.name not in options and option.absent is not PER_MODEL and option.applies_to(config):
+            setattr(config, option.name, option.absent)
     return config
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from genperf.layers import recomputing
+
 
 class _InvertibleChain(torch.autograd.Function):
     @staticmethod
@@ -31,7 +33,8 @@ class _InvertibleChain(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         y = y.detach()
         enabled, dtype = ctx.autocast
-        with torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled):
+        # Inverse and re-run normalise with the forward's batch statistics, without counting them again.
+        with torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled), recomputing():
             for c in reversed(ctx.couplings):
                 with torch.no_grad():
                     x, _ = c(y, reverse=True)

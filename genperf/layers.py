@@ -2,13 +2,63 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from genperf.ops import affine_coupling, gradient_penalty
 
 CHECKERBOARD, CHANNEL = "checkerboard", "channel"
+
+# True while activation checkpointing or invertible backprop re-runs a forward (genperf.invertible).
+_RECOMPUTING = contextvars.ContextVar("genperf_recomputing", default=False)
+
+
+@contextlib.contextmanager
+def recomputing():
+    """Marks a forward run again for its gradients: batch norms then normalise with the batch's statistics, as
+    the first run did, and leave their running statistics alone, so those are updated once per step."""
+    token = _RECOMPUTING.set(True)
+    try:
+        yield
+    finally:
+        _RECOMPUTING.reset(token)
+
+
+def recompute_context():
+    """torch.utils.checkpoint's context_fn: nothing for the first forward, `recomputing` for the recomputation."""
+    return contextlib.nullcontext(), recomputing()
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d that a recomputed forward (`recomputing`) runs with the batch's statistics without updating
+    the running ones."""
+
+    def forward(self, x):
+        if self.training and _RECOMPUTING.get():
+            # Copies of the running statistics take the update (the same ops, so checkpointing sees the same saved
+            # tensors as in the first run) and are dropped.
+            running = self.running_mean.clone(), self.running_var.clone()
+            return F.batch_norm(x, *running, self.weight, self.bias, True, self.momentum or 0.0, self.eps)
+        return super().forward(x)
+
+
+class WeightNormScale(nn.Module):
+    """A per-channel scale weight_g * weight_v / |weight_v| (weight norm of a vector, one entry per channel), as the
+    study's rescale of tanh(s); both start at 1."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.weight_g = nn.Parameter(torch.ones(channels))
+        self.weight_v = nn.Parameter(torch.ones(channels))
+
+    def forward(self):
+        # What torch._weight_norm(v, g, 0) is for a vector; its compiled backward gave NaN for one.
+        return self.weight_g * self.weight_v / self.weight_v.abs()
 
 
 def checkerboard_mask(height, width, flip, device=None):
@@ -28,7 +78,14 @@ class AffineCoupling(nn.Module):
     the channels and transforms the other. `flip` swaps which part is transformed.
     """
 
-    def __init__(self, st_net: nn.Module, channels: int, mask_type: str = CHECKERBOARD, flip: bool = False):
+    def __init__(
+        self,
+        st_net: nn.Module,
+        channels: int,
+        mask_type: str = CHECKERBOARD,
+        flip: bool = False,
+        weight_norm_scale: bool = False,
+    ):
         super().__init__()
         if mask_type not in (CHECKERBOARD, CHANNEL):
             raise ValueError(f"mask_type must be {CHECKERBOARD!r} or {CHANNEL!r}, got {mask_type!r}")
@@ -39,13 +96,20 @@ class AffineCoupling(nn.Module):
         self.flip = flip
         self.channels = channels
         transformed = channels if mask_type == CHECKERBOARD else channels // 2
-        # s = scale * tanh(s_raw): tanh bounds the log-scale, the learned scale sets its range.
-        self.scale = nn.Parameter(torch.ones(transformed))
+        # s = scale * tanh(s_raw): tanh bounds the log-scale, the learned scale sets its range (weight-normed in the
+        # study's network, a plain parameter in the earlier one).
+        if weight_norm_scale:
+            self.rescale = WeightNormScale(transformed)
+        else:
+            self.scale = nn.Parameter(torch.ones(transformed))
         self.checkpoint = False
+
+    def scale_vector(self):
+        return self.rescale() if hasattr(self, "rescale") else self.scale
 
     def forward(self, x, reverse: bool = False):
         if self.checkpoint and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, reverse, use_reentrant=False)
+            return checkpoint(self._forward, x, reverse, use_reentrant=False, context_fn=recompute_context)
         return self._forward(x, reverse)
 
     def _forward(self, x, reverse):
@@ -54,12 +118,12 @@ class AffineCoupling(nn.Module):
         if self.mask_type == CHECKERBOARD:
             mask = checkerboard_mask(x.shape[2], x.shape[3], self.flip, x.device)
             s_raw, t = self.st_net(x * mask).chunk(2, dim=1)
-            return affine_coupling(x, s_raw, t, self.scale, mask, reverse)
+            return affine_coupling(x, s_raw, t, self.scale_vector(), mask, reverse)
         x_cond, x_change = x.chunk(2, dim=1)
         if self.flip:
             x_cond, x_change = x_change, x_cond
         s_raw, t = self.st_net(x_cond).chunk(2, dim=1)
-        y_change, logdet = affine_coupling(x_change, s_raw, t, self.scale, None, reverse)
+        y_change, logdet = affine_coupling(x_change, s_raw, t, self.scale_vector(), None, reverse)
         y = torch.cat([y_change, x_cond] if self.flip else [x_cond, y_change], dim=1)
         return y, logdet
 

@@ -28,6 +28,7 @@ class Option:
     nargs: str | None = None  # "?" with `const`: a flag that takes an optional value
     const: Any = None
     metavar: str | None = None
+    absent: Any = PER_MODEL  # its value for runs stored before the option existed (PER_MODEL: the default's)
 
     @property
     def cli(self):

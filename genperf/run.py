@@ -79,8 +79,8 @@ def load_run(out, device="cpu", checkpoint=None, data_root=None):
     if path is None:
         raise GenperfError(f"{out} holds no run: no {CHECKPOINT} or {SHARDED_CHECKPOINT}/ in it")
     meta = read_meta(path)
-    config = configs.parse_args([meta["config"]["model"]])  # options added since the run was made keep their defaults
-    vars(config).update(meta["config"], device=str(device), fsdp=False, compile=False)
+    config = configs.stored(meta["config"])
+    vars(config).update(device=str(device), fsdp=False, compile=False)
     if data_root is not None:
         config.data_root = data_root
     if checkpoint:

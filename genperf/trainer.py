@@ -23,6 +23,7 @@ from genperf.distributed import all_reduce_sum, gather_objects, shutdown_distrib
 from genperf.errors import DataError, GenperfError
 from genperf.families import build_objective
 from genperf.faults import EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters
+from genperf.ops.backends import use_backend
 from genperf.precision import Precision, keep_freed_cpu_memory
 from genperf.runlog import RunLog
 from genperf.streams import seeded
@@ -447,7 +448,8 @@ def step_cost(config, data, batch):
 def _count_step(config, data, batch):
     """(model FLOPs per image, peak bytes) of one step of `config`'s model on the meta device."""
     meta = torch.device("meta")
-    with torch.random.fork_rng(devices=[]):
+    # Meta tensors run the ops' pure-torch reference: the fused backends take real tensors only.
+    with torch.random.fork_rng(devices=[]), use_backend("reference"):
         objective = build_objective(
             argparse.Namespace(**dict(vars(config), fsdp=False, compile=False)), data, Precision("cpu", False), meta
         )

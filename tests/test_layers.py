@@ -16,9 +16,9 @@ LAYERS = [
     ["genperf.config"],  # every option
     ["genperf.families"],  # the model families: objective, build, options, likelihoods
     ["genperf.checkpoint", "genperf.faults", "genperf.runlog", "genperf.metrics", "genperf.perf", "genperf.models"],
+    ["genperf.invertible"],
     [
         "genperf.layers",
-        "genperf.invertible",
         "genperf.data",
         "genperf.distributed",
         "genperf.precision",

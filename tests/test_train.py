@@ -224,10 +224,13 @@ def _train_curve(out):
 
 def test_fsdp_two_ranks_follow_one_rank_and_resume_onto_another_rank_count(tmp_path):
     """Same global batch: the 2-rank FSDP loss curve is the 1-rank one; a sharded checkpoint written by 2
-    ranks resumes on 1 (switching on invertible backprop and checkpointing, which change no gradient)."""
-    _cli("--steps", "20", "--log-every", "2", out=tmp_path / "one")
-    _cli("--fsdp", "--nproc", "2", "--steps", "20", "--log-every", "2", out=tmp_path / "two")
-    _cli("--fsdp", "--nproc", "2", "--steps", "10", "--log-every", "2", out=tmp_path / "resumed")
+    ranks resumes on 1 (switching on invertible backprop and checkpointing, which change no gradient). This holds
+    for the normalisation-free s/t networks (--st-norm none): batch norm's statistics are each rank's own, as in
+    the study's data-parallel training, so with it the ranks' numbers differ from one process's."""
+    free = ("--st-norm", "none")
+    _cli(*free, "--steps", "20", "--log-every", "2", out=tmp_path / "one")
+    _cli(*free, "--fsdp", "--nproc", "2", "--steps", "20", "--log-every", "2", out=tmp_path / "two")
+    _cli(*free, "--fsdp", "--nproc", "2", "--steps", "10", "--log-every", "2", out=tmp_path / "resumed")
     assert (tmp_path / "resumed" / "checkpoint" / "meta.pt").exists()
     proc = _cli(
         "--fsdp",
@@ -286,9 +289,10 @@ def test_fused_ops_train_like_the_reference(model, backend, tmp_path):
     for ref, fused in zip(curves["reference"], curves[backend]):
         for k in keys:
             assert fused[k] == pytest.approx(ref[k], rel=1e-3, abs=1e-3), (ref["step"], k)
+    # Adam moves a parameter whose gradient is at rounding level by up to lr (1e-3) a step in either run.
     for name, state in params["reference"].items():
         for key, value in state.items():
-            torch.testing.assert_close(params[backend][name][key], value, rtol=1e-3, atol=1e-4)
+            torch.testing.assert_close(params[backend][name][key], value, rtol=1e-3, atol=1e-3)
 
 
 def test_no_logged_mfu_exceeds_1_when_the_peak_measured_at_the_start_was_low(tmp_path, monkeypatch):

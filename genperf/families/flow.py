@@ -3,6 +3,8 @@ bits/dim), with the fused affine coupling and its memory modes (--checkpointing,
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from genperf import models
@@ -17,10 +19,12 @@ from genperf.precision import make_adam
 class FlowObjective:
     """RealNVP trained by maximum likelihood on dequantized 8-bit images; the loss is bits/dim."""
 
-    def __init__(self, model, precision, lr, device_type, clip_grad=100.0, seed=0, rank=0, world_size=1):
+    def __init__(
+        self, model, precision, lr, device_type, clip_grad=100.0, seed=0, rank=0, world_size=1, weight_decay=0.0
+    ):
         self.model, self.precision, self.clip_grad = model, precision, clip_grad
         self.modules = {"realnvp": model}
-        self.optimizers = {"realnvp": make_adam(model.parameters(), lr, (0.9, 0.999), device_type)}
+        self.optimizers = {"realnvp": make_adam(decayed_groups(model, weight_decay), lr, (0.9, 0.999), device_type)}
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.loss = self._loss
 
@@ -51,22 +55,47 @@ class FlowObjective:
 
     @torch.no_grad()
     def sample(self, z):
-        with self.precision.autocast():
+        with self.precision.autocast(), evaluating(self.model):
             return self.model.sample(len(z), z=z)
 
     @torch.no_grad()
     def image_bits(self, batches):
-        """Bits/dim of every image of `batches`, in order, dequantized with noise from the global stream."""
+        """Bits/dim of every image of `batches`, in order, dequantized with noise from the global stream (in eval
+        mode: batch norms use their running statistics, so an image's bits/dim does not depend on its batch)."""
         out = []
-        for x in batches.epoch(0):
-            with self.precision.autocast():
-                out.append(self.model.bits_per_dim(x).float())
+        with evaluating(self.model):
+            for x in batches.epoch(0):
+                with self.precision.autocast():
+                    out.append(self.model.bits_per_dim(x).float())
         return torch.cat(out)
 
     def evaluate(self, batches):
         bpd = self.image_bits(batches)
         bpd_sum, n = all_reduce_sum(torch.stack([bpd.sum(), torch.tensor(float(len(bpd)), device=bpd.device)])).tolist()
         return {"bits_per_dim": bpd_sum / n}
+
+
+def decayed_groups(model, weight_decay):
+    """Adam's parameter groups: the study's weight decay on the weight-norm scales (parameters named weight_g)
+    only; one group of everything without decay (what runs before --weight-decay have in their checkpoints)."""
+    if not weight_decay:
+        return model.parameters()
+    named = list(model.named_parameters())
+    return [
+        {"params": [p for n, p in named if n.endswith("weight_g")], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if not n.endswith("weight_g")], "weight_decay": 0.0},
+    ]
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """The model in eval mode inside the block, in the mode it was after."""
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
 
 
 def realnvp_config(config, shape):
@@ -98,12 +127,24 @@ def realnvp_config(config, shape):
 def build(config, data, precision, device, rank=0, world_size=1):
     model = placer(config, device)(
         models.RealNVP(
-            **realnvp_config(config, data.shape), checkpointing=config.checkpointing, invertible=config.invertible
+            **realnvp_config(config, data.shape),
+            checkpointing=config.checkpointing,
+            invertible=config.invertible,
+            st_norm=config.st_norm,
         )
     )
     if config.fsdp:
         apply_fsdp(model, model.couplings(), precision.dtype, ("inverse", "bits_per_dim"))
-    return FlowObjective(model, precision, config.lr, device.type, seed=config.seed, rank=rank, world_size=world_size)
+    return FlowObjective(
+        model,
+        precision,
+        config.lr,
+        device.type,
+        seed=config.seed,
+        rank=rank,
+        world_size=world_size,
+        weight_decay=config.weight_decay,
+    )
 
 
 def check(config):
@@ -141,12 +182,32 @@ FAMILY = Family(
     models={
         "realnvp": dict(
             help="multi-scale RealNVP; --arch mnist (1x28x28, 2 scales, 64 features, 8 blocks, "
-            "19.5M parameters) or celeba64 (3x64x64, 3 scales, 87.5M)",
+            "19.6M parameters) or celeba64 (3x64x64, 3 scales, 87.9M)",
             lr=1e-3,
             epochs=5,
         )
     },
     options=(
+        Option(
+            "st_norm",
+            "realnvp: the s/t networks' normalisation: batch (the study's network: batch norm, relu(concat(x, -x)) "
+            "input, weight-normed rescale of tanh(s)) or none (the normalisation-free network of earlier genperf "
+            "versions, whose runs load as it)",
+            default="batch",
+            type=str,
+            choices=models.ST_NORMS,
+            models=FLOW_ONLY,
+            absent="none",
+        ),
+        Option(
+            "weight_decay",
+            "realnvp: L2 weight decay of Adam on the weight-norm scales (weight_g), the study's 5e-5 by default",
+            default=5e-5,
+            type=float,
+            models=FLOW_ONLY,
+            at_least=0,
+            absent=0.0,
+        ),
         Option("num_scales", "realnvp: override the preset's number of scales", type=int, models=FLOW_ONLY, at_least=1),
         Option(
             "mid_channels", "realnvp: override the preset's s/t network width", type=int, models=FLOW_ONLY, at_least=1

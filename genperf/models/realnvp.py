@@ -2,8 +2,9 @@
 
 Per scale: 3 checkerboard couplings, squeeze (C -> 4C, H/2), 3 channel-wise couplings, then half of
 the channels are factored out as latents; the last scale is 4 checkerboard couplings. The s/t
-networks are weight-normalised ResNets whose width doubles from one scale to the next and doubles
-again for the channel-wise couplings. Images x in [0, 1] first go through the logit transform
+networks are weight-normalised ResNets (batch-normed as in the study's implementation, or without
+normalisation) whose width doubles from one scale to the next and doubles again for the channel-wise
+couplings. Images x in [0, 1] first go through the logit transform
 y = logit(alpha + (1 - 2 alpha) x), whose log-determinant is part of the model's.
 """
 
@@ -18,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from genperf.dtypes import at_least_fp32
 from genperf.invertible import chain, invertible_chain
-from genperf.layers import CHANNEL, CHECKERBOARD, AffineCoupling
+from genperf.layers import CHANNEL, CHECKERBOARD, AffineCoupling, BatchNorm2d, recompute_context
 
 # Activation checkpointing granularity: none, each coupling (keeps its input), each residual block of
 # the s/t networks (keeps block inputs). Recomputation is non-reentrant torch.utils.checkpoint.
@@ -29,6 +30,12 @@ ARCHS = {
     "mnist": dict(in_channels=1, image_size=28, num_scales=2, mid_channels=64, num_blocks=8),
     "celeba64": dict(in_channels=3, image_size=64, num_scales=3, mid_channels=64, num_blocks=8),
 }
+
+
+# The s/t networks' normalisation: "batch" is the study's network (batch norm at its input, in every residual
+# block and at its output, the input fed as relu(concat(x, -x)), a weight-normed 1x1 output conv); "none" is the
+# normalisation-free network of earlier genperf versions, which their checkpoints hold.
+ST_NORMS = ("batch", "none")
 
 
 class WeightNormConv2d(nn.Conv2d):
@@ -42,8 +49,8 @@ class WeightNormConv2d(nn.Conv2d):
 
     OLD_KEYS = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
 
-    def __init__(self, cin, cout, k):
-        super().__init__(cin, cout, k, padding=k // 2)
+    def __init__(self, cin, cout, k, bias=True):
+        super().__init__(cin, cout, k, padding=k // 2, bias=bias)
         v = self.weight.detach()
         del self.weight
         self.weight_g = nn.Parameter(torch.norm_except_dim(v, 2, 0))
@@ -61,59 +68,82 @@ class WeightNormConv2d(nn.Conv2d):
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, channels):
+    """x + conv(relu(norm(conv(relu(norm(x)))))); without normalisation the norms are identities."""
+
+    def __init__(self, channels, norm="none"):
         super().__init__()
-        self.conv1 = WeightNormConv2d(channels, channels, 3)
+        batch = norm == "batch"
+        self.norm1 = BatchNorm2d(channels) if batch else nn.Identity()
+        self.conv1 = WeightNormConv2d(channels, channels, 3, bias=not batch)  # a batch norm follows: no bias
+        self.norm2 = BatchNorm2d(channels) if batch else nn.Identity()
         self.conv2 = WeightNormConv2d(channels, channels, 3)
 
     def forward(self, x):
-        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+        return x + self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(x))))))
 
 
 class STResNet(nn.Module):
     """The s/t network of one coupling: a ResNet whose blocks also feed 1x1 skip paths to the output.
 
-    The output conv starts at zero, so every coupling starts as the identity."""
+    With norm "batch" (the study's network) the input is batch-normed (and doubled, for checkerboard couplings,
+    whose masked input is half zeros) and fed as relu(concat(x, -x)), every block normalises before each conv,
+    and the summed skips are batch-normed before the output conv. The output conv starts at zero (its
+    weight-norm scale g = 0), so every coupling starts as the identity."""
 
-    def __init__(self, in_channels, mid_channels, out_channels, num_blocks):
+    def __init__(self, in_channels, mid_channels, out_channels, num_blocks, norm="none", double_after_norm=False):
         super().__init__()
-        self.in_conv = WeightNormConv2d(in_channels, mid_channels, 3)
+        if norm not in ST_NORMS:
+            raise ValueError(f"st_norm must be one of {', '.join(ST_NORMS)}, got {norm!r}")
+        self.norm, self.double_after_norm = norm, double_after_norm
+        batch = norm == "batch"
+        self.in_norm = BatchNorm2d(in_channels) if batch else nn.Identity()
+        self.in_conv = WeightNormConv2d(2 * in_channels if batch else in_channels, mid_channels, 3)
         self.in_skip = WeightNormConv2d(mid_channels, mid_channels, 1)
-        self.blocks = nn.ModuleList(ResidualBlock(mid_channels) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(ResidualBlock(mid_channels, norm) for _ in range(num_blocks))
         self.skips = nn.ModuleList(WeightNormConv2d(mid_channels, mid_channels, 1) for _ in range(num_blocks))
-        self.out_conv = nn.Conv2d(mid_channels, out_channels, 1)
-        nn.init.zeros_(self.out_conv.weight)
+        self.out_norm = BatchNorm2d(mid_channels) if batch else nn.Identity()
+        if batch:
+            self.out_conv = WeightNormConv2d(mid_channels, out_channels, 1)
+            nn.init.zeros_(self.out_conv.weight_g)
+        else:
+            self.out_conv = nn.Conv2d(mid_channels, out_channels, 1)
+            nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
         self.checkpoint_blocks = False
 
     def forward(self, x):
+        if self.norm == "batch":
+            x = self.in_norm(x)
+            x = F.relu(torch.cat([x, -x], dim=1) * (2 if self.double_after_norm else 1))
         x = self.in_conv(x)
         skip = self.in_skip(x)
         recompute = self.checkpoint_blocks and torch.is_grad_enabled()
         for block, to_skip in zip(self.blocks, self.skips):
-            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+            x = checkpoint(block, x, use_reentrant=False, context_fn=recompute_context) if recompute else block(x)
             skip = skip + to_skip(x)
-        return self.out_conv(F.relu(skip))
+        return self.out_conv(F.relu(self.out_norm(skip)))
 
 
-def _coupling(channels, mid_channels, num_blocks, mask_type, flip):
+def _coupling(channels, mid_channels, num_blocks, mask_type, flip, st_norm):
     cond = channels if mask_type == CHECKERBOARD else channels // 2
     changed = channels if mask_type == CHECKERBOARD else channels // 2
-    return AffineCoupling(STResNet(cond, mid_channels, 2 * changed, num_blocks), channels, mask_type, flip)
+    st_net = STResNet(cond, mid_channels, 2 * changed, num_blocks, st_norm, double_after_norm=mask_type == CHECKERBOARD)
+    # The study's network rescales tanh(s) by a weight-normed per-channel scale; the earlier one by a plain one.
+    return AffineCoupling(st_net, channels, mask_type, flip, weight_norm_scale=st_norm == "batch")
 
 
 class Scale(nn.Module):
-    def __init__(self, channels, mid_channels, num_blocks, last):
+    def __init__(self, channels, mid_channels, num_blocks, last, st_norm):
         super().__init__()
         n_in = 4 if last else 3
         self.in_couplings = nn.ModuleList(
-            _coupling(channels, mid_channels, num_blocks, CHECKERBOARD, i % 2 == 1) for i in range(n_in)
+            _coupling(channels, mid_channels, num_blocks, CHECKERBOARD, i % 2 == 1, st_norm) for i in range(n_in)
         )
         self.out_couplings = (
             nn.ModuleList()
             if last
             else nn.ModuleList(
-                _coupling(4 * channels, 2 * mid_channels, num_blocks, CHANNEL, i % 2 == 1) for i in range(3)
+                _coupling(4 * channels, 2 * mid_channels, num_blocks, CHANNEL, i % 2 == 1, st_norm) for i in range(3)
             )
         )
 
@@ -123,9 +153,16 @@ class RealNVP(nn.Module):
     logdet = log|det dz/dx| per sample. `inverse(z) -> x`. `log_prob`/`bits_per_dim` dequantize
     8-bit data with uniform noise and so are single-sample estimates.
 
+    `st_norm` (ST_NORMS) picks the s/t networks: the study's batch-normed ones (default) or the earlier
+    normalisation-free ones. With batch norm the flow is a bijection of the batch in training mode (the
+    statistics are the batch's) and of each image in eval mode (running statistics), which sampling and
+    evaluation use.
+
     Memory modes (gradients are the same in all of them): `checkpointing` in CHECKPOINTING recomputes
     activations in backward; `invertible` backpropagates each run of couplings by inversion
-    (genperf.invertible), so activation memory stops growing with depth."""
+    (genperf.invertible), so activation memory stops growing with depth. Either recomputation normalises with
+    the same batch statistics and leaves the running statistics alone (genperf.layers.recomputing), so they
+    are updated once a step in every mode."""
 
     def __init__(
         self,
@@ -137,6 +174,7 @@ class RealNVP(nn.Module):
         alpha=0.05,
         checkpointing="none",
         invertible=False,
+        st_norm="batch",
     ):
         super().__init__()
         if num_scales < 1:
@@ -150,7 +188,7 @@ class RealNVP(nn.Module):
         self.scales = nn.ModuleList()
         channels, mid = in_channels, mid_channels
         for i in range(num_scales):
-            self.scales.append(Scale(channels, mid, num_blocks, last=i == num_scales - 1))
+            self.scales.append(Scale(channels, mid, num_blocks, last=i == num_scales - 1, st_norm=st_norm))
             channels, mid = 2 * channels, 2 * mid
         self.set_memory_mode(checkpointing, invertible)
 

@@ -24,8 +24,11 @@ def test_inverse_of_forward_is_identity(shape, scales):
     torch.testing.assert_close(model.inverse(z), x, rtol=1e-10, atol=1e-10)
 
 
-def test_logdet_equals_explicit_jacobian():
-    model = _perturbed(RealNVP(1, 4, 2, 4, 1).double(), std=0.2)
+@pytest.mark.parametrize("st_norm", ["batch", "none"])
+def test_logdet_equals_explicit_jacobian(st_norm):
+    """Per image in eval mode (batch norm with running statistics); with batch norm in training mode the flow is a
+    bijection of the whole batch, whose log-determinant is the sum of the per-image ones."""
+    model = _perturbed(RealNVP(1, 4, 2, 4, 1, st_norm=st_norm).double(), std=0.2).eval()
     x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
     _, logdet = model(x)
     for n in range(2):
@@ -33,6 +36,10 @@ def test_logdet_equals_explicit_jacobian():
         sign, logabs = torch.linalg.slogdet(jac)
         assert sign != 0
         torch.testing.assert_close(logdet[n], logabs, rtol=1e-9, atol=1e-9)
+    model.train()
+    _, logdet = model(x)
+    jac = torch.autograd.functional.jacobian(lambda v: model(v.view(2, 1, 4, 4))[0].flatten(), x.flatten())
+    torch.testing.assert_close(logdet.sum(), torch.linalg.slogdet(jac)[1], rtol=1e-9, atol=1e-9)
 
 
 def test_log_prob_of_the_initial_identity_flow():
