@@ -34,6 +34,15 @@ def recompute_context():
     return contextlib.nullcontext(), recomputing()
 
 
+def checkpointed(fn, *args):
+    """fn(*args) under non-reentrant activation checkpointing. Eagerly its recomputation runs `recomputing`;
+    inside torch.compile the compiled backward recomputes the forward's pure ops only (the running statistics'
+    update is not among them), and context_fn may not be used there."""
+    if torch.compiler.is_compiling():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=recompute_context)
+
+
 class BatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d that a recomputed forward (`recomputing`) runs with the batch's statistics without updating
     the running ones."""
@@ -109,7 +118,7 @@ class AffineCoupling(nn.Module):
 
     def forward(self, x, reverse: bool = False):
         if self.checkpoint and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, reverse, use_reentrant=False, context_fn=recompute_context)
+            return checkpointed(self._forward, x, reverse)
         return self._forward(x, reverse)
 
     def _forward(self, x, reverse):

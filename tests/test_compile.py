@@ -166,3 +166,21 @@ def test_a_compiled_run_resumes_with_and_without_compile(tmp_path, capsys):
 def test_compile_refuses_invertible(tmp_path, capsys):
     assert _run(tmp_path, "--steps", "2", "--compile", "--invertible") == 2
     assert "--compile does not combine with --invertible" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("checkpointing", ["coupling", "block"])
+def test_compiled_checkpointing_updates_the_running_statistics_once(checkpointing):
+    """Compiled with activation checkpointing (the coupling or the s/t networks' blocks compiled with what they
+    recompute), one step leaves the batch norms' running statistics where an eager step without checkpointing
+    does, and trains without recompiling after its first step."""
+    eager, _ = _objective("realnvp", False, False)
+    compiled, data = _objective("realnvp", False, True, extra=("--checkpointing", checkpointing))
+    x = next(make_batches(data.train, 16, seed=0).epoch(0))
+    for objective in (eager, compiled):
+        torch.manual_seed(1)
+        objective.train_step(x, 0)
+    for (name, want), got in zip(eager.model.named_buffers(), compiled.model.buffers()):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=name)
+    warm = counters["stats"]["unique_graphs"]
+    compiled.train_step(x, 1)
+    assert counters["stats"]["unique_graphs"] == warm, "recompiled after the first step"

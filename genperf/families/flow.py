@@ -29,7 +29,21 @@ class FlowObjective:
         self.loss = self._loss
 
     def compile(self, **options):
-        self.loss = torch.compile(self._loss, **options)
+        """torch.compile of each coupling's s/t network, where the step's work is: s/t networks of one shape share
+        one compiled graph, so a cold compile costs about half the whole loss's and the step is as fast (see
+        README). With --checkpointing coupling the compiled region is the coupling, which then holds what is
+        recomputed (an eager recomputation through a compiled network would run it, and its batch norms' update,
+        twice); a coupling's mask flip is part of its graph, so those need more graphs than dynamo's default
+        limit of 8. The rest of the loss, sampling and evaluation run eagerly (`_eager`)."""
+        couplings = self.model.couplings()
+        if self.model.checkpointing == "coupling":
+            limit = torch._dynamo.config.recompile_limit
+            torch._dynamo.config.recompile_limit = max(limit, len(couplings))
+            for c in couplings:
+                c.compile(**options)
+        else:
+            for c in couplings:
+                c.st_net.compile(**options)
 
     def dequantization_noise(self, x, step):
         """This rank's slice of the global batch's noise, drawn from (seed, step) alone: every
@@ -55,7 +69,7 @@ class FlowObjective:
 
     @torch.no_grad()
     def sample(self, z):
-        with self.precision.autocast(), evaluating(self.model):
+        with self.precision.autocast(), evaluating(self.model), _eager():
             return self.model.sample(len(z), z=z)
 
     @torch.no_grad()
@@ -63,7 +77,7 @@ class FlowObjective:
         """Bits/dim of every image of `batches`, in order, dequantized with noise from the global stream (in eval
         mode: batch norms use their running statistics, so an image's bits/dim does not depend on its batch)."""
         out = []
-        with evaluating(self.model):
+        with evaluating(self.model), _eager():
             for x in batches.epoch(0):
                 with self.precision.autocast():
                     out.append(self.model.bits_per_dim(x).float())
@@ -85,6 +99,11 @@ def decayed_groups(model, weight_decay):
         {"params": [p for n, p in named if n.endswith("weight_g")], "weight_decay": weight_decay},
         {"params": [p for n, p in named if not n.endswith("weight_g")], "weight_decay": 0.0},
     ]
+
+
+def _eager():
+    """Compiled modules run eagerly inside: the rare eval-mode passes would otherwise each compile a graph."""
+    return torch.compiler.set_stance("force_eager")
 
 
 @contextlib.contextmanager

@@ -15,11 +15,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from genperf.dtypes import at_least_fp32
 from genperf.invertible import chain, invertible_chain
-from genperf.layers import CHANNEL, CHECKERBOARD, AffineCoupling, BatchNorm2d, recompute_context
+from genperf.layers import CHANNEL, CHECKERBOARD, AffineCoupling, BatchNorm2d, checkpointed
 
 # Activation checkpointing granularity: none, each coupling (keeps its input), each residual block of
 # the s/t networks (keeps block inputs). Recomputation is non-reentrant torch.utils.checkpoint.
@@ -119,7 +118,7 @@ class STResNet(nn.Module):
         skip = self.in_skip(x)
         recompute = self.checkpoint_blocks and torch.is_grad_enabled()
         for block, to_skip in zip(self.blocks, self.skips):
-            x = checkpoint(block, x, use_reentrant=False, context_fn=recompute_context) if recompute else block(x)
+            x = checkpointed(block, x) if recompute else block(x)
             skip = skip + to_skip(x)
         return self.out_conv(F.relu(self.out_norm(skip)))
 
