@@ -1,6 +1,7 @@
-"""python benchmarks/selftest.py --out DIR [--quick] [--device D]: every GPU path of genperf, checked and
-measured in one command, on whatever device is here (the CPU runs the same checks at small sizes). It runs from
-a source checkout: it builds the extension in place when missing, runs tests/ops and the benchmarks here.
+"""python benchmarks/selftest.py --out DIR [--quick] [--device D] [--only STAGE,...]: every GPU path of genperf,
+checked and measured in one command, on whatever device is here (the CPU runs the same checks at small sizes).
+It runs from a source checkout: it builds the extension in place when missing, runs tests/ops and the benchmarks
+here.
 
 Stages, in order, under one time budget (--budget-s, the build included; a stage that would start past
 it is skipped and says so), most in subprocesses with their own time limit so that a hang cannot stall
@@ -41,10 +42,10 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# On one H200 every stage took 616 s in all (build 64, op-tests 48, train 44, throughput of both RealNVP
-# presets 280, memory 75, resume 28, fsdp 19, kernels at two batches 58). The throughput stage now measures
-# the celeba64 preset alone and the kernels one batch (about 470 s expected, not yet timed); the default
-# budget is two runs in a 15-minute GPU window, so the last stages of a first run may be skipped.
+# On one H200 (RealNVP with the study's s/t network) the stages took: build 60-72 s, op-tests 42-45, train
+# 33-45, throughput of the celeba64 preset 164 (129 of it compiling), memory 92, resume 28, fsdp 24, kernels 41:
+# about 480 s in all. The default budget leaves room for a second, partial run (--only) in a 15-minute GPU
+# window, so the last stages of a first run may be skipped.
 BUDGET_S = 400
 CORRECTNESS = ("build", "op-tests", "train", "fsdp", "resume", "dali")
 MODELS = {  # tiny versions of every model for the train stage (genperf.config's option names)
@@ -533,9 +534,19 @@ def main(argv=None):
         default=BUDGET_S,
         help=f"seconds for the whole run, a build included: later stages are skipped (default {BUDGET_S})",
     )
+    p.add_argument(
+        "--only",
+        type=lambda v: v.split(","),
+        default=[name for name, _ in STAGES],
+        metavar="STAGE[,STAGE]",
+        help="run these stages alone (after the build): " + ", ".join(name for name, _ in STAGES),
+    )
     p.add_argument("--no-build", action="store_true", help="fail rather than build a missing extension")
     p.add_argument("--built-s", type=float, default=0, help=argparse.SUPPRESS)  # set by the re-run after a build
     args = p.parse_args(argv)
+    unknown = set(args.only) - {name for name, _ in STAGES}
+    if unknown:
+        p.error(f"--only: no stage {', '.join(sorted(unknown))}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but torch sees no GPU")
     suite = Suite(args)
@@ -548,7 +559,7 @@ def main(argv=None):
     if build["status"] == "fail":
         write_report(suite, args.out)
         return 1
-    for name, needs in STAGES:
+    for name, needs in (s for s in STAGES if s[0] in args.only):
         stage = globals()["stage_" + name.replace("-", "_")]
         suite.run(name, lambda: stage(suite), needs)
     result = write_report(suite, args.out)

@@ -48,7 +48,9 @@ class BatchNorm2d(nn.BatchNorm2d):
     the running ones."""
 
     def forward(self, x):
-        if self.training and _RECOMPUTING.get():
+        # Compiled graphs never rerun the update (see `checkpointed`), and dynamo of torch 2.11 cannot trace
+        # ContextVar.get.
+        if self.training and not torch.compiler.is_compiling() and _RECOMPUTING.get():
             # Copies of the running statistics take the update (the same ops, so checkpointing sees the same saved
             # tensors as in the first run) and are dropped.
             running = self.running_mean.clone(), self.running_var.clone()

@@ -65,3 +65,15 @@ def test_every_command_of_a_stage_is_logged_whole(tmp_path):
     )
     log = (tmp_path / "train.log").read_text()
     assert log.startswith("$ ") and "first\n" in log and long_line in log and "[exit 3]" in log
+
+
+def test_only_runs_the_named_stages_after_the_build(tmp_path, monkeypatch):
+    ran = []
+    for name, _ in selftest.STAGES:
+        stage = "stage_" + name.replace("-", "_")
+        monkeypatch.setattr(selftest, stage, lambda suite, name=name: ran.append(name) or ("pass", "ran", {}))
+    assert selftest.main(["--out", str(tmp_path), "--quick", "--only", "train,kernels"]) == 0
+    stages = [s["name"] for s in json.loads((tmp_path / "selftest.json").read_text())["stages"]]
+    assert ran == ["train", "kernels"] and stages == ["build", "train", "kernels"]
+    with pytest.raises(SystemExit):
+        selftest.main(["--out", str(tmp_path), "--only", "trian"])
