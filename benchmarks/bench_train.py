@@ -74,6 +74,15 @@ VARIANTS = {  # name -> genperf.train options
 }
 
 
+def plain_adam(objective):
+    """Each Adam of `objective` as a plain script would make it (foreach, not fused), with every parameter group
+    (RealNVP's weight-norm scales are a group of their own, with weight decay)."""
+    for key, opt in objective.optimizers.items():
+        if isinstance(opt, torch.optim.Adam):
+            groups = [{k: g[k] for k in ("params", "lr", "betas", "weight_decay")} for g in opt.param_groups]
+            objective.optimizers[key] = torch.optim.Adam(groups)
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -89,13 +98,8 @@ class Variant:
         torch.manual_seed(0)
         self.precision = Precision(device.type, self.args.amp)
         self.objective = build_objective(self.args, data, self.precision, device)
-        if name == "baseline":  # torch.optim.Adam as a plain script would make it (foreach, not fused)
-            for key, opt in self.objective.optimizers.items():
-                if isinstance(opt, torch.optim.Adam):
-                    group = opt.param_groups[0]
-                    self.objective.optimizers[key] = torch.optim.Adam(
-                        group["params"], lr=group["lr"], betas=group["betas"]
-                    )
+        if name == "baseline":
+            plain_adam(self.objective)
         if self.args.compile:
             self.objective.compile(fullgraph=True, dynamic=False)
         self.cycle = getattr(self.objective, "critic_iters", 1)

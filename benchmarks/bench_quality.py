@@ -1,0 +1,326 @@
+"""Time to quality: held-out quality against wall-clock, genperf's recommended flags beside the plain
+baseline of the same model, trained back to back on the same data from the same seed.
+
+    python benchmarks/bench_quality.py [--models realnvp vae dcgan] [--budget-s 1200] [--seeds 0 1 2]
+        [--compile-cache cold|warm] [--csv benchmarks/results/quality.csv] [--plot FILE.png] [--markdown FILE.md]
+
+Data: MNIST's test split kept in tests/data/mnist (genperf trains on its first 9,000 images and holds out the
+last 1,000, as `genperf.train --data mnist` does without the training split). Models (genperf.train's own, built
+by its build_objective):
+  realnvp  the study's RealNVP at 2 scales, 32 features, 4 blocks, batch 64: held-out bits/dim (lower is better)
+  vae      the MNIST VAE (MLP), batch 128: held-out negative ELBO in nats (lower is better)
+  dcgan    DCGAN 28x28, batch 64: classifier FID of 1,000 samples against the 1,000 held-out images (lower is
+           better; a small CNN trained once on the training images, see genperf.metrics)
+Variants:
+  baseline  plain PyTorch: the reference ops (--backend reference), fp32, eager, foreach Adam (as bench_train)
+  genperf   the recommended flags: --amp --compile (bf16 where the CPU has fast bf16 kernels, else fp32)
+Each (model, seed, variant) trains in a fresh process for --budget-s seconds of training: the clock counts the
+steps, compiling included, and stops while the held-out metric is measured (at evenly spaced points, the same
+for both variants). The order of the variants alternates from seed to seed. With --compile-cache cold (the
+default) torch.compile starts from an empty on-disk cache, as a user's first run does; warm reuses one filled by
+a short run before.
+
+Reported per model: the metric of each variant at fixed budgets (--table-s), the median over seeds with the
+range, and the time each variant takes to reach the target: the baseline's median metric at the full budget.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+MNIST = os.path.join(REPO, "tests", "data", "mnist")
+# name -> (genperf.train options, the metric, its label, the number of points at which it is measured)
+MODELS = {
+    "realnvp": (
+        ["realnvp", "--num-scales", "2", "--mid-channels", "32", "--num-blocks", "4", "--batch-size", "64"],
+        "bits_per_dim",
+        "held-out bits/dim",
+    ),
+    "vae": (["vae", "--batch-size", "128"], "nelbo", "held-out -ELBO (nats)"),
+    "dcgan": (["dcgan", "--batch-size", "64"], "classifier_fid", "classifier FID"),
+}
+VARIANTS = {"baseline": ["--backend", "reference"], "genperf": ["--amp", "--compile"]}
+FID_SAMPLES = 1000
+
+
+# ---- one training run, in a process of its own ----
+
+
+class Scorer:
+    """The held-out metric of a model, measured off the clock."""
+
+    def __init__(self, model, objective, data, device, seed, work):
+        from genperf.data import make_batches
+
+        self.model, self.objective, self.seed, self.device = model, objective, seed, device
+        self.heldout = make_batches(data.heldout, 256, 0, device=device, shuffle=False, drop_last=False)
+        if model == "dcgan":
+            from genperf import metrics
+
+            self.classifier, _ = metrics.cached_classifier(os.path.join(work, "classifier-mnist.pt"), data)
+            self.real = data.heldout[:FID_SAMPLES].float() / 255
+
+    def __call__(self):
+        from genperf.streams import seeded
+
+        with seeded(self.seed, self.device):
+            if self.model == "dcgan":
+                from genperf import metrics
+
+                z = self.objective.noise(FID_SAMPLES, torch.Generator().manual_seed(self.seed)).to(self.device)
+                return metrics.classifier_fid(self.classifier, self.real, self.objective.sample(z).float().cpu())
+            held = self.objective.evaluate(self.heldout)
+        return held["bits_per_dim"] if self.model == "realnvp" else -held["elbo"]
+
+
+def train_for(model, variant, seed, budget_s, points, work):
+    """Trains one model for budget_s seconds of steps; returns its curve: (seconds, step, metric) at 0 and at
+    `points` evenly spaced times."""
+    from bench_train import plain_adam
+
+    from genperf import config
+    from genperf.data import load_dataset, make_batches
+    from genperf.families import build_objective
+    from genperf.ops import use_backend
+    from genperf.precision import Precision, keep_freed_cpu_memory
+
+    keep_freed_cpu_memory()  # as genperf.train does
+    options, _, _ = MODELS[model]
+    args = config.parse_args([*options, "--seed", str(seed), *VARIANTS[variant]])
+    device = torch.device("cpu")
+    data = load_dataset("mnist", MNIST, download=False, seed=seed)
+    torch.manual_seed(seed)
+    objective = build_objective(args, data, Precision(device.type, args.amp), device)
+    if variant == "baseline":
+        plain_adam(objective)
+    if args.compile:
+        objective.compile(fullgraph=True, dynamic=False)
+    score = Scorer(model, objective, data, device, seed, work)
+    batches = make_batches(data.train, args.batch_size, seed, device=device)
+    marks = [budget_s * (i + 1) / points for i in range(points)]
+    curve, clock, step, epoch = [(0.0, 0, score())], 0.0, 0, 0
+    with use_backend(args.backend) if args.backend else _nothing():
+        while marks:
+            for x in batches.epoch(epoch):
+                t0 = time.perf_counter()
+                objective.train_step(x, step)
+                clock += time.perf_counter() - t0
+                step += 1
+                if clock >= marks[0]:  # a step that compiled may pass several marks: one measurement
+                    while marks and clock >= marks[0]:
+                        marks.pop(0)
+                    curve.append((clock, step, score()))
+                    print(
+                        f"  {model} {variant} seed {seed}: {clock:7.1f} s, step {step:6d}, {curve[-1][2]:.4f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    if not marks:
+                        break
+            epoch += 1
+    return curve
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---- the whole benchmark ----
+
+
+def run_variant(model, variant, seed, budget_s, points, work, cache):
+    """One training run in a fresh interpreter (its own allocator, and the compile cache `cache`)."""
+    out = os.path.join(work, f"{model}-{variant}-{seed}.json")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+    cmd = [sys.executable, __file__, "--worker", model, variant, str(seed), str(budget_s), str(points), work, out]
+    subprocess.run(cmd, check=True, env=env)
+    with open(out) as f:
+        return json.load(f)
+
+
+def value_at(curve, seconds):
+    """(steps, metric) after `seconds` of training: at the first measurement at or past it (a measurement follows
+    the step that crossed its mark, so it overshoots by at most one step)."""
+    return next(((s, m) for t, s, m in curve if t >= seconds), curve[-1][1:])
+
+
+def time_to(curve, target):
+    """Seconds of training until the metric first reached `target` (None: never within the budget)."""
+    return next((t for t, _, m in curve if m <= target), None)
+
+
+def summarize(model, curves, table_s):
+    """Rows of the table: per budget, per variant the median metric over seeds with its range; then the time
+    to the target (the baseline's median metric at the full budget)."""
+    _, _, label = MODELS[model]
+    budget = max(table_s)
+    target = statistics.median(value_at(c, budget)[1] for c in curves["baseline"])
+    rows = []
+    for seconds in table_s:
+        for variant, cs in curves.items():
+            steps, values = zip(*(value_at(c, seconds) for c in cs))
+            rows.append(
+                dict(
+                    model=model,
+                    metric=label,
+                    variant=variant,
+                    budget_s=seconds,
+                    steps=statistics.median(steps),
+                    value=statistics.median(values),
+                    low=min(values),
+                    high=max(values),
+                    seeds=len(cs),
+                )
+            )
+    reached = {v: [time_to(c, target) for c in cs] for v, cs in curves.items()}
+    return rows, target, reached
+
+
+def markdown(model, rows, target, reached, table_s):
+    _, _, label = MODELS[model]
+    variants = list(reached)
+    lines = [
+        f"| {model}: {label} after | " + " | ".join(variants) + " |",
+        "| --- | " + " | ".join("---" for _ in variants) + " |",
+    ]
+    for seconds in table_s:
+        cells = []
+        for v in variants:
+            r = next(r for r in rows if r["variant"] == v and r["budget_s"] == seconds)
+            spread = f" [{r['low']:.3f}-{r['high']:.3f}]" if r["seeds"] > 1 else ""
+            cells.append(f"{r['value']:.3f}{spread} ({r['steps']:.0f} steps)")
+        lines.append(f"| {seconds / 60:g} min | " + " | ".join(cells) + " |")
+
+    def when(ts):
+        done = [t for t in ts if t is not None]
+        return f"{statistics.median(done) / 60:.1f} min ({len(done)}/{len(ts)} seeds)" if done else "not reached"
+
+    lines.append(f"| time to {target:.3f} | " + " | ".join(when(reached[v]) for v in variants) + " |")
+    return "\n".join(lines)
+
+
+def plot(path, results):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.4), squeeze=False)
+    for ax, (model, curves) in zip(axes[0], results.items()):
+        for (variant, cs), color in zip(curves.items(), ("tab:gray", "tab:blue")):
+            for i, c in enumerate(cs):
+                ax.plot(
+                    [t / 60 for t, _, _ in c[1:]],
+                    [m for _, _, m in c[1:]],
+                    color=color,
+                    alpha=0.8,
+                    label=variant if i == 0 else None,
+                )
+        ax.set(title=model, xlabel="minutes of training", ylabel=MODELS[model][2])
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def machine():
+    from genperf.precision import Precision
+
+    name = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "cpu"
+    )
+    amp = "--amp runs fp32 (no fast bf16)" if Precision("cpu", True).note else "--amp runs bf16"
+    return f"{os.cpu_count()}-core {name}, {amp}"
+
+
+def commit():
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return proc.stdout.strip() or "unknown"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    p.add_argument("--budget-s", type=float, default=1200, help="seconds of training per run (default 1200)")
+    p.add_argument("--table-s", type=float, nargs="+", help="budgets of the table (default 2 and 5 min and the whole)")
+    p.add_argument("--points", type=int, default=20, help="held-out measurements per run (default 20)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--compile-cache", choices=["cold", "warm"], default="cold")
+    p.add_argument("--csv", default=os.path.join(HERE, "results", "quality.csv"), help="'' for none")
+    p.add_argument("--plot", help="a PNG of every curve")
+    p.add_argument("--markdown", help="append the tables here too, under a line naming machine, date and commit")
+    p.add_argument("--work", help="folder for the runs' curves and the FID classifier (default: a new temp folder)")
+    p.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        model, variant, seed, budget, points, work, out = args.worker
+        curve = train_for(model, variant, int(seed), float(budget), int(points), work)
+        with open(out, "w") as f:
+            json.dump(curve, f)
+        return 0
+    table_s = args.table_s or sorted({s for s in (120, 300, args.budget_s) if s <= args.budget_s})
+    work = args.work or tempfile.mkdtemp(prefix="genperf-quality-")
+    os.makedirs(work, exist_ok=True)
+    stamp = dict(
+        machine=machine(),
+        date=datetime.date.today().isoformat(),
+        commit=commit(),
+        torch=torch.__version__,
+        compile_cache=args.compile_cache,
+    )
+    print(
+        f"# {stamp['machine']}; torch {stamp['torch']}; commit {stamp['commit']}; {args.budget_s:.0f} s per run, "
+        f"seeds {args.seeds}, compile cache {args.compile_cache}",
+        flush=True,
+    )
+    results, tables, rows = {}, [], []
+    for model in args.models:
+        warm = tempfile.mkdtemp(prefix="genperf-inductor-", dir=work)
+        if args.compile_cache == "warm":  # a short compiled run fills the cache the measured runs reuse
+            run_variant(model, "genperf", args.seeds[0], 1, 1, work, warm)
+        curves = {v: [] for v in VARIANTS}
+        for i, seed in enumerate(args.seeds):
+            for variant in list(VARIANTS)[:: 1 if i % 2 == 0 else -1]:
+                cold = tempfile.mkdtemp(prefix="genperf-inductor-", dir=work)
+                cache = warm if args.compile_cache == "warm" else cold
+                curves[variant].append(run_variant(model, variant, seed, args.budget_s, args.points, work, cache))
+        results[model] = curves
+        model_rows, target, reached = summarize(model, curves, table_s)
+        for r in model_rows:
+            r["time_to_target_s"] = json.dumps(reached[r["variant"]])
+            r["target"] = target
+        rows += [{**r, **stamp} for r in model_rows]
+        tables.append(markdown(model, model_rows, target, reached, table_s))
+        print("\n" + tables[-1] + "\n", flush=True)
+    if args.csv:
+        from genperf.perf import append_csv
+
+        append_csv(args.csv, rows)
+    if args.plot:
+        plot(args.plot, results)
+    if args.markdown:
+        head = (
+            f"Time to quality on a {stamp['machine']}, {stamp['date']}, commit {stamp['commit']}, torch "
+            f"{stamp['torch']}; {args.budget_s:.0f} s of training per run, seeds {args.seeds}, compile cache "
+            f"{args.compile_cache} (`python benchmarks/bench_quality.py`; median over seeds [range])."
+        )
+        with open(args.markdown, "a") as f:  # one section per run of this script
+            f.write(head + "\n\n" + "\n\n".join(tables) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
