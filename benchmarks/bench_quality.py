@@ -317,8 +317,11 @@ def main(argv=None):
             f"{stamp['torch']}; {args.budget_s:.0f} s of training per run, seeds {args.seeds}, compile cache "
             f"{args.compile_cache} (`python benchmarks/bench_quality.py`; median over seeds [range])."
         )
+        if args.plot:
+            relative = os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.markdown)))
+            tables.append(f"![held-out quality against minutes of training]({relative})")
         with open(args.markdown, "a") as f:  # one section per run of this script
-            f.write(head + "\n\n" + "\n\n".join(tables) + "\n")
+            f.write(head + "\n\n" + "\n\n".join(tables) + "\n\n")
     return 0
 
 

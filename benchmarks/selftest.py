@@ -21,6 +21,7 @@ the suite; the most wanted evidence comes first, so that a run cut short still b
   fsdp        --amp --fsdp on this machine (nccl on a GPU, gloo on CPU) with every GPU there (2 CPU ranks)
   kernels     benchmarks/bench_kernels.py: GB/s against a copy measured in the same run
   dali        DALI's decoding of CelebA-shaped JPEGs on the device ("mixed" on a GPU)
+  compile     benchmarks/compile_kernels.py for this GPU's architecture: registers and spills of every kernel
 Writes DIR/selftest.json (every stage: status, seconds, numbers, output tail), DIR/selftest.md (a
 table) and DIR/<stage>.log (every command a stage ran, with its whole output), and exits 1 if a
 correctness stage (build, op-tests, train, fsdp, resume, dali) failed.
@@ -47,7 +48,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # about 480 s in all. The default budget leaves room for a second, partial run (--only) in a 15-minute GPU
 # window, so the last stages of a first run may be skipped.
 BUDGET_S = 400
-CORRECTNESS = ("build", "op-tests", "train", "fsdp", "resume", "dali")
+CORRECTNESS = ("build", "op-tests", "train", "fsdp", "resume", "dali", "compile")
 MODELS = {  # tiny versions of every model for the train stage (genperf.config's option names)
     "realnvp": {"mid_channels": 8, "num_blocks": 1},
     "dcgan": {"latent_dim": 16},
@@ -407,6 +408,20 @@ def stage_kernels(suite):
     )
 
 
+def stage_compile(suite):
+    """Every Triton kernel compiled ahead of time for this GPU's architecture (sm_90 on a CPU), and the CUDA
+    module's kernels, with registers and spills (benchmarks/compile_kernels.py)."""
+    import torch
+
+    if suite.args.quick:
+        return "skip", "not in --quick (minutes of compiling): python benchmarks/compile_kernels.py", {}
+    arch = "".join(map(str, torch.cuda.get_device_capability())) if suite.device == "cuda" else "90"
+    proc = suite.command([sys.executable, "benchmarks/compile_kernels.py", "--arch", arch])
+    summary = next((line[2:] for line in proc.stdout.splitlines() if line.startswith("# ") and "builds" in line), "")
+    status = "pass" if proc.returncode == 0 else "fail"
+    return status, summary or "no summary", {"output": _output(proc)}
+
+
 def stage_memory(suite):
     if suite.device == "cpu" and suite.args.quick:
         return "skip", "takes minutes on CPU; README's Memory section holds the CPU numbers", {}
@@ -480,6 +495,7 @@ STAGES = (
     ("fsdp", 20),
     ("kernels", 20),
     ("dali", 5),
+    ("compile", 30),
 )
 
 

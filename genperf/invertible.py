@@ -13,6 +13,8 @@ hooks see an ordinary forward and backward of each coupling and shard them as us
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from genperf.layers import recomputing
@@ -23,7 +25,17 @@ class _InvertibleChain(torch.autograd.Function):
     def forward(ctx, x, anchor, couplings, device_type):
         # Function.forward runs without a graph: only the output is kept.
         ctx.couplings, ctx.device_type = couplings, device_type
-        ctx.autocast = torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+        # The backward re-runs the couplings under the forward's autocast state (the meta device of
+        # genperf.trainer.step_cost has none).
+        ctx.autocast = (
+            contextlib.nullcontext()
+            if device_type == "meta"
+            else torch.autocast(
+                device_type,
+                dtype=torch.get_autocast_dtype(device_type),
+                enabled=torch.is_autocast_enabled(device_type),
+            )
+        )
         x, logdet = chain(couplings, x)
         ctx.save_for_backward(x)
         return x, logdet
@@ -32,9 +44,8 @@ class _InvertibleChain(torch.autograd.Function):
     def backward(ctx, grad_y, grad_logdet):
         (y,) = ctx.saved_tensors
         y = y.detach()
-        enabled, dtype = ctx.autocast
         # Inverse and re-run normalise with the forward's batch statistics, without counting them again.
-        with torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled), recomputing():
+        with ctx.autocast, recomputing():
             for c in reversed(ctx.couplings):
                 with torch.no_grad():
                     x, _ = c(y, reverse=True)

@@ -85,7 +85,7 @@ class Trainer:
             time.perf_counter(),
             self.step,
         )
-        self.last, self.held, self.artifacts_step = {}, {}, None
+        self.last, self.held, self.held_step, self.artifacts_step = {}, {}, None, None
         self.compile_s, self.compile_reported = 0.0, 0.0  # seconds of the steps in which torch.compile compiled
         self.stop, self.finished = None, False
         self.signals = StopSignals(verbose=dist.is_main)
@@ -163,7 +163,8 @@ class Trainer:
         if c.eval_every and self.step % c.eval_every == 0 and self.step % self.steps_per_epoch:
             self.verify()
             self.flush_window()
-            self.log_heldout(self.evaluate())
+            self.held, self.held_step = self.evaluate(), self.step
+            self.log_heldout(self.held)
         if not self.stop and c.ckpt_every and self.step % c.ckpt_every == 0:
             self.save_checkpoint()
 
@@ -327,11 +328,12 @@ class Trainer:
         self.verify()
         samples = self.objective.sample(self.fixed_noise)  # all ranks: sharded modules gather parameters
         self.log.save_samples(samples, name, self.step, real=None if self.data.is_image else self.data.heldout[:2000])
-        held = self.evaluate()
-        self.log_heldout(held)
+        if self.held_step != self.step:  # not already measured by --eval-every at this step
+            self.held, self.held_step = self.evaluate(), self.step
+            self.log_heldout(self.held)
         self.save_checkpoint()
         self.log.plot_losses()
-        return held
+        return self.held
 
     # ---- start ----
     def _account(self):

@@ -290,3 +290,17 @@ def test_resume_of_a_folder_without_a_run_is_one_line(tmp_path, capsys):
     assert train.main(["--resume", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("genperf: error:") and "nothing to resume" in err and "\n" not in err
+
+
+def test_the_last_step_is_evaluated_once(tmp_path):
+    """--eval-every landing on the last step measures the held-out set there once, not again for the final
+    artifacts (a 1,000-image evaluation costs as much as several steps)."""
+    _train("realnvp", tmp_path, "--steps", "10", "--eval-every", "5")
+    held = [r["step"] for r in _lines(tmp_path / "metrics.jsonl") if r["split"] == "heldout"]
+    assert held == [5, 10]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["heldout"] == next(
+        {k: v for k, v in r.items() if k not in ("step", "epoch", "split")}
+        for r in _lines(tmp_path / "metrics.jsonl")
+        if r["split"] == "heldout" and r["step"] == 10
+    )

@@ -21,6 +21,18 @@ POINT_SETS = tuple(toy.TOYS)
 DATASETS = IMAGE_SETS + POINT_SETS
 # When only MNIST's test split is present, this many of its last images are held out.
 CARVED_HELDOUT = 1000
+NATIVE_SIZES = {"mnist": 28, "fashion-mnist": 28, "digits": 8, "celeba": 64, "synthetic": 32}
+
+
+def planned_shape(name, image_size=None, channels=3):
+    """The shape of one example of data set `name` as load_dataset gives it, without loading it."""
+    if name in POINT_SETS:
+        return (2,)
+    if name not in IMAGE_SETS:
+        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    c = 3 if name == "celeba" else channels if name == "synthetic" else 1
+    size = image_size or NATIVE_SIZES[name]
+    return (c, size, size)
 
 
 @dataclass
@@ -231,4 +243,5 @@ __all__ = [
     "digits_arrays",
     "load_dataset",
     "make_batches",
+    "planned_shape",
 ]
