@@ -196,7 +196,9 @@ def demangle(name):
     if not tool:
         return name
     full = subprocess.run([tool, name], capture_output=True, text=True).stdout.strip()
-    return re.sub(r"\(.*", "", full.replace("void ", "")) if full else name
+    # "void genperf::(anonymous namespace)::kernel<float, ...>(args)" -> "kernel<float, ...>"
+    short = full.replace("void ", "").replace("(anonymous namespace)::", "").replace("genperf::", "")
+    return short.split("(")[0] if short else name
 
 
 def verdict(row):

@@ -461,7 +461,16 @@ def _count_step(config, data, batch):
         x = torch.empty(batch, *data.shape, device=meta)
         with perf.PeakMemory() as memory:
             flops = perf.step_flops(lambda i: objective.train_step(x, i), getattr(objective, "critic_iters", 1))
-    return flops / batch, weights + memory.peak
+        # Adam's moments appear at the first step's update, after its activation peak; every later step holds
+        # them through its peak.
+        moments = sum(
+            t.untyped_storage().nbytes()
+            for opt in objective.optimizers.values()
+            for state in opt.state.values()
+            for t in state.values()
+            if torch.is_tensor(t) and t.dim() > 0
+        )
+    return flops / batch, weights + moments + memory.peak
 
 
 def check_memory(cost, config, data, precision, device, world_size):

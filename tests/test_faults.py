@@ -784,7 +784,7 @@ def test_a_step_that_cannot_fit_memory_is_refused_before_training(tmp_path, monk
     )
     line = _error(capsys)
     assert line.startswith(
-        "genperf: error: a training step at --batch-size 64 needs about 0.08 GiB, more than the "
+        "genperf: error: a training step at --batch-size 64 needs about 0.10 GiB, more than the "
         "0.0 GiB free on cpu; lower --batch-size or --image-size"
     ), line
     assert not os.path.exists(tmp_path / "metrics.jsonl")

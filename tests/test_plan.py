@@ -37,3 +37,12 @@ def test_the_table_and_a_bad_option(capsys):
     with pytest.raises(SystemExit):
         plan.main([*TINY, "--gpus", "lots"])
     assert "COUNTxSIZE" in capsys.readouterr().err
+
+
+def test_the_prediction_follows_the_peak_measured_on_a_gpu():
+    """RealNVP celeba64 with the study's network, fp32, against torch.cuda.max_memory_allocated on one H200
+    (benchmarks/bench_memory.py, docs/gpu.md: 1.31 GiB fixed, 277 MiB a sample)."""
+    argv = ["realnvp", "--data", "celeba", "--arch", "celeba64"]
+    (row,) = plan.plan(argv, 1, 11 * 2**30, 2**30, 0.05, modes={"fp32": []})
+    assert abs(row["per_sample"] / 2**20 - 277) < 0.1 * 277, row
+    assert abs(row["fixed"] / 2**30 - 1.31) < 0.1 * 1.31, row
