@@ -64,7 +64,7 @@ def largest_unit_bytes(config, shape):
     return max(sum(p.numel() for p in u.parameters()) * bytes_per_value for u in units)
 
 
-def cost_line(mode, flags, argv, gpus, batches):
+def cost_line(flags, argv, gpus, batches):
     """(fixed bytes per GPU, bytes per sample) of one mode, from two meta-device steps."""
     config = configs.parse_args([*argv, *[f for f in flags if f != "--fsdp"]])
     shape = planned_shape(config.data, config.image_size, getattr(config, "channels", 3))
@@ -90,7 +90,7 @@ def plan(argv, gpus, gpu_bytes, reserve, fragmentation, batches=(32, 128), modes
     for mode, flags in (modes or MODES).items():
         if model != "realnvp" and any(f in flags for f in REALNVP_ONLY):
             continue
-        fixed, per_sample = cost_line(mode, flags, argv, gpus, batches)
+        fixed, per_sample = cost_line(flags, argv, gpus, batches)
         per_gpu = max(0, int((usable - fixed) // per_sample)) if per_sample > 0 else None
         rows.append(dict(mode=mode, fixed=fixed, per_sample=per_sample, per_gpu=per_gpu))
     return rows
@@ -106,8 +106,6 @@ def main(argv=None):
     p.add_argument("--reserve-gib", type=float, default=1.0, help="GiB kept back per GPU (default 1)")
     p.add_argument("--fragmentation", type=float, default=0.05, help="fraction of the rest (default 0.05)")
     args, train_argv = p.parse_known_args(argv)
-    if isinstance(args.gpus, str):
-        args.gpus = parse_gpus(args.gpus)
     if not train_argv or train_argv[0].startswith("-"):
         p.error("name the model first, e.g. python -m genperf.plan realnvp --arch celeba64 --data celeba")
     if not 0 <= args.fragmentation < 1 or args.reserve_gib < 0:
