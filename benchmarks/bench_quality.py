@@ -25,6 +25,7 @@ range, and the time each variant takes to reach the target: the baseline's media
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -109,7 +110,7 @@ def train_for(model, variant, seed, budget_s, points, work):
     batches = make_batches(data.train, args.batch_size, seed, device=device)
     marks = [budget_s * (i + 1) / points for i in range(points)]
     curve, clock, step, epoch = [(0.0, 0, score())], 0.0, 0, 0
-    with use_backend(args.backend) if args.backend else _nothing():
+    with use_backend(args.backend) if args.backend else contextlib.nullcontext():
         while marks:
             for x in batches.epoch(epoch):
                 t0 = time.perf_counter()
@@ -129,14 +130,6 @@ def train_for(model, variant, seed, budget_s, points, work):
                         break
             epoch += 1
     return curve
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---- the whole benchmark ----

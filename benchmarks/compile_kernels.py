@@ -63,8 +63,7 @@ def recorded_launches():
     try:
         shapes = {s for arch in ("mnist", "celeba64") for s in coupling_shapes(arch, BATCH)}
         for (shape, masked), (xd, sd), reverse in itertools.product(shapes, COUPLING_DTYPES, (False, True)):
-            x, r, t = torch.empty(shape, dtype=xd, **meta), torch.empty(shape, dtype=sd, **meta), None
-            t = torch.empty(shape, dtype=sd, **meta)
+            x, r, t = torch.empty(shape, dtype=xd, **meta), *(torch.empty(shape, dtype=sd, **meta) for _ in "rt")
             scale = torch.empty(shape[1], dtype=torch.float32, **meta)
             mask = torch.empty(1, 1, x[0, 0].numel(), dtype=torch.float32, **meta) if masked else None
             _, logdet = coupling.coupling_forward(x, r, t, scale, mask, reverse)
@@ -177,11 +176,9 @@ def cuda_rows(archs):
     if not _C.has_cuda():
         print(f"# {_C.__file__} was built without CUDA kernels: they are not checked (see setup.py)")
         return []
-    usage = resource_usage(_C.__file__)
-    rows = [
-        dict(kind="cuda", kernel=demangle(name), config="", sm=sm, **u)
-        for (name, sm), u in sorted(usage.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-    ]
+    usage = sorted(resource_usage(_C.__file__).items(), key=lambda kv: (kv[0][1], kv[0][0]))
+    names = demangle([name for (name, _), _ in usage])
+    rows = [dict(kind="cuda", kernel=names[name], config="", sm=sm, **u) for (name, sm), u in usage]
     built = {r["sm"] for r in rows}
     rows += [
         dict(kind="cuda", kernel="genperf._C", sm=a, error=f"no sm_{a} code in the module")
@@ -191,14 +188,15 @@ def cuda_rows(archs):
     return rows
 
 
-def demangle(name):
+def demangle(names):
+    """{mangled: short} for kernel symbols, in one c++filt call: "void genperf::(anonymous namespace)::kernel<float,
+    ...>(args)" -> "kernel<float, ...>" (the mangled names where c++filt is missing)."""
     tool = shutil.which("c++filt")
-    if not tool:
-        return name
-    full = subprocess.run([tool, name], capture_output=True, text=True).stdout.strip()
-    # "void genperf::(anonymous namespace)::kernel<float, ...>(args)" -> "kernel<float, ...>"
-    short = full.replace("void ", "").replace("(anonymous namespace)::", "").replace("genperf::", "")
-    return short.split("(")[0] if short else name
+    if not tool or not names:
+        return {n: n for n in names}
+    out = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    short = [f.replace("void ", "").replace("(anonymous namespace)::", "").replace("genperf::", "") for f in out]
+    return {n: (f.split("(")[0] or n) for n, f in zip(names, short)}
 
 
 def verdict(row):

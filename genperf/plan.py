@@ -6,7 +6,7 @@ included) while genperf.perf.PeakMemory follows the bytes of every live tensor; 
 part (weights, gradients, Adam state, what does not grow with the batch) and the part per sample (activations).
 What the meta device cannot run is modelled:
   --amp      activations at half their fp32 bytes (bf16/fp16 autocast; weights, gradients and Adam state stay
-             fp32), the rule genperf.train also uses to refuse a step that cannot fit
+             fp32; genperf.train, refusing a step that cannot fit, halves its whole estimate)
   --fsdp N   the fixed part divided by N (FSDP2 shards weights, gradients and Adam state), plus the largest
              module's parameters gathered twice (the unit in use and the one prefetched)
 Each GPU keeps back --reserve-gib (default 1 GiB: the CUDA context, about 0.5 GiB, and cuDNN/cuBLAS workspaces;

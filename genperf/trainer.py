@@ -140,10 +140,7 @@ class Trainer:
         if self.step == start:  # a loader that yields nothing would otherwise loop over empty epochs
             raise DataError(f"epoch {epoch} gave no batch: every image of it was unreadable")
         if self.step % self.steps_per_epoch == 0 and not self.stop:
-            self.held, self.artifacts_step = (
-                self.epoch_artifacts(f"epoch_{self.step // self.steps_per_epoch:03d}"),
-                self.step,
-            )
+            self.epoch_artifacts(f"epoch_{self.step // self.steps_per_epoch:03d}")
 
     def train_step(self, x):
         c = self.config
@@ -163,8 +160,7 @@ class Trainer:
         if c.eval_every and self.step % c.eval_every == 0 and self.step % self.steps_per_epoch:
             self.verify()
             self.flush_window()
-            self.held, self.held_step = self.evaluate(), self.step
-            self.log_heldout(self.held)
+            self.measure_heldout()
         if not self.stop and c.ckpt_every and self.step % c.ckpt_every == 0:
             self.save_checkpoint()
 
@@ -172,7 +168,7 @@ class Trainer:
         """The end of a finished run: the last artifacts, skipped images reported, summary.json, the final plot."""
         self.report_compile()
         if self.artifacts_step != self.step:
-            self.held = self.epoch_artifacts(f"step_{self.step:06d}")
+            self.epoch_artifacts(f"step_{self.step:06d}")
         c, dist = self.config, self.dist
         elapsed = time.perf_counter() - self.t_start
         skipped_images = sum(gather_objects(self.train.skipped + self.heldout.skipped))  # found decoding, any rank
@@ -293,14 +289,16 @@ class Trainer:
             mfu = images_per_s * self.flops / self.peak
         return mfu
 
-    def evaluate(self):
-        """Held-out metrics with their own fixed random stream, leaving the training stream untouched."""
+    def measure_heldout(self):
+        """Held-out metrics of this step into self.held and the log, measured once a step (--eval-every and the
+        final artifacts may both ask at the last step), with their own fixed random stream, leaving the training
+        stream untouched."""
+        if self.held_step == self.step:
+            return
         with seeded(self.config.seed, self.heldout.device):
-            return self.objective.evaluate(self.heldout)
-
-    def log_heldout(self, held):
-        if held:
-            self.log.log(dict(step=self.step, epoch=self.step / self.steps_per_epoch, split="heldout", **held))
+            self.held, self.held_step = self.objective.evaluate(self.heldout), self.step
+        if self.held:
+            self.log.log(dict(step=self.step, epoch=self.step / self.steps_per_epoch, split="heldout", **self.held))
 
     def verify(self):
         """Before anything is made from the weights (samples, held-out metrics, a checkpoint): every step's losses
@@ -328,12 +326,10 @@ class Trainer:
         self.verify()
         samples = self.objective.sample(self.fixed_noise)  # all ranks: sharded modules gather parameters
         self.log.save_samples(samples, name, self.step, real=None if self.data.is_image else self.data.heldout[:2000])
-        if self.held_step != self.step:  # not already measured by --eval-every at this step
-            self.held, self.held_step = self.evaluate(), self.step
-            self.log_heldout(self.held)
+        self.measure_heldout()
         self.save_checkpoint()
         self.log.plot_losses()
-        return self.held
+        self.artifacts_step = self.step
 
     # ---- start ----
     def _account(self):

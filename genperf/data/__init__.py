@@ -213,13 +213,13 @@ def load_dataset(name, root="data", image_size=None, channels=3, download=True, 
         g = torch.Generator().manual_seed(seed)
         return Data(name, toy.sample_toy(name, 500_000, g), toy.sample_toy(name, 5_000, g), (2,))
     if name == "celeba":
-        size = image_size or 64
+        size = image_size or NATIVE_SIZES[name]
         train, heldout = celeba.CelebAFolder(root, "train", size, flip=flip), celeba.CelebAFolder(root, "test", size)
         notes = [celeba.skip_note(split.split, split.skipped) for split in (train, heldout) if split.skipped]
         return Data(name, train, heldout, (3, size, size), notes)
     notes, labels = [], None
     if name == "synthetic":
-        size = image_size or 32
+        size = image_size or NATIVE_SIZES[name]
         g = torch.Generator().manual_seed(seed)
         train = torch.randint(0, 256, (2048, channels, size, size), dtype=torch.uint8, generator=g)
         heldout = torch.randint(0, 256, (256, channels, size, size), dtype=torch.uint8, generator=g)
