@@ -1,12 +1,13 @@
 """A run folder's checkpoints: the one writer (training) and the one reader (--resume, genperf.load,
 python -m genperf.sample / evaluate, the study).
 
-A single-process run keeps OUT/checkpoint.pt, one file: step, config (every training option),
-precision, every rank's RNG state, the models' and optimizers' state dicts. An --fsdp run keeps
-OUT/checkpoint/, a torch.distributed.checkpoint directory where every rank writes its own shards of
+A single-process or --ddp run keeps OUT/checkpoint.pt, one file written by rank 0: step, config (every
+training option), precision, every rank's RNG state, the models' and optimizers' state dicts. An --fsdp run
+keeps OUT/checkpoint/, a torch.distributed.checkpoint directory where every rank writes its own shards of
 the models and optimizers, plus meta.pt (everything else), written last. Both are written atomically:
-a crash leaves the previous checkpoint in place. Sharded checkpoints load on any number of ranks,
-and in one process without a process group (the shards are gathered on load)."""
+a crash leaves the previous checkpoint in place. Either resumes in any mode on any number of ranks: a
+sharded one in one process without a process group (the shards are gathered on load) or under --ddp
+(every rank reads whole tensors), a single file under --fsdp (every rank keeps its shards of it)."""
 
 from __future__ import annotations
 
@@ -299,6 +300,8 @@ def save(out, objective, precision, step, args, is_main, data, kept_step=None):
             if is_main:
                 atomic_save(meta, os.path.join(tmp, META))  # last: its presence marks the directory complete
                 publish_dir(tmp, path)
+        if is_main:  # a run that changed mode leaves its old format behind; a crash before this resumes from it
+            _remove_other_format(out, args.fsdp)
     except BaseException as e:  # DCP's CheckpointException is a BaseException; every rank must learn of any failure
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
@@ -313,6 +316,15 @@ def save(out, objective, precision, step, args, is_main, data, kept_step=None):
             else "no earlier checkpoint exists"
         )
         raise GenperfError(f"could not write the checkpoint to {path}: {errors[0]}; {kept}")
+
+
+def _remove_other_format(out, sharded):
+    if sharded:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, CHECKPOINT))
+    else:
+        for name in (SHARDED_CHECKPOINT, f"{SHARDED_CHECKPOINT}.old"):
+            shutil.rmtree(os.path.join(out, name), ignore_errors=True)
 
 
 def _write_error(e, folder):
@@ -376,13 +388,10 @@ def restore(path, objective, precision, args, data, rank, world_size, device, ma
     meta = read_meta(path)
     check_same_options(path, meta["config"], args, may_change)
     data.check_same(meta.get("data_fingerprint"), args.data_root)
-    if is_sharded(path) != bool(args.fsdp):
-        raise GenperfError(
-            f"{path} is a {'sharded' if is_sharded(path) else 'single-process'} checkpoint; "
-            f"resume it {'with' if is_sharded(path) else 'without'} --fsdp"
-        )
-    if args.fsdp:
+    if is_sharded(path):  # into FSDP modules, or whole tensors into the plain modules of one process or --ddp
         load_sharded(objective.modules, objective.optimizers, path, old_names=old_names)
+    elif args.fsdp:
+        load_whole_into_sharded(path, objective.modules, objective.optimizers, meta)
     else:
         load_module_states(path, objective.modules, meta["models"])
         for k, o in objective.optimizers.items():
@@ -395,6 +404,40 @@ def restore(path, objective, precision, args, data, rank, world_size, device, ma
     if meta["last_g_loss"] is not None:
         objective.last_g_loss = meta["last_g_loss"].to(device)
     return meta["step"]
+
+
+def load_whole_into_sharded(path, modules, optimizers, meta):
+    """A single file's whole tensors into FSDP modules and their optimizers: every rank reads the file and keeps
+    its shards."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    whole = StateDictOptions(full_state_dict=True)
+    for k in modules:
+        if k not in meta["models"]:
+            raise GenperfError(f"{path} holds no {k} weights (it holds {', '.join(meta['models'])})")
+    try:
+        for k, m in modules.items():
+            set_model_state_dict(m, meta["models"][k], options=whole)
+        for k, o in optimizers.items():
+            by_name = optimizer_state_by_name(modules[k], o, meta["optimizers"][k])
+            set_optimizer_state_dict(modules[k], o, by_name, options=whole)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise GenperfError(f"{path} does not load into this model under --fsdp ({_first_cause(e)})") from None
+
+
+def optimizer_state_by_name(module, optimizer, state):
+    """torch's optimizer state dict, whose parameters are numbered in the optimizer's order, with each
+    parameter's name (in `module`) in place of its number: the layout torch.distributed.checkpoint loads."""
+    names = {p: n for n, p in module.named_parameters()}
+    order = [names[p] for group in optimizer.param_groups for p in group["params"]]
+    return {
+        "state": {order[i]: s for i, s in state["state"].items()},
+        "param_groups": [dict(g, params=[order[i] for i in g["params"]]) for g in state["param_groups"]],
+    }
 
 
 def load_module_states(path, modules, states):

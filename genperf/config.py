@@ -103,8 +103,30 @@ COMMON = (
         "without bf16; a CPU without bf16 kernels (no AVX-512) trains in fp32 and says so",
         default=False,
     ),
-    Option("fsdp", "FSDP2 over --nproc processes (self-launched unless under torchrun)", default=False),
-    Option("nproc", "processes for --fsdp (default: the GPU count, 2 on CPU)", type=int, resumable=True, at_least=1),
+    Option(
+        "ddp",
+        "data parallel over --nproc processes (DistributedDataParallel: each rank holds the whole model and "
+        "trains on its slice of the batch, gradients all-reduced in buckets); the mode for models that fit one "
+        "device, which all of the study's do. Self-launched unless under torchrun; a resumed run may switch "
+        "between --ddp, --fsdp and one process",
+        default=False,
+        resumable=True,
+    ),
+    Option(
+        "fsdp",
+        "FSDP2 over --nproc processes: parameters, gradients and Adam's state sharded across ranks, for models or "
+        "batches that do not fit one device (self-launched unless under torchrun)",
+        default=False,
+        resumable=True,
+    ),
+    Option(
+        "nproc",
+        "processes for --ddp or --fsdp (default: the GPU count, 2 on CPU); --nproc N > 1 alone means --ddp, "
+        "--nproc 1 alone one process",
+        type=int,
+        resumable=True,
+        at_least=1,
+    ),
     Option(
         "backend",
         "fused-op backend (default: the fastest available; reference is pure torch, for comparison)",
@@ -217,12 +239,14 @@ def given_options(argv):
     return given
 
 
-def complete(config):
-    """Fills in what depends on the model or the machine: per-model defaults, --out, --nproc, --loader."""
+def complete(config, given=()):
+    """Fills in what depends on the model or the machine: per-model defaults, --out, the parallel mode and
+    --nproc, --loader. `given`: the names of the options the user gave."""
     for key, value in model_defaults(config.model).items():
         if getattr(config, key) is None:
             setattr(config, key, value)
     config.out = config.out or os.path.join("runs", config.model)
+    choose_parallel(config, given)
     config.nproc = default_nproc() if config.nproc is None else config.nproc
     config.loader = config.loader or default_loader(config.data)
     return config
@@ -241,14 +265,33 @@ def parse_args(argv):
         return resumed(out, given_options(argv))
     if config.model is None:
         p.error("MODEL is required (or --resume --out RUN_DIR to continue a run)")
-    return complete(config)
+    return complete(config, given_options(argv))
 
 
 def resumed(out, given):
     """The config of the run in `out`: the options stored in its checkpoint, with `given` over them."""
     config = stored(checkpoint.stored_config(out), given.get("model"))
     vars(config).update(given, out=out, resume=True)
+    choose_parallel(config, given)
     return config
+
+
+def choose_parallel(config, given):
+    """--ddp, --fsdp or one process, from what the user gave (`given`: option names) over what `config` holds
+    (a resumed run's stored mode): a named mode replaces the other; --nproc alone picks one process (1) or,
+    unless the run is --fsdp, --ddp; a torchrun job of several processes with no mode named is --ddp (each
+    rank training on its own, unsynchronised, would be no use)."""
+    modes = {"ddp", "fsdp"} & set(given)
+    if len(modes) == 1:
+        other = ({"ddp", "fsdp"} - modes).pop()
+        setattr(config, other, False)
+    elif not modes and "nproc" in given and config.nproc is not None:
+        if config.nproc == 1:
+            config.ddp = config.fsdp = False
+        elif not config.fsdp:
+            config.ddp = True
+    elif not modes and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not config.fsdp:
+        config.ddp = True
 
 
 def stored(options, model=None):
@@ -278,7 +321,7 @@ def make(model=None, **options):
         raise GenperfError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     config = build_parser().parse_args([model])
     vars(config).update(options)
-    return complete(config)
+    return complete(config, options)
 
 
 def defaults_for(config):
@@ -290,7 +333,7 @@ def defaults_for(config):
 
 def to_argv(config):
     """The command line of `config` (its model and every option that differs from the default): what a worker
-    process of --fsdp parses, and what the study prints."""
+    process of --ddp or --fsdp parses, and what the study prints."""
     defaults = defaults_for(config)
     argv = [config.model]
     for option in OPTIONS:
@@ -317,10 +360,12 @@ def check(config):
     for option in OPTIONS:  # set to something other than its default where it means nothing
         if getattr(config, option.name, None) != getattr(defaults, option.name) and not option.applies_to(config):
             raise GenperfError(f"{option.cli} does not apply to {config.model} on {config.data}")
+    if config.ddp and config.fsdp:
+        raise GenperfError("--ddp and --fsdp are two ways to train on several processes; choose one")
     if config.fsdp and config.model in family.no_fsdp:
         raise GenperfError(
-            f"{config.model} does not run under --fsdp yet: {family.no_fsdp[config.model]}; train "
-            f"{config.model} without --fsdp"
+            f"{config.model} does not run under --fsdp: {family.no_fsdp[config.model]} (--ddp --nproc "
+            f"{config.nproc} in place of --fsdp)"
         )
     if family.check:
         family.check(config)
@@ -329,7 +374,7 @@ def check(config):
             import torch.utils.tensorboard  # noqa: F401
         except ImportError:
             raise GenperfError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    if config.fsdp:
+    if config.ddp or config.fsdp:
         check_nproc(config.nproc, config.device)
 
 

@@ -1,5 +1,5 @@
-"""Many processes: the process group (torchrun or genperf's own launcher), FSDP2 sharding, and the few
-collectives the rest of genperf uses (each a no-op in a single process)."""
+"""Many processes: the process group (torchrun or genperf's own launcher), data parallel (DDP) and FSDP2
+sharding, and the few collectives the rest of genperf uses (each a no-op in a single process)."""
 
 from __future__ import annotations
 
@@ -131,6 +131,24 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if _initialized():
         dist.all_reduce(t)
     return t
+
+
+def apply_ddp(module: torch.nn.Module, device: torch.device):
+    """DistributedDataParallel over the process group: parameters and buffers broadcast from rank 0 now, gradients
+    all-reduced (averaged) in buckets as backward produces them, and the buffers (batch norm's running
+    statistics) broadcast from rank 0 at every forward, so every rank evaluates and checkpoints the same model.
+    Batch statistics stay per rank, as on the study's two GPUs. Gradients live in the buckets themselves
+    (gradient_as_bucket_view): no second copy of them."""
+    import warnings
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    # A convolution with one output channel (a critic's last layer) gets a gradient whose stride along that size-1
+    # dimension differs from its bucket's: the same memory layout, which DDP's reducer still warns about.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return DistributedDataParallel(
+        module, device_ids=[device] if device.type == "cuda" else None, gradient_as_bucket_view=True
+    )
 
 
 def apply_fsdp(model: torch.nn.Module, units, amp_dtype=None, forward_methods=()):

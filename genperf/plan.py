@@ -57,7 +57,7 @@ def largest_unit_bytes(config, shape):
     from genperf.precision import Precision
 
     meta = torch.device("meta")
-    args = argparse.Namespace(**dict(vars(config), fsdp=False, compile=False))
+    args = argparse.Namespace(**dict(vars(config), ddp=False, fsdp=False, compile=False))
     objective = build_objective(args, Data("planned", None, None, shape), Precision("cpu", False), meta)
     units = [u for m in objective.modules.values() for u in getattr(m, "couplings", lambda m=m: [m])()]
     bytes_per_value = 2 if config.amp else 4

@@ -80,7 +80,7 @@ def load_run(out, device="cpu", checkpoint=None, data_root=None):
         raise GenperfError(f"{out} holds no run: no {CHECKPOINT} or {SHARDED_CHECKPOINT}/ in it")
     meta = read_meta(path)
     config = configs.stored(meta["config"])
-    vars(config).update(device=str(device), fsdp=False, compile=False)
+    vars(config).update(device=str(device), ddp=False, fsdp=False, compile=False)
     if data_root is not None:
         config.data_root = data_root
     if checkpoint:

@@ -1,6 +1,6 @@
 """python -m genperf.train MODEL [options]: train one of the study's models, from the command line or from Python
-(genperf.fit). The options are genperf.config's table; genperf.trainer runs them. Under --fsdp this process
-launches one worker per rank (unless torchrun did) and each trains its shard."""
+(genperf.fit). The options are genperf.config's table; genperf.trainer runs them. Under --ddp or --fsdp this
+process launches one worker per rank (unless torchrun did) and each trains on its slice of the batch."""
 
 from __future__ import annotations
 
@@ -38,9 +38,9 @@ RANK_0_FIRST_S = 3.0  # how long other ranks wait, after an error all ranks meet
 
 
 def run(config):
-    """Trains `config` here, or launches its --fsdp workers; returns (exit code, the summary or None)."""
+    """Trains `config` here, or launches its --ddp/--fsdp workers; returns (exit code, the summary or None)."""
     check(config)
-    if config.fsdp and not under_torchrun():
+    if (config.ddp or config.fsdp) and not under_torchrun():
         # Errors every worker would meet come before any starts: the data's (and a download), a damaged checkpoint's.
         check_dataset(config.data, config.data_root, config.download)
         found = checkpoint.find(config.out) if config.resume else None
@@ -66,7 +66,7 @@ def fit(model=None, **options):
         code, summary = run(config)
     if code:
         raise GenperfError(f"training {config.model} into {config.out} stopped with exit code {code}")
-    if summary is None:  # run by --fsdp workers, or already finished
+    if summary is None:  # run by --ddp/--fsdp workers, or already finished
         with open(os.path.join(config.out, "summary.json")) as f:
             summary = json.load(f)
     return summary

@@ -41,9 +41,11 @@ class Trainer:
         self.precision = Precision(self.device.type, c.amp)
         torch.manual_seed(c.seed)  # the same initial weights on every rank (FSDP2 keeps each rank's own shard)
         self.objective = build_objective(c, self.data, self.precision, self.device, dist.rank, dist.world_size)
-        if c.compile:  # FSDP2's hooks break the graph at every sharded unit
+        if c.compile:  # FSDP2's hooks break the graph at every sharded unit, DDP's at every gradient bucket
             self.objective.compile(
-                fullgraph=not c.fsdp, dynamic=False, mode=None if c.compile_mode == "default" else c.compile_mode
+                fullgraph=not (c.fsdp or c.ddp),
+                dynamic=False,
+                mode=None if c.compile_mode == "default" else c.compile_mode,
             )
         torch.manual_seed(c.seed * 1000 + dist.rank)  # then a stream of its own per rank
         self.flops, self.peak, memory_line = self._account()
@@ -183,6 +185,7 @@ class Trainer:
             epochs=self.step / self.steps_per_epoch,
             parameters=n_params,
             world_size=dist.world_size,
+            parallel="ddp" if c.ddp else "fsdp" if c.fsdp else None,
             amp=str(self.precision.dtype) if self.precision.dtype else None,
             skipped_steps=self.precision.skipped_steps,
             skipped_images=skipped_images,
@@ -449,7 +452,10 @@ def _count_step(config, data, batch):
     # Meta tensors run the ops' pure-torch reference: the fused backends take real tensors only.
     with torch.random.fork_rng(devices=[]), use_backend("reference"):
         objective = build_objective(
-            argparse.Namespace(**dict(vars(config), fsdp=False, compile=False)), data, Precision("cpu", False), meta
+            argparse.Namespace(**dict(vars(config), ddp=False, fsdp=False, compile=False)),
+            data,
+            Precision("cpu", False),
+            meta,
         )
         weights = sum(
             t.untyped_storage().nbytes() for m in objective.modules.values() for t in (*m.parameters(), *m.buffers())

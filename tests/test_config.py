@@ -52,3 +52,30 @@ def test_the_python_api_trains_and_says_what_is_wrong(tmp_path):
         genperf.fit("vae", data="digits", epoch=1)
     with pytest.raises(GenperfError, match="unknown model 'gan3000'"):
         genperf.fit("gan3000")
+
+
+@pytest.mark.parametrize(
+    "argv, ddp, fsdp",
+    [
+        (["--nproc", "2"], True, False),  # several processes alone: data parallel
+        (["--nproc", "1"], False, False),
+        (["--ddp"], True, False),
+        (["--fsdp", "--nproc", "2"], False, True),
+        ([], False, False),
+    ],
+)
+def test_the_parallel_mode_follows_the_options_given(argv, ddp, fsdp):
+    parsed = config.parse_args(["vae", *argv])
+    made = config.make("vae", **config.given_options(argv))
+    assert (parsed.ddp, parsed.fsdp) == (made.ddp, made.fsdp) == (ddp, fsdp)
+    assert vars(config.parse_args(config.to_argv(parsed))) == vars(parsed)
+
+
+def test_a_resumed_run_switches_mode_by_the_one_named(monkeypatch):
+    stored = vars(config.make("vae", ddp=True, nproc=2))
+    monkeypatch.setattr(config.checkpoint, "stored_config", lambda out: stored)
+    assert config.resumed("x", {"fsdp": True}).ddp is False
+    assert config.resumed("x", {"nproc": 1}).ddp is False
+    assert config.resumed("x", {"nproc": 4}).ddp is True
+    with pytest.raises(GenperfError, match="choose one"):
+        config.check(config.make("vae", ddp=True, fsdp=True))

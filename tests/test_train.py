@@ -152,7 +152,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
         (["dcgan", "--data", "digits", "--steps", "0"], "--steps must be >= 1 (got 0)"),  # was: the default schedule
         (["vae", "--data", "digits", "--epochs", "0"], "--epochs must be >= 1 (got 0)"),
         # refused before the workers start (was: one refusal per worker and a launcher error, exit 1)
-        (["wgan-gp", "--data", "digits", "--fsdp"], "wgan-gp does not run under --fsdp yet"),
+        (["wgan-gp", "--data", "digits", "--fsdp"], "wgan-gp does not run under --fsdp: FSDP2 ends its backward"),
     ],
 )
 def test_bad_input_stops_with_one_clear_line(argv, message, tmp_path, capsys):

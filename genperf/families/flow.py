@@ -8,21 +8,45 @@ import contextlib
 import torch
 
 from genperf import models
-from genperf.distributed import all_reduce_sum, apply_fsdp
+from genperf.distributed import all_reduce_sum, apply_ddp, apply_fsdp
 from genperf.errors import GenperfError
 from genperf.families.base import Family, placer
 from genperf.metrics import draws, mean_se
 from genperf.options import Option
 from genperf.precision import make_adam
+from genperf.streams import DEQUANTIZATION, batch_noise
+
+
+class BitsPerDim(torch.nn.Module):
+    """A flow whose forward is its loss, bits/dim per image: what DDP wraps (it hooks a module's forward)."""
+
+    def __init__(self, flow):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x, noise):
+        return self.flow.bits_per_dim(x, noise)
 
 
 class FlowObjective:
-    """RealNVP trained by maximum likelihood on dequantized 8-bit images; the loss is bits/dim."""
+    """RealNVP trained by maximum likelihood on dequantized 8-bit images; the loss is bits/dim. `replicated`: the
+    model's BitsPerDim wrapped by DDP (--ddp), which the training step runs."""
 
     def __init__(
-        self, model, precision, lr, device_type, clip_grad=100.0, seed=0, rank=0, world_size=1, weight_decay=0.0
+        self,
+        model,
+        precision,
+        lr,
+        device_type,
+        clip_grad=100.0,
+        seed=0,
+        rank=0,
+        world_size=1,
+        weight_decay=0.0,
+        replicated=None,
     ):
         self.model, self.precision, self.clip_grad = model, precision, clip_grad
+        self.bits_per_dim = replicated or model.bits_per_dim
         self.modules = {"realnvp": model}
         self.optimizers = {"realnvp": make_adam(decayed_groups(model, weight_decay), lr, (0.9, 0.999), device_type)}
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -48,11 +72,9 @@ class FlowObjective:
     def dequantization_noise(self, x, step):
         """This rank's slice of the global batch's noise, drawn from (seed, step) alone: every
         number of ranks trains on the same numbers, and a resumed run on the same as before."""
-        if x.device.type == "meta":  # genperf.trainer's count of a step: shapes only, no generator
-            return torch.empty_like(x)
-        g = torch.Generator(x.device).manual_seed(self.seed * 1_000_003 + step)
-        noise = torch.rand((len(x) * self.world_size, *x.shape[1:]), generator=g, device=x.device)
-        return noise.tensor_split(self.world_size)[self.rank]
+        return batch_noise(
+            torch.rand, len(x), x.shape[1:], self.seed, step, DEQUANTIZATION, self.rank, self.world_size, x.device
+        )
 
     def noise(self, n, generator=None):
         m = self.model
@@ -60,7 +82,7 @@ class FlowObjective:
 
     def _loss(self, x, noise):
         with self.precision.autocast():
-            return self.model.bits_per_dim(x, noise).mean()
+            return self.bits_per_dim(x, noise).mean()
 
     def train_step(self, x, step):
         bpd = self.loss(x, self.dequantization_noise(x, step))
@@ -154,6 +176,7 @@ def build(config, data, precision, device, rank=0, world_size=1):
     )
     if config.fsdp:
         apply_fsdp(model, model.couplings(), precision.dtype, ("inverse", "bits_per_dim"))
+    replicated = apply_ddp(BitsPerDim(model), device) if config.ddp else None
     return FlowObjective(
         model,
         precision,
@@ -163,6 +186,7 @@ def build(config, data, precision, device, rank=0, world_size=1):
         rank=rank,
         world_size=world_size,
         weight_decay=config.weight_decay,
+        replicated=replicated,
     )
 
 

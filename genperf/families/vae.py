@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from genperf import models
-from genperf.distributed import all_reduce_sum, apply_fsdp
+from genperf.distributed import all_reduce_sum, apply_ddp, apply_fsdp
 from genperf.dtypes import at_least_fp32
 from genperf.errors import GenperfError
 from genperf.families.base import Family, placer
 from genperf.metrics import draws, mean_se
 from genperf.options import PER_MODEL, Option
 from genperf.precision import make_adam
+from genperf.streams import POSTERIOR, batch_noise
 
 
 def vae_terms(logits, x, mu, logvar):
@@ -32,8 +33,12 @@ def vae_loss(logits, x, mu, logvar, beta=1.0):
 
 
 class VAEObjective:
-    def __init__(self, model, precision, lr, device_type, beta=1.0):
+    """`replicated`: the model wrapped by DDP (--ddp), whose forward the training step runs."""
+
+    def __init__(self, model, precision, lr, device_type, beta=1.0, replicated=None, seed=0, rank=0, world_size=1):
         self.model, self.precision, self.beta = model, precision, beta
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.forward = replicated or model
         self.modules = {"vae": model}
         self.optimizers = {"vae": make_adam(model.parameters(), lr, (0.9, 0.999), device_type)}
         self.loss = self._loss
@@ -46,12 +51,23 @@ class VAEObjective:
 
     def _loss(self, x, posterior_noise):
         with self.precision.autocast():
-            logits, mu, logvar = self.model(x, posterior_noise)
+            logits, mu, logvar = self.forward(x, posterior_noise)
         loss, bce, kl = vae_loss(logits, x, mu, logvar, self.beta)
         return loss, bce.mean(), kl.mean()
 
     def train_step(self, x, step):
-        loss, bce, kl = self.loss(x, torch.randn(len(x), self.model.latent_dim, device=x.device))
+        noise = batch_noise(
+            torch.randn,
+            len(x),
+            (self.model.latent_dim,),
+            self.seed,
+            step,
+            POSTERIOR,
+            self.rank,
+            self.world_size,
+            x.device,
+        )
+        loss, bce, kl = self.loss(x, noise)
         self.precision.step(loss, self.optimizers["vae"])
         return {"loss": loss.detach(), "recon": bce.detach(), "kl": kl.detach()}
 
@@ -91,7 +107,10 @@ def build(config, data, precision, device, rank=0, world_size=1):
     model = placer(config, device)(models.VAE(c, s, config.latent_dim, arch))
     if config.fsdp:
         apply_fsdp(model, [], precision.dtype, ("sample",))
-    return VAEObjective(model, precision, config.lr, device.type, config.beta)
+    replicated = apply_ddp(model, device) if config.ddp else None
+    return VAEObjective(
+        model, precision, config.lr, device.type, config.beta, replicated, config.seed, rank, world_size
+    )
 
 
 def check(config):
