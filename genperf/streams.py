@@ -8,7 +8,7 @@ import contextlib
 import torch
 
 # The step's noise draws (stream 0: the flow's dequantization noise, whose numbers predate the others).
-DEQUANTIZATION, LATENTS, PENALTY_MIX, POSTERIOR = 0, 1, 2, 3
+DEQUANTIZATION, LATENTS, PENALTY_MIX, POSTERIOR, REAL_LABELS = 0, 1, 2, 3, 4
 
 
 def batch_noise(draw, rows, shape, seed, step, stream, rank=0, world_size=1, device="cpu"):

@@ -23,7 +23,7 @@ SMALL = {
     "realnvp": ([*DIGITS, "--mid-channels", "8", "--num-blocks", "1", "--st-norm", "none"], "bits_per_dim"),
     "wgan-gp": ([*RING, "--critic-iters", "2"], "critic_loss"),
     "wgan": ([*RING, "--critic-iters", "2"], "critic_loss"),
-    "dcgan": (RING, "discriminator_loss"),
+    "dcgan": ([*RING, "--label-smoothing"], "discriminator_loss"),
     "vae": (DIGITS, "loss"),
     "beta-vae": ([*DIGITS, "--beta", "10"], "loss"),
 }

@@ -15,14 +15,15 @@ from genperf.families.base import Family, placer
 from genperf.layers import GradientPenalty
 from genperf.options import Option
 from genperf.precision import make_adam
-from genperf.streams import LATENTS, PENALTY_MIX, batch_noise
+from genperf.streams import LATENTS, PENALTY_MIX, REAL_LABELS, batch_noise
 
 DCGAN, WGAN_GP, WGAN_CLIP = "dcgan", "wgan-gp", "wgan"
 
 
-def smoothed_real_labels(n, low=0.7, high=0.9, device=None):
-    """One-sided label smoothing: targets for real images drawn from U[low, high]; fakes stay at 0."""
-    return torch.empty(n, device=device).uniform_(low, high)
+def smoothed_real_labels(uniform, low=0.7, high=0.9):
+    """One-sided label smoothing: targets for real images from U[low, high], given U[0, 1) draws; fakes stay
+    at 0."""
+    return low + (high - low) * uniform
 
 
 class GANObjective:
@@ -98,7 +99,9 @@ class GANObjective:
                 d_real, d_fake = self.D_step(torch.cat([real, fake.detach().to(real.dtype)])).split(n)
             if self.kind == DCGAN:
                 target = (
-                    smoothed_real_labels(n, device=real.device) if self.label_smoothing else torch.ones_like(d_real)
+                    smoothed_real_labels(self.step_noise(torch.rand, n, (), step, REAL_LABELS, real.device))
+                    if self.label_smoothing
+                    else torch.ones_like(d_real)
                 )
                 d_loss = F.binary_cross_entropy_with_logits(
                     d_real.float(), target
