@@ -1,6 +1,6 @@
 """Fused-kernel microbenchmarks: every provider on the same inputs, in one run.
 
-    python benchmarks/bench_kernels.py [--batches 64 256] [--reps 20] [--csv FILE]
+    python benchmarks/bench_kernels.py [--batches 64 256] [--reps 20] [--csv FILE] [--markdown FILE]
 
 Providers: the pure-torch reference (eager), torch.compile of the reference, and every genperf
 backend that runs on this device (Triton only on a GPU: its CPU interpreter is a correctness tool).
@@ -10,7 +10,8 @@ of the peak bandwidth, measured in the same run as a large same-device copy (gen
 A measurement whose p80 exceeds 1.5 x its p20 (a busy machine, timer steps) is marked noisy: its ratios
 mean little. torch.compile starts afresh for every shape and mode, so none of its column falls back to
 eager at dynamo's recompile limit (hitting it is an error here). --csv FILE appends one row per
-measurement (benchmarks/results/kernels.csv holds the recorded runs).
+measurement (benchmarks/results/kernels.csv holds the recorded runs); --markdown FILE appends one table, under a
+line naming machine, date and commit (docs/kernels.md holds the recorded ones).
 """
 
 import argparse
@@ -208,6 +209,31 @@ def device_name(device):
     return torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
 
 
+def markdown(rows, stamp):
+    """One table: a row per op, shape and mode, a column per provider (median ms, and x eager)."""
+    provs = list(dict.fromkeys(r["provider"] for r in rows))
+    lines = [
+        f"Kernel medians in ms (and speed-up over eager) on a {stamp} "
+        "(`python benchmarks/bench_kernels.py`).",
+        "",
+        "| op | input | mode | " + " | ".join(provs) + " |",
+        "|---|---|---|" + "---|" * len(provs),
+    ]
+    cases = {}
+    for r in rows:
+        cases.setdefault((r["op"], r["x"], r["mode"]), {})[r["provider"]] = r
+    for (op, x, mode), by_prov in cases.items():
+        eager = by_prov["eager"]["p50"]
+        cells = [
+            f"{by_prov[p]['p50']:.3f} ({eager / by_prov[p]['p50']:.2f}x)" + (" noisy" if by_prov[p]["noisy"] else "")
+            if p in by_prov
+            else ""
+            for p in provs
+        ]
+        lines.append(f"| {op} | {x} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -216,6 +242,7 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--only", choices=["coupling", "penalty"], help="run one part only")
     p.add_argument("--csv", help="append the measurements to this CSV file (default: print only)")
+    p.add_argument("--markdown", help="append the table to this file, under a line naming machine, date and commit")
     args = p.parse_args(argv)
     torch._dynamo.config.fail_on_recompile_limit_hit = True  # never time eager under the "compile" label
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -242,6 +269,15 @@ def main(argv=None):
     if args.csv:
         append_csv(args.csv, rows)
         print(f"# {len(rows)} rows appended to {args.csv}")
+    if args.markdown:
+        from bench_quality import commit, machine
+
+        where = torch.cuda.get_device_name() if device.type == "cuda" else machine()
+        stamp = (
+            f"{where}, {datetime.date.today().isoformat()}, commit {commit()}, torch {torch.__version__}, {args.dtype}"
+        )
+        with open(args.markdown, "a") as f:  # one section per run of this script
+            f.write(markdown(rows, stamp) + "\n\n")
     return 0
 
 
