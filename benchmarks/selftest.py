@@ -424,7 +424,7 @@ def stage_compile(suite):
 
 def stage_memory(suite):
     if suite.device == "cpu" and suite.args.quick:
-        return "skip", "takes minutes on CPU; README's Memory section holds the CPU numbers", {}
+        return "skip", "takes minutes on CPU; docs/scaling.md holds the CPU numbers", {}
     import torch
 
     single = ["fp32 baseline", "+amp", "+checkpointing", "+checkpointing block", "+invertible", "all on"]
@@ -435,8 +435,42 @@ def stage_memory(suite):
     return (
         ("pass" if proc.returncode == 0 else "fail"),
         f"{len(lines) - 2} modes measured{note}",
-        {"lines": lines, "output": _output(proc) if proc.returncode else ""},
+        {
+            "lines": lines,
+            "predicted": predicted_beside_measured(lines),
+            "output": _output(proc) if proc.returncode else "",
+        },
     )
+
+
+# bench_memory's modes as genperf.plan names them; the planner's rows for celeba64 are committed (computing them
+# takes minutes of CPU): python -m genperf.plan realnvp --data celeba --arch celeba64 --json PLANNED
+PLANNED = os.path.join(REPO, "benchmarks", "results", "plan-celeba64.json")
+PLAN_MODE = {
+    "fp32 baseline": "fp32",
+    "+amp": "--amp",
+    "+checkpointing": "--checkpointing coupling",
+    "+checkpointing block": "--checkpointing block",
+    "+invertible": "--invertible",
+    "all on": "--amp --checkpointing block --invertible",
+    "all on + FSDP x2": "--amp --checkpointing block --invertible --fsdp",
+}
+
+
+def predicted_beside_measured(lines):
+    """Per mode: the activation memory per sample measured by bench_memory and the planner's prediction."""
+    with open(PLANNED) as f:
+        planned = {r["mode"]: r for r in json.load(f)["rows"]}
+    out = []
+    for line in lines:
+        m = re.match(r"^(.+?)\s+([\d.]+) GiB\s+([\d.]+) MiB", line)
+        if m and PLAN_MODE.get(m.group(1).strip()) in planned:
+            measured, predicted = float(m.group(3)), planned[PLAN_MODE[m.group(1).strip()]]["per_sample"] / 2**20
+            out.append(
+                f"{m.group(1).strip()}: measured {measured:.1f} MiB a sample, predicted {predicted:.1f} "
+                f"({measured / predicted:.2f}x)"
+            )
+    return out
 
 
 def stage_throughput(suite):
@@ -532,6 +566,10 @@ def write_report(suite, out):
         f"| {s['name']} | {s['status']} | {s['seconds']} | {s['summary'].replace('|', chr(92) + '|')} |"
         for s in suite.stages
     ]
+    for s in suite.stages:  # the memory planner's predictions beside what the device measured
+        if s.get("predicted"):
+            lines += ["", f"{s['name']}, per sample (genperf.plan's prediction beside the measurement):", ""]
+            lines += [f"- {line}" for line in s["predicted"]]
     with open(os.path.join(out, "selftest.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return result

@@ -105,6 +105,9 @@ def main(argv=None):
     p.add_argument("--gpus", type=parse_gpus, default="2x11GiB", help="COUNTxSIZE, e.g. 2x11GiB (default) or 8x80GB")
     p.add_argument("--reserve-gib", type=float, default=1.0, help="GiB kept back per GPU (default 1)")
     p.add_argument("--fragmentation", type=float, default=0.05, help="fraction of the rest (default 0.05)")
+    p.add_argument(
+        "--json", metavar="FILE", help="also write the rows to FILE (the selftest compares GPU peaks with them)"
+    )
     args, train_argv = p.parse_known_args(argv)
     if not train_argv or train_argv[0].startswith("-"):
         p.error("name the model first, e.g. python -m genperf.plan realnvp --arch celeba64 --data celeba")
@@ -127,7 +130,12 @@ def main(argv=None):
         print(
             f"{r['mode']:48s} {r['fixed'] / GIB:6.2f} GiB {r['per_sample'] / 2**20:7.1f} MiB {per_gpu:>10s} {total:>7s}"
         )
-    print("# global: the batch per GPU times the GPUs, data parallel (as the study's two GPUs, or --fsdp)")
+    print("# global: the batch per GPU times the GPUs, data parallel (--ddp, as the study's two GPUs, or --fsdp)")
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(dict(options=train_argv, gpus=count, gpu_bytes=size, rows=rows), f, indent=1)
     return 0
 
 

@@ -77,3 +77,19 @@ def test_only_runs_the_named_stages_after_the_build(tmp_path, monkeypatch):
     assert ran == ["train", "kernels"] and stages == ["build", "train", "kernels"]
     with pytest.raises(SystemExit):
         selftest.main(["--out", str(tmp_path), "--only", "trian"])
+
+
+def test_memory_stage_sets_the_planners_prediction_beside_the_measurement():
+    """bench_memory's table lines -> one line per mode with the committed celeba64 prediction and the ratio."""
+    with open(selftest.PLANNED) as f:
+        planned = {r["mode"]: r["per_sample"] / 2**20 for r in json.load(f)["rows"]}
+    lines = [
+        "# RealNVP celeba64, cuda (1 GPU), batches 2 and 10; fit for 2 x 11 GiB, 1 GiB reserved per GPU",
+        "mode                fixed/rank  per sample  max global batch  s/sample  time vs base",
+        "fp32 baseline          1.31 GiB     277 MiB                64     0.010         1.00x",
+        "+checkpointing         1.31 GiB      37 MiB               480     0.012         1.20x",
+    ]
+    out = selftest.predicted_beside_measured(lines)
+    assert len(out) == 2 and out[0].startswith("fp32 baseline: measured 277.0 MiB")
+    assert f"predicted {planned['fp32']:.1f} ({277 / planned['fp32']:.2f}x)" in out[0]
+    assert f"predicted {planned['--checkpointing coupling']:.1f}" in out[1]
