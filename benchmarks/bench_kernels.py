@@ -213,8 +213,7 @@ def markdown(rows, stamp):
     """One table: a row per op, shape and mode, a column per provider (median ms, and x eager)."""
     provs = list(dict.fromkeys(r["provider"] for r in rows))
     lines = [
-        f"Kernel medians in ms (and speed-up over eager) on a {stamp} "
-        "(`python benchmarks/bench_kernels.py`).",
+        f"Kernel medians in ms (and speed-up over eager) on a {stamp} (`python benchmarks/bench_kernels.py`).",
         "",
         "| op | input | mode | " + " | ".join(provs) + " |",
         "|---|---|---|" + "---|" * len(provs),
