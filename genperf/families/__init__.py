@@ -1,6 +1,6 @@
 """The model families, found here: each module of this package that defines FAMILY (a genperf.families.base.Family)
 is one, and its models become genperf's. Adding a family is adding a module (see "Adding a model family" in
-README.md)."""
+docs/design.md)."""
 
 from __future__ import annotations
 

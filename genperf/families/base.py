@@ -1,4 +1,4 @@
-"""What a model family is to the rest of genperf (genperf/families/README: how to add one)."""
+"""What a model family is to the rest of genperf (docs/design.md: how to add one)."""
 
 from __future__ import annotations
 

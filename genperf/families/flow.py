@@ -55,8 +55,8 @@ class FlowObjective:
     def compile(self, **options):
         """torch.compile of each coupling's s/t network, where the step's work is: s/t networks of one shape share
         one compiled graph, so a cold compile costs about half the whole loss's and the step is as fast (see
-        README). With --checkpointing coupling the compiled region is the coupling, which then holds what is
-        recomputed (an eager recomputation through a compiled network would run it, and its batch norms' update,
+        docs/performance.md). With --checkpointing coupling the compiled region is the coupling, which then holds
+        what is recomputed (an eager recomputation through a compiled network would run it, and its batch norms' update,
         twice); a coupling's mask flip is part of its graph, so those need more graphs than dynamo's default
         limit of 8. The rest of the loss, sampling and evaluation run eagerly (`_eager`)."""
         couplings = self.model.couplings()

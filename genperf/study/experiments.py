@@ -183,7 +183,7 @@ def latent_sweep(s: Study, values=(-3, 3, 9)):
 # 2e-4 (0.5, 0.999)) and the script's penalty weight 0.1 ("smaller lambda seems to help for toy tasks").
 TOY_PROTOCOL = {"latent_dim": 2, "batch_size": 256, "log_every": 100}
 MODE_COLLAPSE_MODELS = {"dcgan": {}, "wgan-gp": {"gp_weight": 0.1}, "wgan": {"clip": 0.01}}
-# Generator updates per run (the script runs 100k; see README for the CPU budget behind the full one), scored
+# Generator updates per run (the script runs 100k; see docs/study.md for the CPU budget behind the full one), scored
 # every `every` updates. DCGAN's update costs a fifth of a WGAN's 5 critic steps, so it gets 3x the updates
 # (still less CPU time): a collapse must outlast that, not just be slower learning.
 MODE_COLLAPSE_BUDGET = {
