@@ -82,7 +82,7 @@ def set_malloc_thresholds(mmap_bytes, trim_bytes):
 def keep_freed_cpu_memory():
     """Tells glibc to keep freed buffers (up to 32 MiB each) for reuse instead of returning them to
     the OS: otherwise every large CPU tensor is fresh memory that page-faults on first touch, which on
-    this machine costs more than the arithmetic of a fused coupling backward. Returns whether it applied."""
+    a 2-core Xeon cost more than the arithmetic of a fused coupling backward. Returns whether it applied."""
     return set_malloc_thresholds(32 << 20, 1 << 30)
 
 
