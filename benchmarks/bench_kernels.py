@@ -26,7 +26,7 @@ from genperf.layers import checkerboard_mask
 from genperf.models import REALNVP_ARCHS, RealNVP
 from genperf.ops import affine_coupling, affine_coupling_ref, available_backends, use_backend
 from genperf.ops.gradient_penalty import NORM_EPS
-from genperf.perf import append_csv, copy_bandwidth
+from genperf.perf import append_csv, copy_bandwidth, machine
 from genperf.precision import keep_freed_cpu_memory
 
 
@@ -213,7 +213,7 @@ def markdown(rows, stamp):
     """One table: a row per op, shape and mode, a column per provider (median ms, and x eager)."""
     provs = list(dict.fromkeys(r["provider"] for r in rows))
     lines = [
-        f"Kernel medians in ms (and speed-up over eager) on a {stamp} (`python benchmarks/bench_kernels.py`).",
+        f"Kernel medians in ms (and speed-up over eager) on {stamp} (`python benchmarks/bench_kernels.py`).",
         "",
         "| op | input | mode | " + " | ".join(provs) + " |",
         "|---|---|---|" + "---|" * len(provs),
@@ -269,9 +269,9 @@ def main(argv=None):
         append_csv(args.csv, rows)
         print(f"# {len(rows)} rows appended to {args.csv}")
     if args.markdown:
-        from bench_quality import commit, machine
+        from bench_quality import commit
 
-        where = torch.cuda.get_device_name() if device.type == "cuda" else machine()
+        where = machine(device)
         stamp = (
             f"{where}, {datetime.date.today().isoformat()}, commit {commit()}, torch {torch.__version__}, {args.dtype}"
         )

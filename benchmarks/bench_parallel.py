@@ -23,7 +23,9 @@ import sys
 import tempfile
 
 import torch
-from bench_quality import commit, machine
+from bench_quality import commit
+
+from genperf.perf import machine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -59,7 +61,7 @@ def train_rate(options, batch, mode, nproc, steps, warmup, work):
 
 def markdown(rows, stamp):
     head = (
-        f"Training step images/s by parallel mode on a {stamp['machine']}, {stamp['date']}, commit "
+        f"Training step images/s by parallel mode on {stamp['machine']}, {stamp['date']}, commit "
         f"{stamp['commit']}, torch {stamp['torch']}; {stamp['nproc']} ranks, median of steps "
         f"{stamp['warmup'] + 1}-{stamp['steps']} (`python benchmarks/bench_parallel.py`)."
     )

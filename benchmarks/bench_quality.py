@@ -37,6 +37,8 @@ import time
 
 import torch
 
+from genperf.perf import machine
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MNIST = os.path.join(REPO, "tests", "data", "mnist")
@@ -229,16 +231,6 @@ def plot(path, results):
     fig.savefig(path, dpi=90)
 
 
-def machine():
-    from genperf.precision import Precision
-
-    name = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "cpu"
-    )
-    amp = "--amp runs fp32 (no fast bf16)" if Precision("cpu", True).note else "--amp runs bf16"
-    return f"{os.cpu_count()}-core {name}, {amp}"
-
-
 def commit():
     proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return proc.stdout.strip() or "unknown"
@@ -306,7 +298,7 @@ def main(argv=None):
         plot(args.plot, results)
     if args.markdown:
         head = (
-            f"Time to quality on a {stamp['machine']}, {stamp['date']}, commit {stamp['commit']}, torch "
+            f"Time to quality on {stamp['machine']}, {stamp['date']}, commit {stamp['commit']}, torch "
             f"{stamp['torch']}; {args.budget_s:.0f} s of training per run, seeds {args.seeds}, compile cache "
             f"{args.compile_cache} (`python benchmarks/bench_quality.py`; median over seeds [range])."
         )

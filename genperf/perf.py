@@ -18,6 +18,21 @@ import torch
 from genperf.dtypes import cpu_has_bf16
 
 
+def machine(device="cpu"):
+    """The hardware a measurement ran on, as reports name it: "one NVIDIA H200" or "2-core <CPU model>, --amp
+    runs bf16" (whether --amp computes in bf16 there, or in fp32 for want of fast bf16 kernels)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"one {torch.cuda.get_device_name(device)}"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "CPU")
+    except OSError:
+        name = "CPU"
+    amp = "--amp runs bf16" if cpu_has_bf16() else "--amp runs fp32 (no fast bf16)"
+    return f"{os.cpu_count()}-core {name}, {amp}"
+
+
 class _AllModules:
     """Stands in for FlopCounterMode's module tracker: every count goes to the total. The tracker's
     backward hooks fail under torch.autograd.grad of a leaf, which the WGAN-GP penalty runs, and only

@@ -56,3 +56,17 @@ def test_compile_column_never_hits_the_recompile_limit(bench):
     assert 2 * len(shapes) > torch._dynamo.config.recompile_limit
     bench.bench_coupling(torch.device("cpu"), [2, 4], 2, torch.float32, rows := [])
     assert {r["provider"] for r in rows} >= {"eager", "compile"}
+
+
+def test_markdown_appends_one_table_under_the_machine(bench, tmp_path, monkeypatch):
+    from genperf.perf import machine
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))  # bench_quality (commit), as when run as a script
+    page = tmp_path / "kernels.md"
+    page.write_text("# Kernels\n\n")
+    assert bench.main(["--only", "penalty", "--batches", "2", "--reps", "3", "--markdown", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# Kernels\n\n") and machine("cpu") in text
+    assert "| op | input | mode | eager | compile | cpu |" in text
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| gradient_penalty |")]
+    assert len(rows) == 2 and all("(1.00x)" in row[4] for row in rows)  # MNIST and CelebA sizes; eager is 1x

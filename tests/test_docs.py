@@ -12,8 +12,13 @@ import markdown
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = sorted(f for f in os.listdir(os.path.join(REPO, "docs")) if f.endswith(".md"))
-PAGES = ["README.md"] + [os.path.join("docs", f) for f in DOCS]
+DOCS = sorted(
+    os.path.relpath(os.path.join(folder, f), REPO)
+    for folder, _, files in os.walk(os.path.join(REPO, "docs"))
+    for f in files
+    if f.endswith(".md")
+)
+PAGES = ["README.md", *DOCS]
 MAX_PICTURE_BYTES = 300 * 1024
 
 

@@ -78,3 +78,11 @@ def test_measuring_the_peak_leaves_the_random_stream_alone():
     state = torch.get_rng_state()
     perf.peak_flops.__wrapped__("cpu", torch.float32, size=64, seconds=0.01)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_machine_names_the_cpu_and_what_amp_computes_in():
+    with open("/proc/cpuinfo") as f:
+        model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    text = perf.machine("cpu")
+    assert text.startswith(f"{os.cpu_count()}-core {model}, ")
+    assert text.endswith("--amp runs bf16" if cpu_has_bf16() else "--amp runs fp32 (no fast bf16)")

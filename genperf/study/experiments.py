@@ -89,7 +89,9 @@ def evolution(s: Study):
     for i, (family, run) in enumerate(shown.items()):
         for j, epoch in enumerate(picks[family]):
             axes[i, j].set_axis_on()
-            axes[i, j].imshow(plt.imread(os.path.join(run, "samples", f"epoch_{epoch:03d}.png")), cmap="gray")
+            axes[i, j].imshow(
+                plt.imread(os.path.join(run, "samples", f"epoch_{epoch:03d}.png")), cmap="gray", interpolation="nearest"
+            )
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
             axes[i, j].set_title(f"{family}, epoch {epoch}", fontsize=9)

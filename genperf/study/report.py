@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 
+from genperf.perf import machine
 from genperf.runlog import image_grid, pyplot, read_metrics
 from genperf.study.runner import QUICK_WARNING
 from genperf.study.stats import values_of
@@ -15,13 +17,19 @@ def show_rows(rows, row_labels, title, col_labels=None):
     plt = pyplot()
     fig, axes = plt.subplots(len(rows), 1, figsize=(1.1 * rows[0].shape[0] + 1, 1.2 * len(rows) + 0.6), squeeze=False)
     for ax, row, label in zip(axes[:, 0], rows, row_labels):
-        ax.imshow(image_grid(row, len(row), padding=1, pad_value=1.0).permute(1, 2, 0).numpy(), cmap="gray")
+        ax.imshow(
+            image_grid(row, len(row), padding=1, pad_value=1.0).permute(1, 2, 0).numpy(),
+            cmap="gray",
+            interpolation="nearest",
+        )
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(label, rotation=0, ha="right", va="center")
     if col_labels:
         axes[0, 0].set_title("   ".join(col_labels), fontsize=8)
     fig.suptitle(title)
+    # Half an inch for the title: by default a tall figure keeps 12% of its height above the first row.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     return fig
 
 
@@ -74,7 +82,7 @@ def write_summary(args, studies, seconds):
         lines += [QUICK_WARNING, ""]
     lines += [
         f"`python -m genperf.study all --out {args.out}{given}{' --quick' if args.quick else ''}`: "
-        f"{seconds:.0f} s on {args.device} ("
+        f"{seconds:.0f} s on {machine(args.device)}, {datetime.date.today().isoformat()} ("
         + ", ".join(f"{st.experiment} {st.seconds:.0f} s" for st in studies)
         + "). Each experiment's report, figures and numbers are in its own folder; m +- s is the mean over the "
         "seeds and their sample standard deviation.",

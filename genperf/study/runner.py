@@ -4,12 +4,14 @@ report's text, figures, numbers and verdicts."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
 
 from genperf import checkpoint, config
 from genperf.errors import GenperfError
+from genperf.perf import machine
 from genperf.run import load_run
 from genperf.runlog import atomic_write_text, pyplot
 from genperf.study.stats import pm
@@ -121,8 +123,9 @@ class Study:
 
     def figure(self, fig, name, caption):
         path = os.path.join(self.out, name)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        fig.savefig(path, dpi=80, bbox_inches="tight")
         pyplot().close(fig)
+        _to_palette(path)
         self.say(f"![{caption}]({name})\n\n*{caption}*\n")
         return path
 
@@ -145,10 +148,21 @@ class Study:
             head += [QUICK_WARNING, ""]
         head += [
             f"`python -m genperf.study {self.experiment} --out {self.out} --seeds {seeds}"
-            f"{' --quick' if self.quick else ''}`: {seconds:.0f} s on {self.device}, seeds {seeds}; runs in "
+            f"{' --quick' if self.quick else ''}`: {seconds:.0f} s on {machine(self.device)}, "
+            f"{datetime.date.today().isoformat()}, seeds {seeds}; runs in "
             f"`{self.runs}`; numbers in `results.json`. A value shown as m +- s is the mean over the seeds and "
             f"their sample standard deviation.",
             "",
         ]
         with open(os.path.join(self.out, "report.md"), "w") as f:
             f.write("\n".join(head + self.lines) + "\n")
+
+
+def _to_palette(path):
+    """64 colours are plenty for these plots and grey image grids, and make a report small enough to keep beside
+    the code (the 32-row latent sweep: 1.2 MB as saved, 200 KB in 64 colours)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(64)
+    small.save(path, optimize=True)
