@@ -464,11 +464,11 @@ def predicted_beside_measured(lines):
     out = []
     for line in lines:
         m = re.match(r"^(.+?)\s+([\d.]+) GiB\s+([\d.]+) MiB", line)
-        if m and PLAN_MODE.get(m.group(1).strip()) in planned:
-            measured, predicted = float(m.group(3)), planned[PLAN_MODE[m.group(1).strip()]]["per_sample"] / 2**20
+        mode = m and m.group(1).strip()
+        if PLAN_MODE.get(mode) in planned:
+            measured, predicted = float(m.group(3)), planned[PLAN_MODE[mode]]["per_sample"] / 2**20
             out.append(
-                f"{m.group(1).strip()}: measured {measured:.1f} MiB a sample, predicted {predicted:.1f} "
-                f"({measured / predicted:.2f}x)"
+                f"{mode}: measured {measured:.1f} MiB a sample, predicted {predicted:.1f} ({measured / predicted:.2f}x)"
             )
     return out
 

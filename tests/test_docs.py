@@ -1,5 +1,6 @@
-"""What a user reads first: README.md and docs/*.md render (python-markdown), their links and images resolve, their
-pictures stay small, they speak of genperf and not of how it was made, and README's commands run as written."""
+"""What a user reads first: README.md and every page under docs/ render (python-markdown), their links and images
+resolve, their pictures stay small, they speak of genperf and not of how it was made, and README's commands run as
+written."""
 
 import os
 import re

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 
-from genperf.perf import machine
 from genperf.runlog import image_grid, pyplot, read_metrics
-from genperf.study.runner import QUICK_WARNING
+from genperf.study.runner import QUICK_WARNING, ran_on
 from genperf.study.stats import values_of
 
 
@@ -82,7 +80,7 @@ def write_summary(args, studies, seconds):
         lines += [QUICK_WARNING, ""]
     lines += [
         f"`python -m genperf.study all --out {args.out}{given}{' --quick' if args.quick else ''}`: "
-        f"{seconds:.0f} s on {machine(args.device)}, {datetime.date.today().isoformat()} ("
+        f"{seconds:.0f} s on {ran_on(args.device)} ("
         + ", ".join(f"{st.experiment} {st.seconds:.0f} s" for st in studies)
         + "). Each experiment's report, figures and numbers are in its own folder; m +- s is the mean over the "
         "seeds and their sample standard deviation.",
