@@ -107,7 +107,7 @@ def train_for(model, variant, seed, budget_s, points, work):
     if variant == "baseline":
         plain_adam(objective)
     if args.compile:
-        objective.compile(fullgraph=True, dynamic=False)
+        objective.compile(fullgraph=True)
     score = Scorer(model, objective, data, device, seed, work)
     batches = make_batches(data.train, args.batch_size, seed, device=device)
     marks = [budget_s * (i + 1) / points for i in range(points)]

@@ -2,6 +2,7 @@
 genperf option, measured side by side in one run.
 
     python benchmarks/bench_train.py [--models realnvp-mnist-b16 dcgan-64 ...] [--rounds 5]
+                                     [--batches 64 128 256] [--profile FOLDER]
                                      [--csv benchmarks/results/train.csv]
 
 Each model configuration runs in a process of its own (a fresh allocator and compile cache: after
@@ -26,8 +27,16 @@ Variants:
   amp+channels_last  --amp --channels-last
   amp+compile    --amp --compile
   all on         --amp --compile --channels-last
+  all on+cudagraphs  all on with --compile-mode reduce-overhead (CUDA graphs; on a CPU the same as all on)
 Batches are random 8-bit images of the data set's shape (data loading is not timed: in-memory
-data sets are sliced on the device, see genperf.data.loader).
+data sets are sliced on the device, see genperf.data.loader). cuDNN's autotuner is on for every variant
+(torch.backends.cudnn.benchmark, process-wide, as genperf.train sets it on CUDA).
+
+--batches B1 B2 ... measures every variant at each batch size in turn, in this one process (compiled graphs
+have a symbolic batch dimension, so a new size recompiles little); a variant that runs out of device memory
+at a size is said to and left out of the larger ones. --profile FOLDER profiles one cycle of each variant at
+the first size: genperf.audit's counts (ops, kernel launches, casts, convolutions fed NCHW) and the profiler's
+table of the 20 kernels (on a CPU: ops) with the most time.
 """
 
 import argparse
@@ -41,7 +50,7 @@ import time
 
 import torch
 
-from genperf import config, trainer
+from genperf import audit, config, trainer
 from genperf.data import Data
 from genperf.families import build_objective
 from genperf.ops import use_backend
@@ -71,6 +80,7 @@ VARIANTS = {  # name -> genperf.train options
     "amp+channels_last": ["--amp", "--channels-last"],
     "amp+compile": ["--amp", "--compile"],
     "all on": ["--amp", "--compile", "--channels-last"],
+    "all on+cudagraphs": ["--amp", "--compile", "--channels-last", "--compile-mode", "reduce-overhead"],
 }
 
 
@@ -89,10 +99,10 @@ def sync(device):
 
 
 class Variant:
-    """One model configuration trained with one set of options."""
+    """One model configuration trained with one set of options, at one batch size at a time."""
 
     def __init__(self, name, model, shape, batch, extra, device):
-        self.name = name
+        self.name, self.shape, self.device = name, shape, device
         self.args = config.parse_args([model, "--batch-size", str(batch), *extra, *VARIANTS[name]])
         data = Data("random", None, None, shape)
         torch.manual_seed(0)
@@ -100,16 +110,21 @@ class Variant:
         self.objective = build_objective(self.args, data, self.precision, device)
         if name == "baseline":
             plain_adam(self.objective)
-        if self.args.compile:
-            self.objective.compile(fullgraph=True, dynamic=False)
+        mode = self.args.compile_mode
+        if self.args.compile:  # as genperf.train compiles: the batch dimension symbolic, one graph for every batch
+            self.objective.compile(fullgraph=True, mode=None if mode == "default" else mode)
+        self.cuda_graphs = self.args.compile and mode == "reduce-overhead" and device.type == "cuda"
         self.cycle = getattr(self.objective, "critic_iters", 1)
+        self.step, self.times = 0, {}
+        self.use_batch(batch)
+
+    def use_batch(self, batch):
+        """Random 8-bit images, a generator cycle's worth, of `batch` each (the same for every variant)."""
         g = torch.Generator().manual_seed(1)
-        self.batches = [
-            (torch.randint(0, 256, (batch, *shape), generator=g) / 255).to(device) for _ in range(self.cycle)
-        ]
-        if self.args.channels_last:
-            self.batches = [x.contiguous(memory_format=torch.channels_last) for x in self.batches]
-        self.step, self.times, self.device = 0, [], device
+        self.batch, self.batches = batch, None  # the old batches go before the new ones are made
+        batches = [(torch.randint(0, 256, (batch, *self.shape), generator=g) / 255) for _ in range(self.cycle)]
+        layout = torch.channels_last if self.args.channels_last else torch.contiguous_format
+        self.batches = [x.to(self.device).contiguous(memory_format=layout) for x in batches]
 
     def backend(self):
         return use_backend(self.args.backend) if self.args.backend else contextlib.nullcontext()
@@ -120,27 +135,97 @@ class Variant:
         t0 = time.perf_counter()
         with self.backend():
             for x in self.batches:
+                if self.cuda_graphs:  # as genperf.train: a new step for CUDA graph trees
+                    torch.compiler.cudagraph_mark_step_begin()
                 self.objective.train_step(x, self.step)
                 self.step += 1
         sync(self.device)
         return time.perf_counter() - t0
 
 
-def bench_config(name, device, rounds, variants, peaks, rows):
-    model, shape, batch, extra = CONFIGS[name]
+def out_of_memory(variant, batch, error):
+    """Drops `variant`'s batches after it ran out of device memory at `batch`; says so."""
+    variant.batches = []
+    if variant.device.type == "cuda":
+        torch.cuda.empty_cache()
+    print(f"  {variant.name:17s} out of memory at batch {batch} ({str(error).splitlines()[0][:80]})", flush=True)
+
+
+def warm_up(variants, batch, first):
+    """Two cycles of each variant at `batch` (the first compiles compiled variants, or recompiles what a new batch
+    size needs); returns the variants that fit."""
+    fit = []
+    for variant in variants:
+        t0 = time.perf_counter()
+        try:
+            if not first:
+                variant.use_batch(batch)
+            for _ in range(2):
+                variant.run_cycle()
+        except torch.OutOfMemoryError as e:
+            out_of_memory(variant, batch, e)
+            continue
+        fit.append(variant)
+        what = "built and warmed up" if first else f"warmed up at batch {batch}"
+        print(f"  {what} {variant.name:17s} in {time.perf_counter() - t0:6.1f} s", file=sys.stderr, flush=True)
+    return fit
+
+
+def profile(variant, folder, name, rows=20):
+    """One profiled cycle of `variant`: genperf.audit's counts (printed) and the profiler's table of the `rows`
+    kernels (on a CPU: ops) with the most device time, written to FOLDER/profile-NAME-VARIANT.txt."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if variant.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
+        seconds = variant.run_cycle()
+    counts = audit.read_profile(prof.events(), variant.cycle, variant.device.type)
+    line = (
+        f"{counts['ops']:.0f} ops, {counts['kernel_launches']:.0f} kernel launches, {counts['casts']:.0f} casts, "
+        f"{counts['convolutions']:.0f} convolutions ({sum(counts['convs_fed_nchw'].values()):.0f} fed NCHW) per step"
+    )
+    path = os.path.join(folder, f"profile-{name}-{variant.name.replace(' ', '-').replace('+', '')}.txt")
+    with open(path, "w") as f:
+        f.write(f"# {name}, {variant.name}, batch {variant.batch}, a cycle of {seconds * 1e3:.1f} ms; {line}\n")
+        f.write(audit.kernel_table(prof, variant.device.type, rows) + "\n")
+    print(f"  {variant.name:17s} profiled: {line}; table in {path}", flush=True)
+
+
+def bench_config(name, device, rounds, variants, peaks, rows, batches=None, profile_folder=None):
+    model, shape, default_batch, extra = CONFIGS[name]
+    batches = batches or [default_batch]
     built = []
     for v in variants:
-        t0 = time.perf_counter()
-        variant = Variant(v, model, shape, batch, extra, device)
-        for _ in range(2):  # the first cycle compiles (compiled variants) and fills allocator caches
-            variant.run_cycle()
-        built.append(variant)
-        print(f"  built and warmed up {v:17s} in {time.perf_counter() - t0:6.1f} s", file=sys.stderr, flush=True)
-    for _ in range(rounds):
-        for variant in built:
-            variant.times.append(variant.run_cycle())
-    flops = trainer.step_cost(built[0].args, Data("random", None, None, shape), batch).flops_per_image
-    base = statistics.median(built[0].times) / built[0].cycle if built[0].name == "baseline" else None
+        try:
+            built.append(Variant(v, model, shape, batches[0], extra, device))
+        except torch.OutOfMemoryError as e:
+            print(f"  {v:17s} out of memory building it ({str(e).splitlines()[0][:80]})", flush=True)
+    flops = trainer.step_cost(built[0].args, Data("random", None, None, shape), batches[0]).flops_per_image
+    for i, batch in enumerate(batches):
+        live = warm_up(built, batch, first=i == 0)
+        if profile_folder and i == 0:
+            os.makedirs(profile_folder, exist_ok=True)
+            for variant in live:
+                profile(variant, profile_folder, name)
+        for variant in live:
+            variant.times[batch] = []
+        for _ in range(rounds):
+            for variant in list(live):
+                try:
+                    variant.times[batch].append(variant.run_cycle())
+                except torch.OutOfMemoryError as e:
+                    out_of_memory(variant, batch, e)
+                    live.remove(variant)
+        report(name, model, shape, batch, rounds, [v for v in live if v.times[batch]], flops, peaks, rows)
+        built = live
+
+
+def report(name, model, shape, batch, rounds, measured, flops, peaks, rows):
+    """Prints the table of one configuration at one batch size and appends its rows."""
+    first = measured[0] if measured else None
+    base = (
+        statistics.median(first.times[batch]) / first.cycle if first is not None and first.name == "baseline" else None
+    )
     print(
         f"\n{name}: {model} {'x'.join(map(str, shape))}, batch {batch}, {flops / 1e9:.3f} GFLOP per image "
         f"(model FLOPs of a step, forward + backward), {rounds} rounds",
@@ -150,8 +235,8 @@ def bench_config(name, device, rounds, variants, peaks, rows):
         f"  {'variant':17s} {'ms/step':>9s} {'spread':>15s} {'images/s':>9s} {'vs base':>8s} {'GFLOP/s':>8s} "
         f"{'MFU':>6s}"
     )
-    for variant in built:
-        per_step = [t / variant.cycle for t in variant.times]
+    for variant in measured:
+        per_step = [t / variant.cycle for t in variant.times[batch]]
         p50 = statistics.median(per_step)
         ips = batch / p50
         dtype = variant.precision.dtype or torch.float32
@@ -179,7 +264,7 @@ def bench_config(name, device, rounds, variants, peaks, rows):
                 mfu=mfu,
                 peak_gflops=peaks[dtype] / 1e9,
                 dtype=str(dtype).replace("torch.", ""),
-                device=device_name(device),
+                device=device_name(variant.device),
                 version=torch.__version__,
                 time=datetime.datetime.now().isoformat(timespec="seconds"),
             )
@@ -208,6 +293,19 @@ def main(argv=None):
     )
     p.add_argument("--rounds", type=int, default=5, help="timed generator cycles per variant (after 2 of warm-up)")
     p.add_argument(
+        "--batches",
+        nargs="+",
+        type=int,
+        default=None,
+        help="batch sizes to measure, each after the last, with the same variants (default: the configuration's)",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="FOLDER",
+        help="profile one cycle of each variant at the first batch: counts and the top 20 kernels, into FOLDER",
+    )
+    p.add_argument(
         "--csv",
         default=os.path.join(os.path.dirname(__file__), "results", "train.csv"),
         help="append one row per measurement here ('' for none)",
@@ -231,6 +329,8 @@ def main(argv=None):
                     str(args.rounds),
                     "--csv",
                     args.csv,
+                    *(["--batches", *map(str, args.batches)] if args.batches else []),
+                    *(["--profile", args.profile] if args.profile else []),
                 ]
             ).returncode
         ]
@@ -243,6 +343,7 @@ def main(argv=None):
     config = torch._dynamo.config  # the limit's name before torch 2.7 was cache_size_limit
     setattr(config, "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit", 64)
     kept = device.type == "cpu" and keep_freed_cpu_memory()  # as genperf.train does
+    torch.backends.cudnn.benchmark = True  # as genperf.train does on CUDA; for every variant, the baseline too
     peaks = {dtype: peak_flops(device.type, dtype, seconds=1.0) for dtype in (torch.float32, torch.bfloat16)}
     note = Precision(device.type, True).note  # --amp variants run fp32 on a CPU without bf16 kernels
     print(
@@ -253,7 +354,7 @@ def main(argv=None):
         flush=True,
     )
     rows = []
-    bench_config(args.models[0], device, args.rounds, args.variants, peaks, rows)
+    bench_config(args.models[0], device, args.rounds, args.variants, peaks, rows, args.batches, args.profile)
     if args.csv and rows:
         append_csv(args.csv, rows)
         print(f"# {len(rows)} rows appended to {args.csv}")

@@ -98,51 +98,43 @@ class StopSignals:
 
 
 class StepChecks:
-    """After every step: is any loss non-finite, has any rank been asked to stop? One small tensor,
-    summed over the ranks. On CUDA step t's answer is read after step t+1 is queued, through pinned
-    memory and an event, so checking costs no host sync per step; `resolve` reads what is pending
-    (call it before anything is written from the model's state)."""
+    """After every step: is any loss non-finite, has a stop been asked for? Whether each loss is finite is
+    recorded on the device, so a step costs no host sync; the records are read every `every` steps (--log-every,
+    when the log line reads the losses anyway) and by `resolve`, which the trainer calls before anything is
+    written from the model's state (a checkpoint, a grid, a held-out line), and a bad loss is reported at the
+    first step that had it. One process stops at the step a signal arrives; several ranks learn of each other's
+    signals when they read (all at the same steps), so they stop at the same step, at most `every` steps later."""
 
-    def __init__(self, device, signals):
-        self.signals = signals
-        self.lagged = device.type == "cuda"
-        self.pending = None  # (step, metric names, host flags, event): CUDA's check of the step before
+    def __init__(self, device, signals, every=1, world_size=1):
+        self.signals, self.every, self.world_size, self.device = signals, every, world_size, device
+        self.pending = []  # (step, metric names, their non-finite flags on the device) since the last read
 
     def after_step(self, step, metrics):
-        """Queues step `step`'s check; raises on a non-finite loss and returns the signal to stop on,
-        for this step or (on CUDA) the one before."""
-        names = list(metrics)
+        """Records step `step`'s check; on a reading step raises on a non-finite loss since the last read. Returns
+        the signal to stop on, or None."""
         values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()])
-        sig = self.signals.requested
-        # Which of EXIT_CODES' signals was asked for: zeros are made on the device; a copy from the host would sync
-        # (rare: a signal).
-        asked = values.new_zeros(len(EXIT_CODES)) if sig is None else values.new_tensor([sig == s for s in EXIT_CODES])
-        flags = all_reduce_sum(torch.cat([(~torch.isfinite(values)).float(), asked.float()]))
-        if not self.lagged:
-            return self._verdict((step, names, flags, None))
-        host = torch.empty(flags.shape, pin_memory=True)
-        host.copy_(flags, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        previous, self.pending = self.pending, (step, names, host, event)
-        return self._verdict(previous)
+        self.pending.append((step, list(metrics), ~torch.isfinite(values)))
+        if step % self.every == 0:
+            return self.resolve()
+        return self.signals.requested if self.world_size == 1 else None
 
     def resolve(self):
-        """Reads the pending check: raises on a non-finite loss; returns the signal asked for, or None."""
-        pending, self.pending = self.pending, None
-        return self._verdict(pending)
-
-    def _verdict(self, pending):
-        if pending is None:
-            return None
-        step, names, flags, event = pending
-        if event is not None:
-            event.synchronize()
-        flags = flags.tolist()
-        bad = [n for n, f in zip(names, flags) if f]
-        if bad:
-            raise NonFinite(f"non-finite {', '.join(bad)} at step {step}")
-        return next((sig for sig, f in zip(EXIT_CODES, flags[len(names) :]) if f), None)
+        """Reads what was recorded (one host sync, summed over the ranks): raises on the first non-finite loss;
+        returns the signal asked for on any rank, or None."""
+        pending, self.pending = self.pending, []
+        sig = self.signals.requested
+        # Which of EXIT_CODES' signals was asked for here: zeros are made on the device (rare: a signal).
+        asked = torch.zeros(len(EXIT_CODES), device=self.device)
+        if sig is not None:
+            asked[list(EXIT_CODES).index(sig)] = 1
+        flags = all_reduce_sum(torch.cat([f.float() for _, _, f in pending] + [asked])).tolist()
+        at = 0
+        for step, names, _ in pending:
+            bad = [n for n, f in zip(names, flags[at : at + len(names)]) if f]
+            if bad:
+                raise NonFinite(f"non-finite {', '.join(bad)} at step {step}")
+            at += len(names)
+        return next((s for s, f in zip(EXIT_CODES, flags[at:]) if f), None)
 
 
 class NonFinite(GenperfError):

@@ -17,6 +17,7 @@ import contextlib
 
 import torch
 
+from genperf.compiled import batch_dynamic
 from genperf.layers import recomputing
 
 
@@ -62,7 +63,7 @@ def chain(couplings, x):
     """(y, logdet) of the couplings applied in order, with ordinary autograd."""
     logdet = 0
     for c in couplings:
-        x, ld = c(x)
+        x, ld = c(batch_dynamic(x))  # a compiled coupling (--checkpointing coupling) serves every batch size
         logdet = logdet + ld
     return x, logdet
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from genperf.compiled import batch_dynamic
 from genperf.ops import affine_coupling, gradient_penalty
 
 CHECKERBOARD, CHANNEL = "checkerboard", "channel"
@@ -114,6 +115,18 @@ class AffineCoupling(nn.Module):
         else:
             self.scale = nn.Parameter(torch.ones(transformed))
         self.checkpoint = False
+        self._masks = {}  # (height, width, device) -> checkerboard mask
+
+    def mask(self, x):
+        """The checkerboard mask for x's height and width, made once per size and device (eagerly it would be six
+        small kernels per call; a compiled graph makes it inside, where inductor folds it)."""
+        height, width = x.shape[2], x.shape[3]
+        if torch.compiler.is_compiling():
+            return checkerboard_mask(height, width, self.flip, x.device)
+        key = (height, width, x.device)
+        if key not in self._masks:
+            self._masks[key] = checkerboard_mask(height, width, self.flip, x.device)
+        return self._masks[key]
 
     def scale_vector(self):
         return self.rescale() if hasattr(self, "rescale") else self.scale
@@ -127,13 +140,13 @@ class AffineCoupling(nn.Module):
         if x.shape[1] != self.channels:
             raise ValueError(f"AffineCoupling expects {self.channels} channels, got input of shape {tuple(x.shape)}")
         if self.mask_type == CHECKERBOARD:
-            mask = checkerboard_mask(x.shape[2], x.shape[3], self.flip, x.device)
-            s_raw, t = self.st_net(x * mask).chunk(2, dim=1)
+            mask = self.mask(x)
+            s_raw, t = self.st_net(batch_dynamic(x * mask)).chunk(2, dim=1)
             return affine_coupling(x, s_raw, t, self.scale_vector(), mask, reverse)
         x_cond, x_change = x.chunk(2, dim=1)
         if self.flip:
             x_cond, x_change = x_change, x_cond
-        s_raw, t = self.st_net(x_cond).chunk(2, dim=1)
+        s_raw, t = self.st_net(batch_dynamic(x_cond)).chunk(2, dim=1)
         y_change, logdet = affine_coupling(x_change, s_raw, t, self.scale_vector(), None, reverse)
         y = torch.cat([y_change, x_cond] if self.flip else [x_cond, y_change], dim=1)
         return y, logdet

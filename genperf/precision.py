@@ -33,7 +33,7 @@ class Precision:
             bf16 = device_type != "cuda" or torch.cuda.is_bf16_supported()
             self.dtype = torch.bfloat16 if bf16 else torch.float16
         self.scaler = torch.amp.GradScaler(device_type) if self.dtype == torch.float16 else None
-        self.skipped_steps = 0
+        self._skipped = 0  # a device tensor once a GradScaler has skipped: counted without a host sync
 
     def autocast(self):
         return torch.autocast(self.device_type, dtype=self.dtype or torch.bfloat16, enabled=self.enabled)
@@ -51,16 +51,20 @@ class Precision:
         if clip_grad:
             self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, clip_grad)
-        scale = self.scaler.get_scale()
+        scale = self.scaler._scale.clone()  # get_scale() would read it on the host
         self.scaler.step(optimizer)
         self.scaler.update()
-        self.skipped_steps += int(self.scaler.get_scale() < scale)
+        self._skipped = self._skipped + (self.scaler._scale < scale).int()  # update() lowers it after an overflow
+
+    @property
+    def skipped_steps(self):
+        return int(self._skipped)
 
     def state_dict(self):
         return {"skipped_steps": self.skipped_steps, "scaler": self.scaler.state_dict() if self.scaler else None}
 
     def load_state_dict(self, state):
-        self.skipped_steps = state["skipped_steps"]
+        self._skipped = state["skipped_steps"]
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
 

@@ -39,14 +39,15 @@ class Trainer:
         c = config
         self.data = load_dataset(c.data, c.data_root, c.image_size, c.channels, c.download, c.seed)
         self.precision = Precision(self.device.type, c.amp)
+        if self.device.type == "cuda":  # every step has the same shapes: let cuDNN time its algorithms once
+            torch.backends.cudnn.benchmark = True
         torch.manual_seed(c.seed)  # the same initial weights on every rank (FSDP2 keeps each rank's own shard)
         self.objective = build_objective(c, self.data, self.precision, self.device, dist.rank, dist.world_size)
         if c.compile:  # FSDP2's hooks break the graph at every sharded unit, DDP's at every gradient bucket
             self.objective.compile(
-                fullgraph=not (c.fsdp or c.ddp),
-                dynamic=False,
-                mode=None if c.compile_mode == "default" else c.compile_mode,
+                fullgraph=not (c.fsdp or c.ddp), mode=None if c.compile_mode == "default" else c.compile_mode
             )
+        self.cuda_graphs = c.compile and c.compile_mode == "reduce-overhead" and self.device.type == "cuda"
         torch.manual_seed(c.seed * 1000 + dist.rank)  # then a stream of its own per rank
         self.flops, self.peak, memory_line = self._account()
         self.peak_rechecked = False
@@ -91,7 +92,8 @@ class Trainer:
         self.compile_s, self.compile_reported = 0.0, 0.0  # seconds of the steps in which torch.compile compiled
         self.stop, self.finished = None, False
         self.signals = StopSignals(verbose=dist.is_main)
-        self.checks = StepChecks(self.device, self.signals)
+        self.checks = StepChecks(self.device, self.signals, c.log_every, dist.world_size)
+        self.bar = _silent_bar()  # run() shows a progress bar; steps taken outside it (genperf.audit) show none
 
     # ---- the run ----
     def run(self):
@@ -149,6 +151,8 @@ class Trainer:
         if c.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         graphs, step_start = compiled_graphs() if c.compile else 0, time.perf_counter()
+        if self.cuda_graphs:  # a new step: CUDA graph trees may reuse the memory of the last step's outputs
+            torch.compiler.cudagraph_mark_step_begin()
         metrics = self.objective.train_step(x, self.step)
         if c.compile and compiled_graphs() > graphs:
             self.compile_s += time.perf_counter() - step_start
@@ -417,6 +421,12 @@ class Trainer:
                 flush=True,
             )
         return log
+
+
+def _silent_bar():
+    from tqdm import tqdm
+
+    return tqdm(disable=True)
 
 
 def compiled_graphs():

@@ -41,7 +41,7 @@ def _objective(model, amp, compiled, extra=()):
     torch.manual_seed(0)
     objective = build_objective(args, data, Precision("cpu", amp), torch.device("cpu"))
     if compiled:
-        objective.compile(fullgraph=True, dynamic=False)
+        objective.compile(fullgraph=True)
     return objective, data
 
 

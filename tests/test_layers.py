@@ -11,7 +11,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAYERS = [
     ["genperf"],  # the package's face: genperf.fit, genperf.load
     ["genperf.study"],
-    ["genperf.train", "genperf.evaluate", "genperf.sample"],  # the commands
+    ["genperf.train", "genperf.evaluate", "genperf.sample", "genperf.audit"],  # the commands
     ["genperf.trainer", "genperf.run"],  # a run trained, a run read back
     ["genperf.config"],  # every option
     ["genperf.families"],  # the model families: objective, build, options, likelihoods
@@ -26,7 +26,7 @@ LAYERS = [
         "genperf.streams",
     ],
     ["genperf.ops"],
-    ["genperf.errors", "genperf.dtypes", "genperf._C", "genperf.kernels"],
+    ["genperf.errors", "genperf.dtypes", "genperf.compiled", "genperf._C", "genperf.kernels"],
 ]
 
 

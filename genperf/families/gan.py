@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from genperf import models
+from genperf.compiled import compile_batch_dynamic
 from genperf.distributed import apply_ddp, apply_fsdp
 from genperf.errors import GenperfError
 from genperf.families.base import Family, placer
@@ -80,7 +81,7 @@ class GANObjective:
         self.G_step, self.D_step = self.G_train, self.D_train
 
     def compile(self, **options):
-        self.G_step, self.D_step = torch.compile(self.G_train, **options), torch.compile(self.D_train, **options)
+        self.G_step, self.D_step = (compile_batch_dynamic(m, **options) for m in (self.G_train, self.D_train))
 
     def noise(self, n, generator=None):
         return torch.randn(n, self.G.latent_dim, generator=generator)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from genperf import models
+from genperf.compiled import compile_batch_dynamic
 from genperf.distributed import all_reduce_sum, apply_ddp, apply_fsdp
 from genperf.dtypes import at_least_fp32
 from genperf.errors import GenperfError
@@ -44,7 +45,7 @@ class VAEObjective:
         self.loss = self._loss
 
     def compile(self, **options):
-        self.loss = torch.compile(self._loss, **options)
+        self.loss = compile_batch_dynamic(self._loss, **options)
 
     def noise(self, n, generator=None):
         return torch.randn(n, self.model.latent_dim, generator=generator)

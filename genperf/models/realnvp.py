@@ -48,13 +48,17 @@ class WeightNormConv2d(nn.Conv2d):
 
     OLD_KEYS = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
 
-    def __init__(self, cin, cout, k, bias=True):
+    def __init__(self, cin, cout, k, bias=True, pad_in=0, pad_out=0):
         super().__init__(cin, cout, k, padding=k // 2, bias=bias)
         v = self.weight.detach()
         del self.weight
         self.weight_g = nn.Parameter(torch.norm_except_dim(v, 2, 0))
         self.weight_v = nn.Parameter(v.clone())
         self.register_load_state_dict_pre_hook(WeightNormConv2d._rename_old_keys)
+        # Zero input channels the caller appends (pad_in) and zero output channels dropped after the conv
+        # (pad_out), so the convolution itself has channel counts that tensor cores take (multiples of 8). The
+        # parameters keep their own shapes: checkpoints do not change.
+        self.pad_in, self.pad_out = pad_in, pad_out
 
     @staticmethod
     def _rename_old_keys(module, state_dict, prefix, *args):
@@ -62,8 +66,33 @@ class WeightNormConv2d(nn.Conv2d):
             if prefix + old in state_dict:
                 state_dict[prefix + new] = state_dict.pop(prefix + old)
 
+    def normed_weight(self):
+        """g * v / ||v||, in v's memory layout (a channels_last v keeps its convolutions channels_last)."""
+        v, g = self.weight_v, self.weight_g
+        if torch.compiler.is_compiling():  # plain ops, which inductor fuses forward and backward
+            return v * (g / torch.linalg.vector_norm(v, dim=(1, 2, 3), keepdim=True))
+        w = torch._weight_norm(v, g, 0)  # one kernel eagerly; its result is contiguous
+        return w.contiguous(memory_format=torch.channels_last) if is_channels_last(v) else w
+
     def forward(self, x):
-        return self._conv_forward(x, torch._weight_norm(self.weight_v, self.weight_g, 0), self.bias)
+        w, b = self.normed_weight(), self.bias
+        if self.pad_out:
+            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, self.pad_out))
+            b = None if b is None else F.pad(b, (0, self.pad_out))
+        if self.pad_in:
+            w = F.pad(w, (0, 0, 0, 0, 0, self.pad_in))
+        y = self._conv_forward(x, w, b)
+        return y[:, : self.out_channels] if self.pad_out else y
+
+
+def is_channels_last(t):
+    """Whether a 4-D tensor is laid out channels_last (and not also plainly contiguous, as a 1x1 kernel can be)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def to_multiple_of_8(n):
+    """Channels to add to n to reach a multiple of 8."""
+    return -n % 8
 
 
 class ResidualBlock(nn.Module):
@@ -96,13 +125,15 @@ class STResNet(nn.Module):
         self.norm, self.double_after_norm = norm, double_after_norm
         batch = norm == "batch"
         self.in_norm = BatchNorm2d(in_channels) if batch else nn.Identity()
-        self.in_conv = WeightNormConv2d(2 * in_channels if batch else in_channels, mid_channels, 3)
+        conv_in = 2 * in_channels if batch else in_channels
+        self.in_pad = to_multiple_of_8(conv_in) if batch else 0
+        self.in_conv = WeightNormConv2d(conv_in, mid_channels, 3, pad_in=self.in_pad)
         self.in_skip = WeightNormConv2d(mid_channels, mid_channels, 1)
         self.blocks = nn.ModuleList(ResidualBlock(mid_channels, norm) for _ in range(num_blocks))
         self.skips = nn.ModuleList(WeightNormConv2d(mid_channels, mid_channels, 1) for _ in range(num_blocks))
         self.out_norm = BatchNorm2d(mid_channels) if batch else nn.Identity()
         if batch:
-            self.out_conv = WeightNormConv2d(mid_channels, out_channels, 1)
+            self.out_conv = WeightNormConv2d(mid_channels, out_channels, 1, pad_out=to_multiple_of_8(out_channels))
             nn.init.zeros_(self.out_conv.weight_g)
         else:
             self.out_conv = nn.Conv2d(mid_channels, out_channels, 1)
@@ -114,6 +145,8 @@ class STResNet(nn.Module):
         if self.norm == "batch":
             x = self.in_norm(x)
             x = F.relu(torch.cat([x, -x], dim=1) * (2 if self.double_after_norm else 1))
+            if self.in_pad:  # zero channels, to a count tensor cores take
+                x = F.pad(x, (0, 0, 0, 0, 0, self.in_pad))
         x = self.in_conv(x)
         skip = self.in_skip(x)
         recompute = self.checkpoint_blocks and torch.is_grad_enabled()
