@@ -70,6 +70,10 @@ CONFIGS = {
     "wgan-28": ("wgan", (1, 28, 28), 64, []),
     "vae-mlp-28": ("vae", (1, 28, 28), 128, []),
     "vae-conv-64": ("vae", (3, 64, 64), 64, []),
+    # tiny versions, for checking the benchmark paths end to end on a CPU (selftest --quick, gpu_probe --device cpu)
+    "realnvp-tiny": ("realnvp", (3, 16, 16), 8, ["--mid-channels", "8", "--num-blocks", "1"]),
+    "dcgan-tiny": ("dcgan", (3, 16, 16), 8, ["--latent-dim", "8"]),
+    "wgan-gp-tiny": ("wgan-gp", (3, 16, 16), 8, ["--latent-dim", "8", "--critic-iters", "2"]),
 }
 VARIANTS = {  # name -> genperf.train options
     "baseline": ["--backend", "reference"],
@@ -180,18 +184,26 @@ def profile(variant, folder, name, rows=20):
     with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
         seconds = variant.run_cycle()
     counts = audit.read_profile(prof.events(), variant.cycle, variant.device.type)
+    busy = (
+        f", kernels busy {counts['device_ms']:.1f} of {1e3 * seconds / variant.cycle:.1f} ms"
+        if counts["device_ms"]
+        else ""
+    )
     line = (
         f"{counts['ops']:.0f} ops, {counts['kernel_launches']:.0f} kernel launches, {counts['casts']:.0f} casts, "
         f"{counts['convolutions']:.0f} convolutions ({sum(counts['convs_fed_nchw'].values()):.0f} fed NCHW) per step"
+        + busy
     )
     path = os.path.join(folder, f"profile-{name}-{variant.name.replace(' ', '-').replace('+', '')}.txt")
     with open(path, "w") as f:
         f.write(f"# {name}, {variant.name}, batch {variant.batch}, a cycle of {seconds * 1e3:.1f} ms; {line}\n")
-        f.write(audit.kernel_table(prof, variant.device.type, rows) + "\n")
+        f.write(audit.kernel_table(prof, variant.device.type, rows, variant.cycle) + "\n")
     print(f"  {variant.name:17s} profiled: {line}; table in {path}", flush=True)
 
 
-def bench_config(name, device, rounds, variants, peaks, rows, batches=None, profile_folder=None):
+def bench_config(name, device, rounds, variants, peaks, csv_path=None, batches=None, profile_folder=None):
+    """Measures configuration `name` with each of `variants` at each of `batches`; appends each batch's rows to
+    `csv_path` as soon as they are measured (a run cut short keeps what it measured). Returns the rows."""
     model, shape, default_batch, extra = CONFIGS[name]
     batches = batches or [default_batch]
     built = []
@@ -201,6 +213,7 @@ def bench_config(name, device, rounds, variants, peaks, rows, batches=None, prof
         except torch.OutOfMemoryError as e:
             print(f"  {v:17s} out of memory building it ({str(e).splitlines()[0][:80]})", flush=True)
     flops = trainer.step_cost(built[0].args, Data("random", None, None, shape), batches[0]).flops_per_image
+    measured = []
     for i, batch in enumerate(batches):
         live = warm_up(built, batch, first=i == 0)
         if profile_folder and i == 0:
@@ -216,12 +229,18 @@ def bench_config(name, device, rounds, variants, peaks, rows, batches=None, prof
                 except torch.OutOfMemoryError as e:
                     out_of_memory(variant, batch, e)
                     live.remove(variant)
-        report(name, model, shape, batch, rounds, [v for v in live if v.times[batch]], flops, peaks, rows)
+        rows = report(name, model, shape, batch, rounds, [v for v in live if v.times[batch]], flops, peaks)
+        if csv_path and rows:
+            append_csv(csv_path, rows)
+            print(f"# {len(rows)} rows appended to {csv_path}", flush=True)
+        measured += rows
         built = live
+    return measured
 
 
-def report(name, model, shape, batch, rounds, measured, flops, peaks, rows):
-    """Prints the table of one configuration at one batch size and appends its rows."""
+def report(name, model, shape, batch, rounds, measured, flops, peaks):
+    """Prints the table of one configuration at one batch size; returns its rows."""
+    rows = []
     first = measured[0] if measured else None
     base = (
         statistics.median(first.times[batch]) / first.cycle if first is not None and first.name == "baseline" else None
@@ -269,6 +288,7 @@ def report(name, model, shape, batch, rounds, measured, flops, peaks, rows):
                 time=datetime.datetime.now().isoformat(timespec="seconds"),
             )
         )
+    return rows
 
 
 def device_name(device):
@@ -282,7 +302,9 @@ def main(argv=None):
         "--models",
         nargs="+",
         choices=list(CONFIGS),
-        default=[c for c in CONFIGS if c != "realnvp-celeba64-b64" or torch.cuda.is_available()],
+        default=[
+            c for c in CONFIGS if not c.endswith("-tiny") and (c != "realnvp-celeba64-b64" or torch.cuda.is_available())
+        ],
     )
     p.add_argument(
         "--variants",
@@ -353,11 +375,7 @@ def main(argv=None):
         + (f"\n# {note}" if note else ""),
         flush=True,
     )
-    rows = []
-    bench_config(args.models[0], device, args.rounds, args.variants, peaks, rows, args.batches, args.profile)
-    if args.csv and rows:
-        append_csv(args.csv, rows)
-        print(f"# {len(rows)} rows appended to {args.csv}")
+    bench_config(args.models[0], device, args.rounds, args.variants, peaks, args.csv, args.batches, args.profile)
     return 0
 
 

@@ -14,7 +14,13 @@ the suite; the most wanted evidence comes first, so that a run cut short still b
               gradient, gradcheck, opcheck, torch.compile with the ops inside
   train       a short --amp run of every model (--compile too; on CPU --quick, the VAE alone compiles):
               the loss is finite and the flow's and the VAE's loss falls
-  throughput  benchmarks/bench_train.py on the RealNVP presets: images/s, speedup, MFU
+  throughput  benchmarks/bench_train.py on the headline RealNVP preset (celeba64 on a GPU) at batches 64, 128
+              and 256: plain PyTorch beside every recommended flag, images/s, speedup, MFU; each variant
+              profiled once (OUT/profiles: audit counts and the 20 kernels with the most time)
+  gan-speed   the same for DCGAN and WGAN-GP at 64x64, batch 64
+  audit       benchmarks/audit_step.py of each model's recommended step: host syncs, kernel launches, graph
+              breaks, casts, layouts (OUT/audit-MODEL.txt and .json)
+  cudagraphs  the headline step with --compile-mode reduce-overhead beside the same flags without it
   memory      benchmarks/bench_memory.py (max_memory_allocated on a GPU)
   resume      a run stopped and resumed equals an uninterrupted one (bit for bit on CPU; on a GPU
               within 1e-4 relative, since cuDNN picks algorithms per call)
@@ -473,47 +479,111 @@ def predicted_beside_measured(lines):
     return out
 
 
-def stage_throughput(suite):
-    if suite.device == "cpu" and suite.args.quick:
-        configs, variants = ["dcgan-28"], ["baseline", "+amp"]
-    elif suite.device == "cuda":  # the headline preset at a GPU batch; a compiled variant costs a compile of the model
-        configs, variants = ["realnvp-celeba64-b64"], ["baseline", "+amp", "amp+compile"]
-    else:
-        configs, variants = ["realnvp-mnist-b16"], ["baseline", "+amp", "amp+compile", "all on"]
-    out = os.path.join(suite.tmp, "train.csv")
-    proc = suite.command(
-        [
-            sys.executable,
-            "benchmarks/bench_train.py",
-            "--device",
-            suite.device,
-            "--models",
-            *configs,
-            "--variants",
-            *variants,
-            "--rounds",
-            "2" if suite.args.quick else "5",
-            "--csv",
-            out,
-        ]
-    )
+def _bench(suite, name, configs, variants, batches=None, rounds=3, profile=True):
+    """benchmarks/bench_train.py of `configs` x `variants` (at `batches`), its rows in OUT/NAME.csv and, with
+    `profile`, each variant's counts and top-20 kernels in OUT/profiles/. Returns (status, rows, process)."""
+    out = os.path.join(suite.args.out, f"{name}.csv")
+    if os.path.exists(out):
+        os.remove(out)
+    cmd = [sys.executable, "benchmarks/bench_train.py", "--device", suite.device, "--models", *configs]
+    cmd += ["--variants", *variants, "--rounds", str(rounds), "--csv", out]
+    cmd += ["--batches", *map(str, batches)] if batches else []
+    cmd += ["--profile", os.path.join(suite.args.out, "profiles")] if profile else []
+    proc = suite.command(cmd)
     import csv
 
     rows = list(csv.DictReader(open(out))) if os.path.exists(out) else []
+    return ("pass" if proc.returncode == 0 and rows else "fail"), rows, proc
+
+
+def _speed_data(rows, proc, status):
     table = [
-        {k: r[k] for k in ("config", "variant", "ms_per_step", "images_per_s", "speedup", "mfu", "dtype")} for r in rows
-    ]
-    best = {
-        r["config"]: max((x for x in rows if x["config"] == r["config"]), key=lambda x: float(x["images_per_s"]))
+        {k: r[k] for k in ("config", "batch", "variant", "ms_per_step", "images_per_s", "speedup", "mfu", "dtype")}
         for r in rows
-    }
+    ]
+    return {"rows": table, "output": _output(proc) if status == "fail" else ""}
+
+
+def stage_throughput(suite):
+    """The headline step at growing batches: every recommended flag beside plain PyTorch, profiled at the first."""
+    if suite.device == "cuda":
+        config, batches = "realnvp-celeba64-b64", [64, 128, 256]
+    else:
+        config, batches = ("realnvp-tiny", [8, 16]) if suite.args.quick else ("realnvp-mnist-b16", [16])
+    variants = ["baseline", "fused", "+amp", "+channels_last", "amp+channels_last", "all on"]
+    if suite.device == "cpu" and suite.args.quick:
+        variants = ["baseline", "+amp", "all on"]
+    status, rows, proc = _bench(suite, "throughput", [config], variants, batches, rounds=1 if suite.args.quick else 3)
+    best = {}
+    for r in rows:
+        if r["batch"] not in best or float(r["images_per_s"]) > float(best[r["batch"]]["images_per_s"]):
+            best[r["batch"]] = r
     summary = "; ".join(
-        f"{c}: {float(b['images_per_s']):.0f} img/s ({b['variant']}, {float(b['speedup']):.2f}x, "
-        f"MFU {100 * float(b['mfu']):.0f}%)"
-        for c, b in best.items()
+        f"batch {b}: {float(r['images_per_s']):.0f} img/s ({r['variant']}, {float(r['speedup']):.2f}x, "
+        f"MFU {100 * float(r['mfu']):.0f}%)"
+        for b, r in best.items()
     )
-    status = "pass" if proc.returncode == 0 and rows else "fail"
-    return status, summary or "no rows", {"rows": table, "output": _output(proc) if status == "fail" else ""}
+    return status, f"{config}: {summary}" if rows else "no rows", _speed_data(rows, proc, status)
+
+
+def stage_gan_speed(suite):
+    """DCGAN and WGAN-GP at 64x64, batch 64: each flag beside plain PyTorch."""
+    if suite.device == "cuda" or not suite.args.quick:
+        configs, rounds = ["dcgan-64", "wgan-gp-64"], 3
+        variants = ["baseline", "fused", "+amp", "+channels_last", "amp+channels_last", "amp+compile", "all on"]
+    else:
+        configs, variants, rounds = ["dcgan-tiny", "wgan-gp-tiny"], ["baseline", "+amp", "all on"], 1
+    status, rows, proc = _bench(suite, "gan-speed", configs, variants, rounds=rounds)
+    slower = [f"{r['config']} {r['variant']} {float(r['speedup']):.2f}x" for r in rows if float(r["speedup"]) < 1]
+    summary = f"{len(rows)} measured; slower than plain PyTorch: {', '.join(slower) or 'none'}"
+    return status, summary if rows else "no rows", _speed_data(rows, proc, status)
+
+
+def stage_cudagraphs(suite):
+    """The headline step with CUDA graphs (--compile-mode reduce-overhead) beside the same flags without them."""
+    config, batches = ("realnvp-celeba64-b64", [64]) if suite.device == "cuda" else ("realnvp-tiny", [8])
+    variants = ["baseline", "all on", "all on+cudagraphs"]
+    status, rows, proc = _bench(suite, "cudagraphs", [config], variants, batches, rounds=1 if suite.args.quick else 3)
+    summary = ", ".join(
+        f"{r['variant']} {float(r['images_per_s']):.0f} img/s ({float(r['speedup']):.2f}x)" for r in rows
+    )
+    return status, summary or "no rows", _speed_data(rows, proc, status)
+
+
+AUDITS = {  # model -> genperf.train options on a GPU; on a CPU (--quick) at tiny sizes
+    "realnvp": ["--arch", "celeba64", "--amp", "--compile", "--channels-last"],
+    "dcgan": ["--amp", "--channels-last"],
+    "wgan-gp": ["--amp", "--channels-last"],
+}
+TINY_AUDITS = {"realnvp": ["--mid-channels", "8", "--num-blocks", "1"], "dcgan": ["--latent-dim", "8"]}
+
+
+def stage_audit(suite):
+    """benchmarks/audit_step.py of each model's recommended step on the device: host syncs, launches, graph breaks,
+    casts, layouts; the whole report in OUT/audit-MODEL.txt."""
+    size, batch = ("64", "64") if suite.device == "cuda" or not suite.args.quick else ("16", "8")
+    found, lines, failed = {}, [], []
+    for model, options in AUDITS.items():
+        if suite.device == "cpu" and suite.args.quick:
+            options = [o for o in options if o not in ("--arch", "celeba64")] + TINY_AUDITS.get(model, [])
+        path = os.path.join(suite.args.out, f"audit-{model}")
+        cmd = [sys.executable, "benchmarks/audit_step.py", model, "--device", suite.device, "--data", "synthetic"]
+        cmd += ["--image-size", size, "--batch-size", batch, *options, "--table", "20", "--json", path + ".json"]
+        proc = suite.command(cmd)
+        with open(path + ".txt", "w") as f:
+            f.write(proc.stdout)
+        if proc.returncode or not os.path.exists(path + ".json"):
+            failed.append(model)
+            continue
+        a = json.load(open(path + ".json"))
+        found[model] = {k: v for k, v in a.items() if k != "table"}
+        launches = f"{a['kernel_launches']:.0f} kernel launches" if suite.device == "cuda" else f"{a['ops']:.0f} ops"
+        lines.append(
+            f"{model}: {a['host_syncs_per_step']:g} host syncs, {launches}, {a['compiled_graphs']} graphs, "
+            f"{a['graph_breaks']} breaks, {a['casts']:.0f} casts per step"
+        )
+    status = "fail" if failed else "pass"
+    return status, "; ".join(lines) + (f"; failed: {', '.join(failed)}" if failed else ""), {"audits": found}
 
 
 # The most wanted evidence first, so that a run cut short by its budget still brings back the most: the kernels
@@ -524,6 +594,9 @@ STAGES = (
     ("op-tests", 20),
     ("train", 30),
     ("throughput", 30),
+    ("gan-speed", 30),
+    ("audit", 30),
+    ("cudagraphs", 30),
     ("memory", 30),
     ("resume", 15),
     ("fsdp", 20),
@@ -570,9 +643,68 @@ def write_report(suite, out):
         if s.get("predicted"):
             lines += ["", f"{s['name']}, per sample (genperf.plan's prediction beside the measurement):", ""]
             lines += [f"- {line}" for line in s["predicted"]]
+    probe = probe_summary(suite, result)
+    if probe:
+        lines += ["", *probe]
+        with open(os.path.join(out, "probe.md"), "w") as f:
+            f.write("\n".join(probe) + "\n")
     with open(os.path.join(out, "selftest.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return result
+
+
+TARGET_IMAGES_PER_S = 900  # RealNVP celeba64 with the recommended flags on one H100/H200
+
+
+def probe_summary(suite, result):
+    """One screen on the speed stages (benchmarks/gpu_probe.sh): the headline step's images/s by batch and flags
+    beside plain PyTorch, the flags slower than it at the first batch, the audits, CUDA graphs."""
+    stages = {s["name"]: s for s in suite.stages}
+    speed = [s for s in ("throughput", "gan-speed", "cudagraphs") if stages.get(s, {}).get("rows")]
+    if not speed and "audit" not in stages:
+        return []
+    lines = [f"## Speed on {result['device_name'] or suite.device}", ""]
+    lines += [
+        "| stage | config | batch | variant | images/s | vs plain fp32 | MFU |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in speed:
+        for r in stages[name]["rows"]:
+            lines.append(
+                f"| {name} | {r['config']} | {r['batch']} | {r['variant']} | {float(r['images_per_s']):.1f} | "
+                f"{float(r['speedup']):.2f}x | {100 * float(r['mfu']):.1f}% |"
+            )
+    lines.append("")
+    headline = [
+        r
+        for r in stages.get("throughput", {}).get("rows", [])
+        if r["variant"] == "all on" and "celeba64" in r["config"]
+    ]
+    if headline:
+        best = max(headline, key=lambda r: float(r["images_per_s"]))
+        met = "met" if float(best["images_per_s"]) >= TARGET_IMAGES_PER_S else "not met"
+        lines.append(
+            f"- {best['config']} with --amp --compile --channels-last: best {float(best['images_per_s']):.0f} "
+            f"images/s at batch {best['batch']} (target {TARGET_IMAGES_PER_S} on one H100/H200: {met})"
+        )
+    measured = [r for name in ("throughput", "gan-speed") for r in stages.get(name, {}).get("rows", [])]
+    first_batch = {}
+    for r in measured:
+        first_batch[r["config"]] = min(first_batch.get(r["config"], int(r["batch"])), int(r["batch"]))
+    slower = [
+        f"{r['config']} {r['variant']} {float(r['speedup']):.2f}x"
+        for r in measured
+        if int(r["batch"]) == first_batch[r["config"]] and float(r["speedup"]) < 1
+    ]
+    if measured:
+        lines.append(
+            f"- slower than plain PyTorch fp32 at each configuration's first batch: {', '.join(slower) or 'none'}"
+        )
+    if "audit" in stages:
+        lines.append(f"- audits: {stages['audit']['summary']} (audit-MODEL.txt)")
+    if os.path.isdir(os.path.join(suite.args.out, "profiles")):
+        lines.append("- kernel tables of every variant: profiles/")
+    return lines
 
 
 def main(argv=None):

@@ -35,6 +35,7 @@ import tempfile
 import traceback
 
 import torch
+from torch.autograd import DeviceType
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -169,9 +170,12 @@ def read_profile(events, steps, device_type):
             counts["compiled_region_calls"] += 1
         if name in cpp_syncs and not any(p.name == HOST_READ for p in parents):
             syncs[(name, _python_location(e))] += 1
+        if e.device_type == DeviceType.CUDA:  # a kernel (or copy) as it ran on the GPU
+            counts["device_us"] += e.time_range.elapsed_us()
         if name == "aten::_to_copy" and e.input_shapes and e.input_shapes[0]:
+            dtypes = getattr(e, "input_dtypes", None) or ["float"]  # (not recorded before torch 2.12)
             counts["casts"] += 1
-            counts["cast_bytes"] += _nbytes(e.input_shapes[0], e.input_dtypes[0])
+            counts["cast_bytes"] += _nbytes(e.input_shapes[0], dtypes[0])
         if (
             "convolution" in name
             and "backward" not in name
@@ -185,7 +189,8 @@ def read_profile(events, steps, device_type):
             cin, cout = x_shape[1], w_shape[1] if transposed else w_shape[0]
             if cin % 8 or cout % 8:
                 odd_convs[f"{cin}->{cout}"] += 1
-            if e.structured_input_strides and _channels_innermost(e.structured_input_strides[0], x_shape) is False:
+            strides = getattr(e, "structured_input_strides", None)  # (not recorded before torch 2.12)
+            if strides and _channels_innermost(strides[0], x_shape) is False:
                 nchw_convs[f"{cin}->{cout} {'x'.join(map(str, x_shape[2:]))}"] += 1
     per_step = {k: v / steps for k, v in counts.items()}
     return dict(
@@ -195,6 +200,7 @@ def read_profile(events, steps, device_type):
         casts=per_step.get("casts", 0.0),
         cast_bytes=per_step.get("cast_bytes", 0.0),
         convolutions=per_step.get("convolutions", 0.0),
+        device_ms=per_step.get("device_us", 0.0) / 1e3,
         cpp_syncs={f"{n} in {where}": c / steps for (n, where), c in syncs.items()},
         convs_not_multiple_of_8={k: c / steps for k, c in odd_convs.items()},
         convs_fed_nchw={k: c / steps for k, c in nchw_convs.items()},
@@ -245,11 +251,23 @@ def dynamo_counts():
     )
 
 
-def kernel_table(prof, device_type, rows):
-    """The profiler's table of the `rows` ops or kernels with the most time on the device (self CPU time on a
-    CPU)."""
-    key = "self_cuda_time_total" if device_type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
+def kernel_table(prof, device_type, rows, steps=1):
+    """The `rows` CUDA kernels with the most time per step, with their calls and share of all kernel time; on a
+    CPU the profiler's table of the ops with the most self time."""
+    if device_type != "cuda":
+        return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=70)
+    total, calls = collections.Counter(), collections.Counter()
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            total[e.name] += e.time_range.elapsed_us()
+            calls[e.name] += 1
+    all_us = sum(total.values()) or 1.0
+    lines = [f"{'us/step':>10s} {'share':>6s} {'calls':>6s}  kernel (top {rows} of {len(total)}, per step)"]
+    for name, us in total.most_common(rows):
+        short = name if len(name) <= 110 else name[:107] + "..."
+        lines.append(f"{us / steps:10.1f} {100 * us / all_us:5.1f}% {calls[name] / steps:6g}  {short}")
+    lines.append(f"{all_us / steps:10.1f} 100.0%         all kernels")
+    return "\n".join(lines)
 
 
 class StepSource:
@@ -292,10 +310,11 @@ def audit_trainer(trainer, warmup=2, steps=None, table=0):
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     reads = HostReads(device.type)
-    with torch.profiler.profile(activities=activities, record_shapes=True, with_stack=True) as prof, reads:
-        for _ in range(steps):
-            source.step()
-        _sync(device)
+    with torch.profiler.profile(activities=activities, record_shapes=True, with_stack=True) as prof:
+        with reads:
+            for _ in range(steps):
+                source.step()
+        _sync(device)  # the steps' kernels end inside the profile; this wait is the audit's own
     counted = read_profile(prof.events(), steps, device.type)
     after = dynamo_counts()
     layout = LayoutChanges()
@@ -324,7 +343,7 @@ def audit_trainer(trainer, warmup=2, steps=None, table=0):
         bytes_written=layout.written,
     )
     if table:
-        result["table"] = kernel_table(prof, device.type, table)
+        result["table"] = kernel_table(prof, device.type, table, steps)
     return result
 
 
@@ -367,7 +386,11 @@ def report(a):
         f"{a['steps_watched'][0]}-{a['steps_watched'][1]} after {a['warmup_steps']} of warm-up"
         + (f" (steps {a['log_steps_watched']} log)" if a["log_steps_watched"] else " (none of them logs)"),
         f"  ops dispatched per step          {a['ops']:.0f}"
-        + (f"; CUDA kernel launches {a['kernel_launches']:.0f}" if a["device"].startswith("cuda") else ""),
+        + (
+            f"; CUDA kernel launches {a['kernel_launches']:.0f}, kernels busy {a['device_ms']:.1f} ms"
+            if a["device"].startswith("cuda")
+            else ""
+        ),
         f"  compiled graphs                  {a['compiled_graphs']} (regions entered per step "
         f"{a['compiled_region_calls']:.0f}); recompiles while watched {a['recompiles_while_watched']}; "
         f"graph breaks {a['graph_breaks']}; CUDA graphs skipped {a['cudagraph_skips']}",

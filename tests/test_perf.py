@@ -57,15 +57,16 @@ def test_bench_train_runs_and_appends_its_rows(tmp_path):
     out = tmp_path / "train.csv"
     limit = torch._dynamo.config.recompile_limit
     with torch._dynamo.config.patch(recompile_limit=limit):  # bench_train raises it for its process: restored here
-        assert (
-            bench.main(
-                ["--models", "dcgan-28", "--variants", "baseline", "fused", "+amp", "--rounds", "1", "--csv", str(out)]
-            )
-            == 0
-        )
+        argv = ["--models", "dcgan-28", "--variants", "baseline", "fused", "+amp", "--rounds", "1", "--csv", str(out)]
+        assert bench.main([*argv, "--batches", "8", "16", "--profile", str(tmp_path / "profiles")]) == 0
     assert torch._dynamo.config.recompile_limit == limit
     rows = list(csv.DictReader(out.open()))
-    assert [r["variant"] for r in rows] == ["baseline", "fused", "+amp"]
+    assert [(r["batch"], r["variant"]) for r in rows] == [
+        (b, v) for b in ("8", "16") for v in ("baseline", "fused", "+amp")
+    ]
+    tables = sorted(p.name for p in (tmp_path / "profiles").iterdir())
+    assert tables == ["profile-dcgan-28-amp.txt", "profile-dcgan-28-baseline.txt", "profile-dcgan-28-fused.txt"]
+    assert "convolutions" in (tmp_path / "profiles" / tables[0]).read_text()
     assert float(rows[0]["speedup"]) == pytest.approx(1.0)
     assert all(float(r["images_per_s"]) > 0 and 0 < float(r["mfu"]) < 1 for r in rows)
     # --amp is bf16 autocast, except on a CPU without bf16 kernels, where it trains (and is measured) in fp32
