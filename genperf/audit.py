@@ -54,6 +54,8 @@ DATA_DEPENDENT = {
 CUDA_SYNCS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy"}
 KERNEL_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
 TORCH_DIR = os.path.dirname(torch.__file__)
+# torch's own wrappers between a caller and what it called (dynamo's disable decorators, dispatch-mode plumbing)
+TORCH_PLUMBING = ("_compile.py", "_python_dispatch.py", f"_dynamo{os.sep}")
 THIS_FILE = os.path.abspath(__file__)
 
 
@@ -66,9 +68,8 @@ def caller():
         return "?"
     i = outside[-1]
     where = f"{_short(frames[i].filename)}:{frames[i].lineno}"
-    if i + 1 < len(frames):
-        where += f" via {_short(frames[i + 1].filename)}:{frames[i + 1].lineno}"
-    return where
+    api = [f for f in frames[i + 1 :] if not any(part in f.filename for part in TORCH_PLUMBING)]
+    return where + (f" via {_short(api[0].filename)}:{api[0].lineno}" if api else "")
 
 
 def _short(path):
@@ -213,8 +214,14 @@ def _in_compiled_region():
     return any(f.name == "compile_wrapper" and f.filename.startswith(TORCH_DIR) for f in traceback.extract_stack())
 
 
+FORWARD, COMPILED_FORWARD, BACKWARD = "forward", "forward in compiled regions", "backward"
+
+
 class LayoutChanges(TorchDispatchMode):
-    """Every op that takes a channels_last 4-D tensor and returns an NCHW one: (op, line) -> [count, bytes]."""
+    """Every op that takes a channels_last 4-D tensor and returns an NCHW one: (phase, op, where) -> [count,
+    bytes], where is the line that called it in forward and the autograd node in backward. The phases: forward
+    outside compiled regions, forward inside them (run eagerly here; compiled, inductor picks the layouts), and
+    backward (which this trace cannot split by region)."""
 
     def __init__(self):
         super().__init__()
@@ -233,9 +240,17 @@ class LayoutChanges(TorchDispatchMode):
         ins = [t for t in inputs if t.dim() == 4]
         if any(_channels_innermost(t.stride(), t.shape) for t in ins):
             for o in tree_leaves(out):
-                if isinstance(o, torch.Tensor) and _channels_innermost(o.stride(), o.shape) is False:
-                    where = caller() + (" (compiled region)" if _in_compiled_region() else "")
-                    entry = self.found[(str(func.overloadpacket.__name__), where)]
+                if (
+                    isinstance(o, torch.Tensor)
+                    and o.untyped_storage().data_ptr() not in storages  # a view writes nothing
+                    and _channels_innermost(o.stride(), o.shape) is False
+                ):
+                    node = torch._C._current_autograd_node()
+                    if node is not None:
+                        phase, where = BACKWARD, node.name()
+                    else:
+                        phase, where = COMPILED_FORWARD if _in_compiled_region() else FORWARD, caller()
+                    entry = self.found[(phase, str(func.overloadpacket.__name__), where)]
                     entry[0] += 1
                     entry[1] += o.numel() * o.element_size()
         return out
@@ -338,8 +353,13 @@ def audit_trainer(trainer, warmup=2, steps=None, table=0):
         graph_breaks=sum(after["graph_breaks"].values()),
         graph_break_reasons=after["graph_breaks"],
         cudagraph_skips=after["cudagraph_skips"],
-        layout_changes={f"{op} at {where}": dict(count=n, bytes=b) for (op, where), (n, b) in layout.found.items()},
-        layout_change_bytes=sum(b for _, b in layout.found.values()),
+        layout_changes={
+            f"{op} at {where} ({phase})": dict(count=n, bytes=b) for (phase, op, where), (n, b) in layout.found.items()
+        },
+        layout_change_bytes={
+            phase: sum(b for (p, _, _), (_, b) in layout.found.items() if p == phase)
+            for phase in (FORWARD, COMPILED_FORWARD, BACKWARD)
+        },
         bytes_written=layout.written,
     )
     if table:
@@ -407,8 +427,9 @@ def report(a):
         + (f" ({', '.join(f'{k} x{v:g}' for k, v in odd.items())})" if odd else "")
     )
     lines.append(
-        f"  channels_last -> NCHW per step   {sum(v['count'] for v in a['layout_changes'].values())}, "
-        f"writing {_mib(a['layout_change_bytes'])} of the {_mib(a['bytes_written'])} the step writes (eager trace)"
+        f"  channels_last -> NCHW per step   {sum(v['count'] for v in a['layout_changes'].values())}, writing "
+        + ", ".join(f"{_mib(b)} {phase}" for phase, b in a["layout_change_bytes"].items())
+        + f" of the {_mib(a['bytes_written'])} the step writes (eager trace)"
     )
     top = sorted(a["layout_changes"].items(), key=lambda kv: -kv[1]["bytes"])[:6]
     lines += [f"    {v['count']} x {what}: {_mib(v['bytes'])}" for what, v in top]

@@ -69,10 +69,11 @@ class WeightNormConv2d(nn.Conv2d):
     def normed_weight(self):
         """g * v / ||v||, in v's memory layout (a channels_last v keeps its convolutions channels_last)."""
         v, g = self.weight_v, self.weight_g
-        if torch.compiler.is_compiling():  # plain ops, which inductor fuses forward and backward
+        # Plain ops keep v's layout, and inductor fuses them forward and backward; torch's fused kernel (one
+        # launch eagerly) copies a channels_last v to NCHW and returns NCHW.
+        if torch.compiler.is_compiling() or is_channels_last(v):
             return v * (g / torch.linalg.vector_norm(v, dim=(1, 2, 3), keepdim=True))
-        w = torch._weight_norm(v, g, 0)  # one kernel eagerly; its result is contiguous
-        return w.contiguous(memory_format=torch.channels_last) if is_channels_last(v) else w
+        return torch._weight_norm(v, g, 0)
 
     def forward(self, x):
         w, b = self.normed_weight(), self.bias
@@ -249,7 +250,7 @@ class RealNVP(nn.Module):
         self._check(x, "images")
         y = self.alpha + (1 - 2 * self.alpha) * at_least_fp32(x)
         z = torch.log(y) - torch.log1p(-y)
-        logdet = (math.log(1 - 2 * self.alpha) - torch.log(y) - torch.log1p(-y)).flatten(1).sum(1)
+        logdet = (math.log(1 - 2 * self.alpha) - torch.log(y) - torch.log1p(-y)).sum((1, 2, 3))
         factored = []
         for scale in self.scales:
             z, ld = self._chain(scale.in_couplings, z)

@@ -102,3 +102,60 @@ def test_weight_norm_conv_loads_checkpoints_of_torchs_parametrization():
     for p_new, p_old in zip(new.parameters(), old.parameters()):
         assert p_new.shape == p_old.shape
         torch.testing.assert_close(new_opt.state[p_new]["exp_avg"], old_opt.state[p_old]["exp_avg"])
+
+
+def _grads(module, x):
+    x = x.detach().requires_grad_(True)
+    y = module(x)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    return [y.detach(), x.grad, *(p.grad for p in module.parameters())]
+
+
+def test_weight_norm_conv_is_the_same_in_either_layout_and_with_padded_channels():
+    """g * v / |v| per output channel, written out here; the same output and gradients with channels_last weights
+    (another code path) and with zero channels padded to multiples of 8 around the convolution."""
+    import copy
+
+    from genperf.models.realnvp import WeightNormConv2d
+
+    torch.manual_seed(0)
+    plain = WeightNormConv2d(6, 5, 3)
+    with torch.no_grad():
+        plain.weight_g.uniform_(0.5, 2)
+    x = torch.randn(2, 6, 7, 9)
+    v, g = plain.weight_v.detach(), plain.weight_g.detach()
+    expected = torch.nn.functional.conv2d(x, g * v / v.flatten(1).norm(dim=1).view(-1, 1, 1, 1), plain.bias, padding=1)
+    reference = _grads(plain, x)
+    torch.testing.assert_close(reference[0], expected, rtol=1e-5, atol=1e-5)
+
+    nhwc = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    assert nhwc.weight_v.is_contiguous(memory_format=torch.channels_last) and not nhwc.weight_v.is_contiguous()
+    for got, want in zip(_grads(nhwc, x.contiguous(memory_format=torch.channels_last)), reference):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+    padded = copy.deepcopy(plain)
+    padded.pad_in, padded.pad_out = 2, 3
+    padded_x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, 2))
+    got = _grads(padded, padded_x)
+    assert got[0].shape == reference[0].shape
+    torch.testing.assert_close(got[0], reference[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1][:, :6], reference[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(got[2:], reference[2:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_reaches_every_convolution_of_an_eager_st_network():
+    """With channels_last weights (--channels-last), every convolution of an s/t network after the first sees
+    channels_last activations, although its input, the flow's state of a few channels, is NCHW (a weight-normed
+    weight that came out NCHW once made the whole network NCHW)."""
+    from genperf.models.realnvp import STResNet
+
+    net = STResNet(3, 16, 6, 2, norm="batch").to(memory_format=torch.channels_last)
+    seen = []
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_pre_hook(
+                lambda mod, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+            )
+    net(torch.randn(2, 3, 8, 8))
+    assert len(seen) == 1 + 1 + 2 * 3 + 1 and not seen[0] and all(seen[1:])
