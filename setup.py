@@ -136,7 +136,13 @@ def extensions():
         "-fno-math-errno",
         *os.environ.get("GENPERF_CPU_FLAGS", CPU_FLAGS).split(),
     ]
-    sources = ["csrc/ops.cpp", "csrc/coupling_cpu.cpp", "csrc/coupling_autograd.cpp", "csrc/gradient_penalty_cpu.cpp"]
+    sources = [
+        "csrc/ops.cpp",
+        "csrc/checks.cpp",
+        "csrc/coupling_cpu.cpp",
+        "csrc/coupling_autograd.cpp",
+        "csrc/gradient_penalty_cpu.cpp",
+    ]
     if cuda_home:
         ext = CUDAExtension(
             "genperf._C",

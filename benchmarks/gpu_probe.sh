@@ -3,7 +3,8 @@
 #
 # Where the GPU's time goes in genperf's training steps, and how fast each recommended flag makes them beside
 # plain PyTorch, in one command that fits 8 minutes on one H100/H200 (offline build included): the selftest's
-# build (genperf._C for this GPU, offline) and its speed stages, under a 450-second budget:
+# build (genperf._C for this GPU, offline), the boundary check and its speed stages, under a 450-second budget:
+#   boundary    a bad argument to each raw CUDA kernel op raises an error naming it (each case in a child process)
 #   throughput  RealNVP celeba64 at batches 64, 128, 256: plain PyTorch fp32, genperf's defaults, --amp,
 #               --channels-last, both, and --amp --compile --channels-last, side by side in one process;
 #               each variant profiled once (OUTDIR/profiles: counts and the top 20 CUDA kernels)
@@ -27,7 +28,7 @@ fi
 python=${PYTHON:-python}
 status=0
 "$python" benchmarks/selftest.py --out "$out" --budget-s "${GENPERF_PROBE_BUDGET_S:-450}" \
-    --only throughput,gan-speed,audit,cudagraphs "${extra[@]}" "$@" || status=$?
+    --only boundary,throughput,gan-speed,audit,cudagraphs "${extra[@]}" "$@" || status=$?
 if [[ -f $out/probe.md ]]; then
     echo
     cat "$out/probe.md"

@@ -14,6 +14,8 @@ the suite; the most wanted evidence comes first, so that a run cut short still b
               gradient, gradcheck, opcheck, torch.compile with the ops inside
   train       a short --amp run of every model (--compile too; on CPU --quick, the VAE alone compiles):
               the loss is finite and the flow's and the VAE's loss falls
+  boundary    tests/ops/test_boundary.py on the device: a bad argument to each raw kernel op, each case in a
+              child process, raises an error naming it (a crash fails its case alone)
   throughput  benchmarks/bench_train.py on the headline RealNVP preset (celeba64 on a GPU) at batches 64, 128
               and 256: plain PyTorch beside every recommended flag, images/s, speedup, MFU; each variant
               profiled once (OUT/profiles: audit counts and the 20 kernels with the most time)
@@ -54,7 +56,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # about 480 s in all. The default budget leaves room for a second, partial run (--only) in a 15-minute GPU
 # window, so the last stages of a first run may be skipped.
 BUDGET_S = 400
-CORRECTNESS = ("build", "op-tests", "train", "fsdp", "resume", "dali", "compile")
+CORRECTNESS = ("build", "op-tests", "boundary", "train", "fsdp", "resume", "dali", "compile")
 MODELS = {  # tiny versions of every model for the train stage (genperf.config's option names)
     "realnvp": {"mid_channels": 8, "num_blocks": 1},
     "dcgan": {"latent_dim": 16},
@@ -479,6 +481,17 @@ def predicted_beside_measured(lines):
     return out
 
 
+def stage_boundary(suite):
+    """tests/ops/test_boundary.py on the device: every raw kernel op given a bad argument, each case in a child
+    process, must raise an error naming it (the CUDA coupling's first failing check once crashed the process)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/ops/test_boundary.py"]
+    proc = suite.command(cmd, env={"GENPERF_TEST_DEVICE": suite.device})
+    crashed = re.findall(r"crashed exit (-?\d+)", proc.stdout)
+    summary = (re.findall(r"^(\d+ (?:passed|failed).*?) in ", proc.stdout, re.M) or ["no result"])[-1]
+    summary += f"; {len(crashed)} crashed" if crashed else ""
+    return ("pass" if proc.returncode == 0 else "fail"), summary, {"output": _output(proc) if proc.returncode else ""}
+
+
 def _bench(suite, name, configs, variants, batches=None, rounds=3, profile=True):
     """benchmarks/bench_train.py of `configs` x `variants` (at `batches`), its rows in OUT/NAME.csv and, with
     `profile`, each variant's counts and top-20 kernels in OUT/profiles/. Returns (status, rows, process)."""
@@ -593,6 +606,7 @@ def stage_audit(suite):
 STAGES = (
     ("op-tests", 20),
     ("train", 30),
+    ("boundary", 10),
     ("throughput", 30),
     ("gan-speed", 30),
     ("audit", 30),

@@ -69,7 +69,7 @@ __attribute__((noinline)) at::opmath_type<scalar_t> backward_plane(const scalar_
 std::tuple<at::Tensor, at::Tensor> coupling_forward_cpu(const at::Tensor& x, const at::Tensor& s_raw,
                                                         const at::Tensor& t, const at::Tensor& scale,
                                                         const c10::optional<at::Tensor>& mask, bool reverse) {
-  const auto ss = check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CPU);
+  const auto ss = check_coupling_forward_args(x, s_raw, t, scale, mask, c10::DeviceType::CPU);
   const int64_t N = x.size(0), C = x.size(1), L = plane_size(x);
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -99,23 +99,18 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward_cpu(const at::Tensor& x, con
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& s_raw,
     const at::Tensor& t, const at::Tensor& scale, const c10::optional<at::Tensor>& mask, bool reverse) {
-  const auto ss = check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CPU);
-  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() && grad_y.is_contiguous(),
-              "coupling_backward: grad_y must match x (shape, dtype, contiguous)");
+  const auto ss = check_coupling_backward_args(grad_y, grad_logdet, x, s_raw, t, scale, mask, c10::DeviceType::CPU);
   const int64_t N = x.size(0), C = x.size(1), L = plane_size(x);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(grad_logdet.dim() == 1 && grad_logdet.size(0) == N && grad_logdet.scalar_type() == acc_type,
-              "coupling_backward: grad_logdet must be (", N, ",) of ", acc_type);
   const auto contiguous = at::MemoryFormat::Contiguous;
   auto dx = at::empty_like(x, contiguous), dr = at::empty_like(s_raw, contiguous), dt = at::empty_like(t, contiguous);
   auto partial = at::empty({N * C}, x.options().dtype(acc_type));
   const float* mp = mask.has_value() ? mask->data_ptr<float>() : nullptr;
-  auto gl_c = grad_logdet.contiguous();
   dispatch_coupling(x, s_raw, mp != nullptr, reverse, [&]<typename x_t, typename st_t, bool HAS_MASK, bool REVERSE>() {
     using acc_t = at::opmath_type<x_t>;
     const acc_t* sc = scale.data_ptr<acc_t>();
     const x_t* gyd = grad_y.data_ptr<x_t>();
-    const acc_t* gld = gl_c.data_ptr<acc_t>();
+    const acc_t* gld = grad_logdet.data_ptr<acc_t>();
     const x_t* xd = x.data_ptr<x_t>();
     const st_t* rd = s_raw.data_ptr<st_t>();
     const st_t* td = t.data_ptr<st_t>();

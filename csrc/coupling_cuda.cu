@@ -94,7 +94,7 @@ MaskStrides mask_strides(const c10::optional<at::Tensor>& mask) {
 std::tuple<at::Tensor, at::Tensor> coupling_forward_cuda(const at::Tensor& x, const at::Tensor& s_raw,
                                                          const at::Tensor& t, const at::Tensor& scale,
                                                          const c10::optional<at::Tensor>& mask, bool reverse) {
-  const auto ss = check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CUDA);
+  const auto ss = check_coupling_forward_args(x, s_raw, t, scale, mask, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0), C = x.size(1), L = plane_size(x);
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -116,27 +116,20 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward_cuda(const at::Tensor& x, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& s_raw,
     const at::Tensor& t, const at::Tensor& scale, const c10::optional<at::Tensor>& mask, bool reverse) {
-  const auto ss = check_coupling_inputs(x, s_raw, t, scale, mask, c10::DeviceType::CUDA);
-  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() && grad_y.is_contiguous() &&
-                  grad_y.device() == x.device(),
-              "coupling_backward: grad_y must match x (shape, dtype, device, contiguous)");
+  const auto ss = check_coupling_backward_args(grad_y, grad_logdet, x, s_raw, t, scale, mask, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0), C = x.size(1), L = plane_size(x);
-  TORCH_CHECK(grad_logdet.dim() == 1 && grad_logdet.size(0) == N && grad_logdet.scalar_type() == scale.scalar_type() &&
-                  grad_logdet.device() == x.device(),
-              "coupling_backward: grad_logdet must be (", N, ",) of ", scale.scalar_type(), " on x's device");
   const auto contiguous = at::MemoryFormat::Contiguous;
   auto dx = at::empty_like(x, contiguous), dr = at::empty_like(s_raw, contiguous), dt = at::empty_like(t, contiguous);
   auto dscale = at::zeros({C}, scale.options());
   if (x.numel() == 0) return {dx, dr, dt, dscale};
-  auto gl = grad_logdet.contiguous();
   const auto ms = mask_strides(mask);
   const dim3 grid(static_cast<unsigned>(N * C), row_blocks(L));
   auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_coupling(x, s_raw, ms.ptr != nullptr, reverse, [&]<typename x_t, typename st_t, bool HAS_MASK, bool REVERSE>() {
     using acc_t = at::opmath_type<x_t>;
     coupling_bwd_kernel<x_t, st_t, HAS_MASK, REVERSE><<<grid, kThreads, 0, stream>>>(
-        grad_y.data_ptr<x_t>(), gl.data_ptr<acc_t>(), x.data_ptr<x_t>(), s_raw.data_ptr<st_t>(),
+        grad_y.data_ptr<x_t>(), grad_logdet.data_ptr<acc_t>(), x.data_ptr<x_t>(), s_raw.data_ptr<st_t>(),
         t.data_ptr<st_t>(), scale.data_ptr<acc_t>(), ms.ptr, dx.data_ptr<x_t>(), dr.data_ptr<st_t>(),
         dt.data_ptr<st_t>(), dscale.data_ptr<acc_t>(), C, L, ss, ms.sn, ms.sc);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

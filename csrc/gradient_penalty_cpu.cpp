@@ -14,11 +14,7 @@ namespace {
 
 
 at::Tensor gp_interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
-  check_rows("gp_interpolate", "real", real, real, c10::DeviceType::CPU);
-  check_rows("gp_interpolate", "fake", fake, real, c10::DeviceType::CPU);
-  TORCH_CHECK(eps.dim() == 1 && eps.size(0) == real.size(0) && eps.scalar_type() == real.scalar_type() &&
-                  eps.is_contiguous() && eps.device() == real.device(),
-              "gp_interpolate: eps must be a contiguous (", real.size(0), ",) tensor of real's dtype and device");
+  check_gp_interpolate_args(real, fake, eps, c10::DeviceType::CPU);
   const int64_t N = real.size(0), L = real.size(1);
   auto out = at::empty_like(real);
   GENPERF_DISPATCH_FLOATS(real.scalar_type(), "gp_interpolate_cpu", [&] {
@@ -40,7 +36,7 @@ at::Tensor gp_interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, co
 }
 
 at::Tensor gp_sum_squares_cpu(const at::Tensor& grad) {
-  check_rows("gp_sum_squares", "grad", grad, grad, c10::DeviceType::CPU);
+  check_gp_sum_squares_args(grad, c10::DeviceType::CPU);
   const int64_t N = grad.size(0), L = grad.size(1);
   const auto acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto out = at::empty({N}, grad.options().dtype(acc_type));
@@ -65,11 +61,8 @@ at::Tensor gp_sum_squares_cpu(const at::Tensor& grad) {
 
 at::Tensor gp_penalty_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad, const at::Tensor& sumsq,
                                    double weight, double norm_eps) {
-  check_rows("gp_penalty_backward", "grad", grad, grad, c10::DeviceType::CPU);
+  check_gp_penalty_backward_args(grad_out, grad, sumsq, c10::DeviceType::CPU);
   const int64_t N = grad.size(0), L = grad.size(1);
-  TORCH_CHECK(sumsq.dim() == 1 && sumsq.size(0) == N && sumsq.is_contiguous(),
-              "gp_penalty_backward: sumsq must be a contiguous (", N, ",) tensor");
-  TORCH_CHECK(grad_out.numel() == 1, "gp_penalty_backward: grad_out must hold one value");
   auto dg = at::empty_like(grad);
   const double go = grad_out.item<double>();
   auto ss = sumsq.to(at::kDouble);

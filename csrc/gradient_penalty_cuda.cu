@@ -47,11 +47,7 @@ __global__ void penalty_bwd_kernel(const float* __restrict__ grad_out, const sca
 }
 
 at::Tensor gp_interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
-  check_rows("gp_interpolate", "real", real, real, c10::DeviceType::CUDA);
-  check_rows("gp_interpolate", "fake", fake, real, c10::DeviceType::CUDA);
-  TORCH_CHECK(eps.dim() == 1 && eps.size(0) == real.size(0) && eps.scalar_type() == real.scalar_type() &&
-                  eps.is_contiguous() && eps.device() == real.device(),
-              "gp_interpolate: eps must be a contiguous (", real.size(0), ",) tensor of real's dtype and device");
+  check_gp_interpolate_args(real, fake, eps, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(real.device());
   auto out = at::empty_like(real);
   if (real.numel() == 0) return out;
@@ -66,7 +62,7 @@ at::Tensor gp_interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, c
 }
 
 at::Tensor gp_sum_squares_cuda(const at::Tensor& grad) {
-  check_rows("gp_sum_squares", "grad", grad, grad, c10::DeviceType::CUDA);
+  check_gp_sum_squares_args(grad, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(grad.device());
   const auto acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto out = at::zeros({grad.size(0)}, grad.options().dtype(acc_type));
@@ -83,13 +79,7 @@ at::Tensor gp_sum_squares_cuda(const at::Tensor& grad) {
 
 at::Tensor gp_penalty_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad, const at::Tensor& sumsq,
                                     double weight, double norm_eps) {
-  check_rows("gp_penalty_backward", "grad", grad, grad, c10::DeviceType::CUDA);
-  const auto acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(sumsq.dim() == 1 && sumsq.size(0) == grad.size(0) && sumsq.scalar_type() == acc_type &&
-                  sumsq.is_contiguous() && sumsq.device() == grad.device(),
-              "gp_penalty_backward: sumsq must be a contiguous (", grad.size(0), ",) ", acc_type, " tensor");
-  TORCH_CHECK(grad_out.numel() == 1 && grad_out.scalar_type() == at::kFloat && grad_out.device() == grad.device(),
-              "gp_penalty_backward: grad_out must be one float32 value on grad's device");
+  check_gp_penalty_backward_args(grad_out, grad, sumsq, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(grad.device());
   auto dg = at::empty_like(grad);
   if (grad.numel() == 0) return dg;
