@@ -11,6 +11,8 @@
 #   gan-speed   DCGAN and WGAN-GP at 64x64, batch 64, each flag beside plain PyTorch
 #   audit       benchmarks/audit_step.py of each model's recommended step on the GPU
 #   cudagraphs  RealNVP celeba64 with --compile-mode reduce-overhead beside the same flags without it
+#   kernels     bench_kernels at batch 256, bf16 and fp32: each fused op against eager and torch.compile of its
+#               reference, GB/s against a measured copy, the host cost of a call (if the budget has time left)
 # and prints a one-screen summary (OUTDIR/probe.md; everything in OUTDIR/selftest.json, each stage's whole
 # output in OUTDIR/<stage>.log). --device cpu runs the same stages at tiny sizes (a check of the script).
 set -euo pipefail
@@ -28,7 +30,7 @@ fi
 python=${PYTHON:-python}
 status=0
 "$python" benchmarks/selftest.py --out "$out" --budget-s "${GENPERF_PROBE_BUDGET_S:-450}" \
-    --only boundary,throughput,gan-speed,audit,cudagraphs "${extra[@]}" "$@" || status=$?
+    --only boundary,throughput,gan-speed,audit,cudagraphs,kernels "${extra[@]}" "$@" || status=$?
 if [[ -f $out/probe.md ]]; then
     echo
     cat "$out/probe.md"

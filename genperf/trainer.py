@@ -21,9 +21,9 @@ from genperf.config import RESUMABLE, applicable
 from genperf.data import load_dataset, make_batches
 from genperf.distributed import all_reduce_sum, gather_objects, shutdown_distributed
 from genperf.errors import DataError, GenperfError
-from genperf.families import build_objective
+from genperf.families import FAMILY_OF, build_objective
 from genperf.faults import EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters
-from genperf.ops.backends import use_backend
+from genperf.ops.backends import describe, use_backend
 from genperf.precision import Precision, keep_freed_cpu_memory
 from genperf.runlog import RunLog
 from genperf.streams import seeded
@@ -410,7 +410,8 @@ class Trainer:
             ),
         )
         if dist.is_main:
-            for note in data.notes + ([precision.note] if precision.note else []):
+            fused = describe(self.device.type, FAMILY_OF[c.model].fused_ops.get(c.model, ()))
+            for note in data.notes + [n for n in (precision.note, fused) if n]:
                 print(f"genperf: {note}", flush=True)
             print(
                 f"genperf: {c.model} on {c.data} {'x'.join(map(str, data.shape))}, {n_params / 1e6:.2f}M parameters, "

@@ -171,15 +171,20 @@ def _empty(x):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-def coupling_forward(x, r, t, scale, mask, reverse):
+def _as_is(kernel):
+    return kernel
+
+
+def coupling_forward(x, r, t, scale, mask, reverse, wrap=_as_is):
     """x, r, t: (N, C, ...), every sample contiguous (L elements per (n, c) plane); scale: (C,) fp32;
-    mask: None or (1|N, 1|C, L) fp32 contiguous. y is contiguous."""
+    mask: None or (1|N, 1|C, L) fp32 contiguous. y is contiguous. `wrap(kernel)` is what is launched:
+    torch.library.wrap_triton makes the launch visible to torch.compile."""
     n, c, length = _plane(x)
     y = _empty(x)
     logdet = torch.zeros(n, device=x.device, dtype=torch.float32)
     m, msn, msc = _mask_args(mask, x)
     grid, rows, block = _launch(n * c, length)
-    _coupling_fwd[grid](
+    wrap(_coupling_fwd)[grid](
         x,
         r,
         t,
@@ -201,14 +206,14 @@ def coupling_forward(x, r, t, scale, mask, reverse):
     return y, logdet
 
 
-def coupling_backward(grad_y, grad_logdet, x, r, t, scale, mask, reverse):
+def coupling_backward(grad_y, grad_logdet, x, r, t, scale, mask, reverse, wrap=_as_is):
     """grad_y contiguous; the other inputs as in coupling_forward. The gradients are contiguous."""
     n, c, length = _plane(x)
     dx, dr, dt = _empty(x), _empty(r), _empty(t)
     dscale = torch.zeros(c, device=x.device, dtype=torch.float32)
     m, msn, msc = _mask_args(mask, x)
     grid, rows, block = _launch(n * c, length)
-    _coupling_bwd[grid](
+    wrap(_coupling_bwd)[grid](
         grad_y,
         grad_logdet,
         x,

@@ -108,7 +108,7 @@ def test_the_gpu_probe_runs_end_to_end_on_a_cpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stages = {s["name"]: s for s in json.loads((tmp_path / "selftest.json").read_text())["stages"]}
-    assert list(stages) == ["build", "boundary", "throughput", "gan-speed", "audit", "cudagraphs"]
+    assert list(stages) == ["build", "boundary", "throughput", "gan-speed", "audit", "cudagraphs", "kernels"]
     assert all(s["status"] == "pass" for s in stages.values()), stages
     assert {r["batch"] for r in stages["throughput"]["rows"]} == {"8", "16"}
     assert all(a["host_syncs_per_step"] == 0 and a["graph_breaks"] == 0 for a in stages["audit"]["audits"].values())

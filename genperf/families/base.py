@@ -33,6 +33,7 @@ class Family:
     summary: Callable | None = None
     image_only: bool = False  # whether it needs image data (GANs also train on the 2-D mixtures)
     no_fsdp: dict = field(default_factory=dict)  # model -> why it cannot run under --fsdp
+    fused_ops: dict = field(default_factory=dict)  # model -> the fused ops (genperf.ops) its training step calls
 
 
 def placer(config, device):

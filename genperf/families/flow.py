@@ -288,4 +288,5 @@ FAMILY = Family(
     likelihood_metrics=("bits_per_dim",),
     default_samples=4,
     summary=summary,
+    fused_ops={"realnvp": ("affine_coupling",)},
 )

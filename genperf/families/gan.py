@@ -251,6 +251,7 @@ FAMILY = Family(
     # Keeping the critic gathered (reshard after neither forward nor backward) runs, but its loss does not move: the
     # penalty's inner autograd.grad ends FSDP2's backward, so the outer backward's gradients never reach the shards.
     # The critic is small (2.8M parameters at 64x64): sharding it would save about 45 MB with Adam's state.
+    fused_ops={WGAN_GP: ("gradient_penalty",)},
     no_fsdp={
         WGAN_GP: "FSDP2 ends its backward inside the gradient penalty's double backward, so the critic's "
         "gradients never reach its shards; the critic (2.8M parameters) fits any GPU, so use --ddp"

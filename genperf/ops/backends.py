@@ -20,9 +20,10 @@ import sys
 import torch
 
 from genperf.errors import BackendError
+from genperf.ops.measured import RANKING, SOURCE
 
 NAMES = ("reference", "cpu", "cuda", "triton")
-# Fastest first, per device type.
+# The fused backends of each device type, for devices and ops the measured ranking does not cover.
 PREFERENCE = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}
 
 
@@ -88,8 +89,16 @@ def use_backend(name):
         _forced[0] = previous
 
 
-def select(device: torch.device) -> str:
-    """The backend for tensors on `device`: the forced one, GENPERF_BACKEND, or the fastest available."""
+def preference(device_type, op):
+    """The backends to try for `op` on `device_type`, fastest first: as measured (genperf.ops.measured), then
+    the device's fused backends not measured, then the pure-torch reference."""
+    measured = [name for name, _ in RANKING.get(device_type, {}).get(op, ())]
+    return list(dict.fromkeys([*measured, *PREFERENCE.get(device_type, ()), "reference"]))
+
+
+def select(device: torch.device, op: str) -> str:
+    """The backend of `op` for tensors on `device`: the forced one, GENPERF_BACKEND, or the fastest available as
+    measured. Falling back to the reference because a faster backend cannot run here is said once."""
     name = _forced[0] or _default
     if name is not None:
         _check(name)
@@ -99,15 +108,29 @@ def select(device: torch.device) -> str:
         if runs_on != device.type:
             raise BackendError(f"genperf backend {name!r} cannot run on {device.type} tensors")
         return name
-    for candidate in PREFERENCE.get(device.type, ()):
-        if _REASONS[candidate] is None:
-            return candidate
-    if device.type not in _warned and device.type != "meta":  # meta: shapes only (genperf.memory's estimate)
+    order = preference(device.type, op)
+    chosen = next(b for b in order if _REASONS[b] is None)  # the reference always can
+    missed = order[: order.index(chosen)]
+    if missed and device.type not in _warned and device.type != "meta":  # meta: shapes only (step_cost)
         _warned.add(device.type)
-        why = "; ".join(f"{n}: {_REASONS[n]}" for n in PREFERENCE.get(device.type, ()))
+        why = "; ".join(f"{n}: {_REASONS[n]}" for n in missed)
         print(
-            f"genperf: no fused backend for {device.type} tensors ({why or 'none exists'}); "
-            f"the ops run their pure-torch reference",
-            file=sys.stderr,
+            f"genperf: {op} cannot use its faster backends on {device.type} ({why}); it runs {chosen}", file=sys.stderr
         )
-    return "reference"
+    return chosen
+
+
+def describe(device_type, ops):
+    """One line: the backend each of `ops` runs on `device_type` and why (its measured speed-up)."""
+    if not ops:
+        return None
+    forced = _forced[0] or _default
+    if forced:
+        return f"fused ops on {device_type}: {forced} (forced) for {', '.join(ops)}"
+    parts = []
+    for op in ops:
+        chosen = select(torch.device(device_type), op)
+        speed = dict(RANKING.get(device_type, {}).get(op, ())).get(chosen)
+        parts.append(f"{op} {chosen}" + (f" ({speed:.2f}x eager)" if speed else " (not measured on this device type)"))
+    source = f"; measured on {SOURCE[device_type]}" if device_type in SOURCE else ""
+    return f"fused ops on {device_type}: {', '.join(parts)}{source}; --backend chooses another"

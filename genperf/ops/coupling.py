@@ -66,7 +66,7 @@ def affine_coupling(x, s_raw, t, scale, mask=None, reverse=False):
     """Affine coupling on the selected backend (see genperf.ops.backends). Differentiable in x,
     s_raw, t and scale; works under autocast, torch.compile and FSDP."""
     _check_args(x, s_raw, t, scale, mask)
-    backend = select(x.device)
+    backend = select(x.device, "affine_coupling")
     if backend == "reference":
         return affine_coupling_ref(x, s_raw, t, scale, mask, reverse)
     args = _kernel_args(x, s_raw, t, scale, mask)
@@ -119,20 +119,23 @@ else:
     torch.library.register_fake("genperf_kernels::affine_coupling", _fake_forward)
 
 
-# ---- the Triton backend as a torch.library custom op (its kernels are Python) ----
+# ---- the Triton backend as torch.library triton ops ----
+# torch.library.triton_op (torch >= 2.6) with wrap_triton: eagerly an op like any other; under torch.compile
+# inductor traces through the host function and launches the Triton kernels from its own generated code, with no
+# Python custom-op call between them.
 
 
-@torch.library.custom_op("genperf::affine_coupling_triton", mutates_args=())
+@torch.library.triton_op("genperf::affine_coupling_triton", mutates_args=())
 def _triton_forward(
     x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor, mask: Tensor | None, reverse: bool
 ) -> tuple[Tensor, Tensor]:
     from genperf.kernels import coupling
 
-    y, logdet = coupling.coupling_forward(x, s_raw, t, scale, mask, reverse)
+    y, logdet = coupling.coupling_forward(x, s_raw, t, scale, mask, reverse, wrap=torch.library.wrap_triton)
     return y, logdet.to(scale.dtype)  # the kernel accumulates in fp32, also for float64 inputs
 
 
-@torch.library.custom_op("genperf::affine_coupling_triton_backward", mutates_args=())
+@torch.library.triton_op("genperf::affine_coupling_triton_backward", mutates_args=())
 def _triton_backward(
     grad_y: Tensor,
     grad_logdet: Tensor,
@@ -145,12 +148,10 @@ def _triton_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from genperf.kernels import coupling
 
-    dx, dr, dt, dscale = coupling.coupling_backward(grad_y, grad_logdet, x, s_raw, t, scale, mask, reverse)
+    dx, dr, dt, dscale = coupling.coupling_backward(
+        grad_y, grad_logdet.to(torch.float32), x, s_raw, t, scale, mask, reverse, wrap=torch.library.wrap_triton
+    )
     return dx, dr, dt, dscale.to(scale.dtype)
-
-
-_triton_forward.register_fake(_fake_forward)
-_triton_backward.register_fake(_fake_backward)
 
 
 def _setup_context(ctx, inputs, output):
@@ -167,3 +168,8 @@ def _backward(ctx, grad_y, grad_logdet):
 
 
 _triton_forward.register_autograd(_backward, setup_context=_setup_context)
+# Shapes without running the host functions: triton_op's own fake traces them, which under TRITON_INTERPRET=1
+# (where wrap_triton hands back the interpreted kernel) would run the kernels on fake tensors. Under
+# torch.compile on a GPU inductor still traces the host functions into its graph (triton_op's decomposition).
+_triton_forward.register_fake(_fake_forward)
+_triton_backward.register_fake(_fake_backward)

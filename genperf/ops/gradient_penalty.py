@@ -46,7 +46,7 @@ def gradient_penalty(critic, real, fake, weight=10.0, eps=None):
     """The penalty on the selected backend (see genperf.ops.backends): the interpolation and the
     norm/penalty (forward and backward) are fused kernels; the critic's double backward is torch's."""
     _check_args(real, fake, eps)
-    backend = select(real.device)
+    backend = select(real.device, "gradient_penalty")
     if backend == "reference":
         return gradient_penalty_ref(critic, real, fake, weight, eps)
     n = real.shape[0]

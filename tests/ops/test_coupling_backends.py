@@ -144,9 +144,14 @@ def test_opcheck(backend):
     x, s_raw, t, scale, mask = _inputs((2, 3, 4, 4), torch.float32, "checkerboard")
     mask = mask.expand(1, 1, 4, 4).reshape(1, 1, 16).contiguous()  # the kernels' (1|N, 1|C, L) layout
     op = torch.ops.genperf.affine_coupling_triton if backend == "triton" else torch.ops.genperf_kernels.affine_coupling
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    if backend == "triton" and DEVICE.type == "cpu":
+        # AOT dispatch traces the host function (what inductor compiles), whose wrap_triton launches need a GPU:
+        # under the interpreter they would run on fake tensors.
+        checks = tuple(c for c in checks if c != "test_aot_dispatch_dynamic")
     for reverse in (False, True):
         args = (x.requires_grad_(), s_raw.requires_grad_(), t.requires_grad_(), scale.requires_grad_(), mask, reverse)
-        torch.library.opcheck(op.default, args)
+        torch.library.opcheck(op.default, args, test_utils=checks)
 
 
 @pytest.mark.skipif(not HAS_NATIVE, reason=NO_NATIVE)
@@ -181,6 +186,37 @@ def test_torch_compile_fullgraph_matches_eager(backend):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(leaves, ref_leaves):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_each_op_runs_its_fastest_measured_backend(monkeypatch, capsys):
+    from genperf.ops import backends
+
+    monkeypatch.setattr(backends, "RANKING", {"cpu": {"affine_coupling": (("reference", 1.0), ("cpu", 0.5))}})
+    monkeypatch.setattr(backends, "_warned", set())
+    cpu = torch.device("cpu")
+    assert backends.select(cpu, "affine_coupling") == "reference"  # measured faster: chosen, not a fallback
+    assert backends.select(cpu, "gradient_penalty") == ("cpu" if "cpu" in available_backends() else "reference")
+    assert "cannot use its faster backends" not in capsys.readouterr().err
+    line = backends.describe("cpu", ["affine_coupling"])
+    assert line.startswith("fused ops on cpu: affine_coupling reference (1.00x eager)")
+    with use_backend("reference"):
+        assert (
+            backends.describe("cpu", ["affine_coupling"]) == "fused ops on cpu: reference (forced) for affine_coupling"
+        )
+
+
+def test_a_faster_backend_that_cannot_run_is_said_once(monkeypatch, capsys):
+    from genperf.ops import backends
+
+    monkeypatch.setattr(backends, "RANKING", {"cpu": {"affine_coupling": (("cuda", 3.0), ("reference", 1.0))}})
+    monkeypatch.setattr(backends, "_warned", set())
+    monkeypatch.setitem(backends._REASONS, "cuda", "no CUDA device")
+    for _ in range(2):
+        assert backends.select(torch.device("cpu"), "affine_coupling") == "reference"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "genperf: affine_coupling cannot use its faster backends on cpu (cuda: no CUDA device); it runs reference"
+    ]
 
 
 @pytest.mark.skipif(not HAS_NATIVE, reason=NO_NATIVE)
