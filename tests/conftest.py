@@ -15,9 +15,10 @@ MNIST = os.environ.get("GENPERF_TEST_MNIST", os.path.join(REPO, "tests", "data",
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "slow: end-to-end runs of the quick study, the CPU selftest and FSDP under "
-        "torch.compile, minutes each on a 2-core CPU; README's test command leaves them "
-        "out (-m 'not slow') and its slow-test command runs them",
+        "slow: end-to-end runs of the quick study, the CPU selftest and GPU probe, and the multi-process and "
+        "compiled variants whose plain counterparts the fast tier runs (DDP and FSDP with --amp --compile, "
+        "resumes across modes and nodes, every model on two ranks), tens of seconds to minutes each on a 2-core "
+        "CPU; README's test command leaves them out (-m 'not slow') and its slow-test command runs them",
     )
 
 

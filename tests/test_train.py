@@ -222,6 +222,7 @@ def _train_curve(out):
     return {r["step"]: r["bits_per_dim"] for r in _lines(out / "metrics.jsonl") if r["split"] == "train"}
 
 
+@pytest.mark.slow
 def test_fsdp_two_ranks_follow_one_rank_and_resume_onto_another_rank_count(tmp_path):
     """Same global batch: the 2-rank FSDP loss curve is the 1-rank one; a sharded checkpoint written by 2
     ranks resumes on 1 (switching on invertible backprop and checkpointing, which change no gradient). This holds
@@ -266,6 +267,7 @@ def _amp_fsdp_trains_and_resumes(out, *extra):
     return proc
 
 
+@pytest.mark.slow
 def test_main_command_shape_amp_fsdp_trains_and_resumes(tmp_path):
     _amp_fsdp_trains_and_resumes(tmp_path)
 
@@ -276,7 +278,15 @@ def test_amp_fsdp_under_compile_trains_and_resumes_without(tmp_path):
     assert "genperf: torch.compile compiled" in _amp_fsdp_trains_and_resumes(tmp_path, "--compile").stdout
 
 
-@pytest.mark.parametrize("backend", [b for b in available_backends() if b in ("cpu", "triton")])
+# The Triton interpreter trains slowly (tests/ops checks its kernels against the reference in the fast tier).
+@pytest.mark.parametrize(
+    "backend",
+    [
+        b if b == "cpu" else pytest.param(b, marks=pytest.mark.slow)
+        for b in available_backends()
+        if b in ("cpu", "triton")
+    ],
+)
 @pytest.mark.parametrize("model", ["realnvp", "wgan-gp"])
 def test_fused_ops_train_like_the_reference(model, backend, tmp_path):
     """A short training with the fused coupling / penalty follows the pure-torch run step for step."""

@@ -13,10 +13,10 @@ recomputing tanh and exp instead of saving them; their y and gradients are conti
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from genperf.dtypes import at_least_fp32
 from genperf.ops.backends import select
+from genperf.ops.fake import coupling_backward_shapes, coupling_forward_shapes
 
 
 def _check_args(x, s_raw, t, scale, mask):
@@ -71,7 +71,11 @@ def affine_coupling(x, s_raw, t, scale, mask=None, reverse=False):
         return affine_coupling_ref(x, s_raw, t, scale, mask, reverse)
     args = _kernel_args(x, s_raw, t, scale, mask)
     if backend == "triton":
-        return torch.ops.genperf.affine_coupling_triton(*args, reverse)
+        # Imported at first use: torch.library.triton_op imports torch._dynamo, which makes the compile cache folder,
+        # and importing genperf must leave that to genperf.faults.usable_compile_cache.
+        from genperf.ops.coupling_triton import triton_coupling
+
+        return triton_coupling(*args, reverse)
     # cpu and cuda: genperf._C's op, whose gradient is wired in C++ (csrc/coupling_autograd.cpp).
     return torch.ops.genperf_kernels.affine_coupling(*args, reverse)
 
@@ -100,76 +104,12 @@ def _kernel_args(x, s_raw, t, scale, mask):
     return (*flat, scale.to(torch.promote_types(x.dtype, torch.float32)).contiguous(), mask)
 
 
-def _fake_forward(x, s_raw, t, scale, mask, reverse):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[0], dtype=scale.dtype)
-
-
-def _fake_backward(grad_y, grad_logdet, x, s_raw, t, scale, mask, reverse):
-    return tuple(torch.empty_like(v, memory_format=torch.contiguous_format) for v in (x, s_raw, t, scale))
-
-
 # Shapes of genperf._C's ops for torch.compile's fake tensors (their kernels and autograd are C++).
 try:
     from genperf import _C  # noqa: F401  (loads the ops)
 except ImportError:
     pass
 else:
-    torch.library.register_fake("genperf_kernels::coupling_forward", _fake_forward)
-    torch.library.register_fake("genperf_kernels::coupling_backward", _fake_backward)
-    torch.library.register_fake("genperf_kernels::affine_coupling", _fake_forward)
-
-
-# ---- the Triton backend as torch.library triton ops ----
-# torch.library.triton_op (torch >= 2.6) with wrap_triton: eagerly an op like any other; under torch.compile
-# inductor traces through the host function and launches the Triton kernels from its own generated code, with no
-# Python custom-op call between them.
-
-
-@torch.library.triton_op("genperf::affine_coupling_triton", mutates_args=())
-def _triton_forward(
-    x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor, mask: Tensor | None, reverse: bool
-) -> tuple[Tensor, Tensor]:
-    from genperf.kernels import coupling
-
-    y, logdet = coupling.coupling_forward(x, s_raw, t, scale, mask, reverse, wrap=torch.library.wrap_triton)
-    return y, logdet.to(scale.dtype)  # the kernel accumulates in fp32, also for float64 inputs
-
-
-@torch.library.triton_op("genperf::affine_coupling_triton_backward", mutates_args=())
-def _triton_backward(
-    grad_y: Tensor,
-    grad_logdet: Tensor,
-    x: Tensor,
-    s_raw: Tensor,
-    t: Tensor,
-    scale: Tensor,
-    mask: Tensor | None,
-    reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from genperf.kernels import coupling
-
-    dx, dr, dt, dscale = coupling.coupling_backward(
-        grad_y, grad_logdet.to(torch.float32), x, s_raw, t, scale, mask, reverse, wrap=torch.library.wrap_triton
-    )
-    return dx, dr, dt, dscale.to(scale.dtype)
-
-
-def _setup_context(ctx, inputs, output):
-    x, s_raw, t, scale, mask, reverse = inputs
-    ctx.save_for_backward(x, s_raw, t, scale, mask)
-    ctx.reverse = reverse
-
-
-def _backward(ctx, grad_y, grad_logdet):
-    dx, dr, dt, dscale = torch.ops.genperf.affine_coupling_triton_backward(
-        grad_y.contiguous(), grad_logdet.contiguous(), *ctx.saved_tensors, ctx.reverse
-    )
-    return dx, dr, dt, dscale, None, None
-
-
-_triton_forward.register_autograd(_backward, setup_context=_setup_context)
-# Shapes without running the host functions: triton_op's own fake traces them, which under TRITON_INTERPRET=1
-# (where wrap_triton hands back the interpreted kernel) would run the kernels on fake tensors. Under
-# torch.compile on a GPU inductor still traces the host functions into its graph (triton_op's decomposition).
-_triton_forward.register_fake(_fake_forward)
-_triton_backward.register_fake(_fake_backward)
+    torch.library.register_fake("genperf_kernels::coupling_forward", coupling_forward_shapes)
+    torch.library.register_fake("genperf_kernels::coupling_backward", coupling_backward_shapes)
+    torch.library.register_fake("genperf_kernels::affine_coupling", coupling_forward_shapes)

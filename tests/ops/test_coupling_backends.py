@@ -143,7 +143,10 @@ def test_gradcheck_float64_native_backend(reverse):
 def test_opcheck(backend):
     x, s_raw, t, scale, mask = _inputs((2, 3, 4, 4), torch.float32, "checkerboard")
     mask = mask.expand(1, 1, 4, 4).reshape(1, 1, 16).contiguous()  # the kernels' (1|N, 1|C, L) layout
-    op = torch.ops.genperf.affine_coupling_triton if backend == "triton" else torch.ops.genperf_kernels.affine_coupling
+    if backend == "triton":
+        from genperf.ops.coupling_triton import triton_coupling as op
+    else:
+        op = torch.ops.genperf_kernels.affine_coupling
     checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     if backend == "triton" and DEVICE.type == "cpu":
         # AOT dispatch traces the host function (what inductor compiles), whose wrap_triton launches need a GPU:
