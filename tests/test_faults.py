@@ -368,9 +368,9 @@ def test_an_epoch_without_a_single_readable_batch_is_an_error_not_a_loop(tmp_pat
 
 @pytest.mark.parametrize(
     "damage, line",
-    [
-        ("a shard deleted", "its shard __1_0.distcp is missing"),
-        ("the index deleted", "its index .metadata is missing"),
+    [  # the damage that is hardest to see in the fast tier, the other two in the slow one
+        pytest.param("a shard deleted", "its shard __1_0.distcp is missing", marks=pytest.mark.slow),
+        pytest.param("the index deleted", "its index .metadata is missing", marks=pytest.mark.slow),
         ("a shard cut to 7%", "its shard __0_0.distcp is cut short"),
     ],
 )

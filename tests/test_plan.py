@@ -18,7 +18,15 @@ def test_gpus_parse_and_reject():
 @pytest.fixture(scope="module")
 def tiny_rows():
     """Every mode of the tiny flow, counted once for the tests below (each mode steps twice on the meta device)."""
-    return plan.plan(TINY, 2, 11 * 2**30, 2**30, 0.05)
+    wanted = (
+        "fp32",
+        "--checkpointing coupling",
+        "--checkpointing block",
+        "--invertible",
+        "--amp --fsdp",
+        "--amp --checkpointing block --invertible",
+    )
+    return plan.plan(TINY, 2, 11 * 2**30, 2**30, 0.05, modes={m: plan.MODES[m] for m in wanted})
 
 
 def test_modes_order_as_their_memory_does(tiny_rows):

@@ -6,10 +6,19 @@ custom-op call between them."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
 from genperf.ops.fake import coupling_backward_shapes, coupling_forward_shapes
+
+
+def _launch(kernel):
+    """What the host functions launch: the kernel wrapped for torch.compile, or, under the Triton interpreter
+    (TRITON_INTERPRET=1, CPU tensors, where nothing compiles), the interpreted kernel itself, which torch before
+    2.12 refuses to wrap."""
+    return kernel if os.environ.get("TRITON_INTERPRET") == "1" else torch.library.wrap_triton(kernel)
 
 
 @torch.library.triton_op("genperf::affine_coupling_triton", mutates_args=())
@@ -18,7 +27,7 @@ def _triton_forward(
 ) -> tuple[Tensor, Tensor]:
     from genperf.kernels import coupling
 
-    y, logdet = coupling.coupling_forward(x, s_raw, t, scale, mask, reverse, wrap=torch.library.wrap_triton)
+    y, logdet = coupling.coupling_forward(x, s_raw, t, scale, mask, reverse, wrap=_launch)
     return y, logdet.to(scale.dtype)  # the kernel accumulates in fp32, also for float64 inputs
 
 
@@ -36,7 +45,7 @@ def _triton_backward(
     from genperf.kernels import coupling
 
     dx, dr, dt, dscale = coupling.coupling_backward(
-        grad_y, grad_logdet.to(torch.float32), x, s_raw, t, scale, mask, reverse, wrap=torch.library.wrap_triton
+        grad_y, grad_logdet.to(torch.float32), x, s_raw, t, scale, mask, reverse, wrap=_launch
     )
     return dx, dr, dt, dscale.to(scale.dtype)
 
