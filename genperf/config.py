@@ -163,6 +163,16 @@ COMMON = (
         default=False,
         resumable=True,
     ),
+    Option(
+        "sample_temperature",
+        "latent temperature of the sample grids the run draws (latents from N(0, T^2 I); T < 1 trades diversity for "
+        "fidelity; default: realnvp 0.7, the convention of Glow and later flows, 1 for the other models)",
+        default=PER_MODEL,
+        type=float,
+        resumable=True,
+        above=0,
+        absent=1.0,
+    ),
     Option("log_every", "steps between metric lines", default=10, type=int, resumable=True, at_least=1),
     Option(
         "eval_every",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -18,7 +17,7 @@ import torch
 
 from genperf import checkpoint, models, perf
 from genperf.config import RESUMABLE, applicable
-from genperf.data import load_dataset, make_batches
+from genperf.data import POINT_SETS, load_dataset, make_batches
 from genperf.distributed import all_reduce_sum, gather_objects, shutdown_distributed
 from genperf.errors import DataError, GenperfError
 from genperf.families import FAMILY_OF, build_objective
@@ -75,7 +74,9 @@ class Trainer:
         )
         self.steps_per_epoch = len(self.train)
         self.total_steps = c.steps if c.steps is not None else c.epochs * self.steps_per_epoch
-        self.fixed_noise = self.objective.noise(NUM_SAMPLES, torch.Generator().manual_seed(c.seed)).to(self.device)
+        self.temperature = c.sample_temperature or 1.0  # None: the model sets no grid temperature
+        noise = self.objective.noise(NUM_SAMPLES, torch.Generator().manual_seed(c.seed))
+        self.fixed_noise = noise.to(self.device) * self.temperature
         self.data_print = self.data.fingerprint()
         self.ckpt = os.path.join(c.out, checkpoint.SHARDED_CHECKPOINT if c.fsdp else checkpoint.CHECKPOINT)
         self.step = self._restore()
@@ -88,7 +89,7 @@ class Trainer:
             time.perf_counter(),
             self.step,
         )
-        self.last, self.held, self.held_step, self.artifacts_step = {}, {}, None, None
+        self.last, self.held, self.held_step, self.artifacts_step, self.last_grid = {}, {}, None, None, None
         self.compile_s, self.compile_reported = 0.0, 0.0  # seconds of the steps in which torch.compile compiled
         self.stop, self.finished = None, False
         self.signals = StopSignals(verbose=dist.is_main)
@@ -207,7 +208,7 @@ class Trainer:
         self.log.plot_losses(final=True)
         self.log.close()
         if dist.is_main:
-            print(f"genperf: done. held-out {json.dumps(self.held)}; run directory {c.out}", flush=True)
+            print(closing_summary(c, summary, self.held, self.last_grid, self.temperature, self.ckpt), flush=True)
         self.finished, self.stop = True, self.signals.requested
         self.summary = summary
 
@@ -332,7 +333,8 @@ class Trainer:
         """Sample grid, held-out metrics, checkpoint and plot."""
         self.verify()
         samples = self.objective.sample(self.fixed_noise)  # all ranks: sharded modules gather parameters
-        self.log.save_samples(samples, name, self.step, real=None if self.data.is_image else self.data.heldout[:2000])
+        real = None if self.data.is_image else self.data.heldout[:2000]
+        self.last_grid = self.log.save_samples(samples, name, self.step, real=real)
         self.measure_heldout()
         self.save_checkpoint()
         self.log.plot_losses()
@@ -422,6 +424,28 @@ class Trainer:
                 flush=True,
             )
         return log
+
+
+def closing_summary(config, summary, held, grid, temperature, ckpt):
+    """What a finished run prints last: what it did, where its pictures and checkpoint are, how to read its held-out
+    numbers, and the commands to try next."""
+    out, minutes, seconds = config.out, *divmod(round(summary["wall_time_s"]), 60)
+    took = f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+    family = FAMILY_OF[config.model]
+    held_line = ", ".join(f"{k} {v:.4g}" for k, v in held.items()) or "none measured"
+    lines = [
+        f"genperf: done. {summary['steps']} steps in {took} ({summary['images_per_s']:.0f} images/s); run directory "
+        f"{out}",
+        f"  held-out    {held_line}" + (f"  ({family.heldout_reading})" if family.heldout_reading else ""),
+        f"  samples     {grid}" + (f"  (temperature {temperature:g})" if config.data not in POINT_SETS else ""),
+        f"  losses      {os.path.join(out, 'loss.png')}",
+        f"  checkpoint  {ckpt}",
+        "next:",
+        f"  python -m genperf.sample {out} --temperature 1              # more samples, at any temperature",
+        f"  python -m genperf.evaluate {out}                            # held-out metrics with error bars",
+        f"  python -m genperf.train --resume --out {out} --steps {2 * summary['steps']}   # train on from here",
+    ]
+    return "\n".join(lines)
 
 
 def _silent_bar():

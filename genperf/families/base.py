@@ -34,6 +34,7 @@ class Family:
     image_only: bool = False  # whether it needs image data (GANs also train on the 2-D mixtures)
     no_fsdp: dict = field(default_factory=dict)  # model -> why it cannot run under --fsdp
     fused_ops: dict = field(default_factory=dict)  # model -> the fused ops (genperf.ops) its training step calls
+    heldout_reading: str = ""  # how to read the held-out metrics, for the line a finished run ends with
 
 
 def placer(config, device):

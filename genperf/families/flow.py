@@ -228,6 +228,7 @@ FAMILY = Family(
             "19.6M parameters) or celeba64 (3x64x64, 3 scales, 87.9M)",
             lr=1e-3,
             epochs=5,
+            sample_temperature=0.7,
         )
     },
     options=(
@@ -289,4 +290,5 @@ FAMILY = Family(
     default_samples=4,
     summary=summary,
     fused_ops={"realnvp": ("affine_coupling",)},
+    heldout_reading="bits/dim: 8 is uniform noise, about 1.1 a well-trained RealNVP on MNIST; lower is better",
 )

@@ -256,4 +256,5 @@ FAMILY = Family(
         WGAN_GP: "FSDP2 ends its backward inside the gradient penalty's double backward, so the critic's "
         "gradients never reach its shards; the critic (2.8M parameters) fits any GPU, so use --ddp"
     },
+    heldout_reading="GANs have no held-out likelihood: genperf.evaluate measures FID",
 )

@@ -181,4 +181,5 @@ FAMILY = Family(
     likelihood_metrics=("elbo", "nll"),
     default_samples=100,
     summary=summary,
+    heldout_reading="elbo: nats per image, a lower bound of log p(x); higher is better",
 )

@@ -116,8 +116,10 @@ class STResNet(nn.Module):
 
     With norm "batch" (the study's network) the input is batch-normed (and doubled, for checkerboard couplings,
     whose masked input is half zeros) and fed as relu(concat(x, -x)), every block normalises before each conv,
-    and the summed skips are batch-normed before the output conv. The output conv starts at zero (its
-    weight-norm scale g = 0), so every coupling starts as the identity."""
+    and the summed skips are batch-normed before the output conv. That conv starts as weight norm does (g = |v|),
+    not at zero: the gradient of every weight inside the network is proportional to its g, so with g = 0 only g
+    learns until Adam has grown it, and runs learned about half as much per step (docs/quality.md). The
+    normalisation-free network's plain output conv starts at zero, every coupling the identity."""
 
     def __init__(self, in_channels, mid_channels, out_channels, num_blocks, norm="none", double_after_norm=False):
         super().__init__()
@@ -135,7 +137,6 @@ class STResNet(nn.Module):
         self.out_norm = BatchNorm2d(mid_channels) if batch else nn.Identity()
         if batch:
             self.out_conv = WeightNormConv2d(mid_channels, out_channels, 1, pad_out=to_multiple_of_8(out_channels))
-            nn.init.zeros_(self.out_conv.weight_g)
         else:
             self.out_conv = nn.Conv2d(mid_channels, out_channels, 1)
             nn.init.zeros_(self.out_conv.weight)

@@ -7,7 +7,8 @@ from genperf.models import REALNVP_ARCHS, RealNVP
 
 
 def _perturbed(model, std=0.05):
-    """A RealNVP starts as the identity (zero output convs); perturb it so every coupling acts."""
+    """Parameters moved off their initial values, so every parameter shapes the output (the normalisation-free
+    network starts as the identity)."""
     with torch.no_grad():
         for p in model.parameters():
             p.add_(std * torch.randn_like(p))
@@ -43,9 +44,9 @@ def test_logdet_equals_explicit_jacobian(st_norm):
 
 
 def test_log_prob_of_the_initial_identity_flow():
-    """At initialisation every coupling is the identity, so log p(x) is the logit transform's
-    change of variables under a standard normal; compare with torch.distributions."""
-    model, alpha = RealNVP(1, 4, 2, 4, 1).double(), 0.05
+    """At initialisation every coupling of the normalisation-free network is the identity, so log p(x) is the
+    logit transform's change of variables under a standard normal; compare with torch.distributions."""
+    model, alpha = RealNVP(1, 4, 2, 4, 1, st_norm="none").double(), 0.05
     x = torch.randint(0, 256, (3, 1, 4, 4)).double() / 255
     torch.manual_seed(1)
     got = model.log_prob(x)
@@ -57,6 +58,21 @@ def test_log_prob_of_the_initial_identity_flow():
     expected = density.flatten(1).sum(1) - 16 * math.log(256)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(model.bits_per_dim(x * 0 + 0.5).shape, torch.Size([3]))
+
+
+def test_the_study_networks_couplings_start_acting_and_every_weight_gets_a_gradient():
+    """The batch-normed s/t networks' output conv starts with weight norm's g = |v| (not 0), so the first step
+    moves every weight inside the networks: with g = 0 their gradients are exactly zero."""
+    model = RealNVP(1, 8, 2, 8, 1)
+    x = torch.rand(4, 1, 8, 8)
+    z, _ = model(x)
+    logit = torch.logit(0.05 + 0.9 * x)
+    assert (z - logit).abs().max() > 1e-3  # the couplings act from the start
+    model.bits_per_dim(x).mean().backward()
+    directions = [(n, p) for n, p in model.named_parameters() if n.endswith("weight_v") and ".st_net." in n]
+    assert len(directions) == 10 * 6  # 10 couplings of in_conv, in_skip, one block of 2, its skip, out_conv
+    for name, p in directions:
+        assert p.grad.abs().max() > 1e-4 * p.abs().max(), name
 
 
 def test_presets_have_the_studys_sizes():

@@ -71,7 +71,7 @@ def study_coupling(x, coupling):
 def test_genperfs_coupling_is_the_studys(index):
     torch.manual_seed(index)
     model = RealNVP(1, 8, 2, 6, 2)  # st_norm="batch", the default
-    with torch.no_grad():  # weights away from their initial values (zero output convs: identity couplings)
+    with torch.no_grad():  # weights off their initial values, which hide errors (rescales at 1)
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
         for c in model.couplings():
