@@ -57,6 +57,13 @@ def runs(tmp_path_factory):
     for model in MODELS:
         _train(model, root / model, "--steps", "10")
     _train("dcgan", root / "dcgan-ring8", "--steps", "10", data=("--data", "ring8"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def sharded_runs(tmp_path_factory):
+    """RealNVP trained in one process and as two FSDP ranks (started as genperf.train starts them)."""
+    root = tmp_path_factory.mktemp("sharded")
     _fsdp(root / "realnvp-one")
     _fsdp(root / "realnvp-fsdp2", "--fsdp", "--nproc", "2")
     return root
@@ -152,20 +159,22 @@ def test_a_metric_that_does_not_apply_is_refused(runs, capsys):
     assert "realnvp only" in _one_error_line(capsys, "evaluate")
 
 
-def test_a_two_rank_sharded_checkpoint_loads_in_one_process(runs, tmp_path):
+# Two processes: 15 s. The fast tier loads a stored two-rank checkpoint in one process (tests/test_fixtures.py).
+@pytest.mark.slow
+def test_a_two_rank_sharded_checkpoint_loads_in_one_process(sharded_runs, tmp_path):
     """The 2-rank FSDP run follows the 1-rank one step for step (test_train), so gathering its shards
     must give the 1-rank weights; sample and evaluate read it like any other run."""
-    assert (runs / "realnvp-fsdp2" / "checkpoint" / "meta.pt").exists()
-    one, two = genperf.load(str(runs / "realnvp-one")), genperf.load(str(runs / "realnvp-fsdp2"))
+    assert (sharded_runs / "realnvp-fsdp2" / "checkpoint" / "meta.pt").exists()
+    one, two = genperf.load(str(sharded_runs / "realnvp-one")), genperf.load(str(sharded_runs / "realnvp-fsdp2"))
     state_one, state_two = one.model.state_dict(), two.model.state_dict()
     assert set(state_one) == set(state_two)
     for key in state_one:
         torch.testing.assert_close(state_two[key], state_one[key], rtol=1e-4, atol=1e-5)
-    assert sample.main([str(runs / "realnvp-fsdp2"), "--n", "4", "--grid", str(tmp_path / "g.png")]) == 0
+    assert sample.main([str(sharded_runs / "realnvp-fsdp2"), "--n", "4", "--grid", str(tmp_path / "g.png")]) == 0
     assert (
         evaluate.main(
             [
-                str(runs / "realnvp-fsdp2"),
+                str(sharded_runs / "realnvp-fsdp2"),
                 "--samples",
                 "1",
                 "--metrics",
@@ -177,7 +186,8 @@ def test_a_two_rank_sharded_checkpoint_loads_in_one_process(runs, tmp_path):
         == 0
     )
     bpd = json.loads((tmp_path / "e.json").read_text())["bits_per_dim"]
-    assert bpd == pytest.approx(_heldout(runs / "realnvp-fsdp2")["bits_per_dim"], rel=1e-3)  # other ranks' noise
+    logged = _heldout(sharded_runs / "realnvp-fsdp2")["bits_per_dim"]
+    assert bpd == pytest.approx(logged, rel=1e-3)  # other ranks' noise
 
 
 def test_resume_with_only_the_folder_equals_an_uninterrupted_run_ema_included(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ runs that switch --compile on or off across a resume."""
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -77,6 +78,11 @@ def _start_from(objective, source):
             m.zero_grad(set_to_none=True)
 
 
+# The biases inside RealNVP's batch-normed s/t networks (all but the output conv's) reach the loss only through batch
+# norms, which remove a constant shift: their exact gradient is zero, and what either run computes is rounding noise.
+ZERO_GRADIENT = re.compile(r"\.st_net\.(in_conv|in_skip|skips\.\d+|blocks\.\d+\.conv2)\.bias$")
+
+
 @pytest.mark.parametrize("model", list(SMALL))
 def test_compiled_steps_match_eager_steps(model):
     """fp32: each compiled step from the eager step's starting state equals the eager step to float rounding,
@@ -94,7 +100,7 @@ def test_compiled_steps_match_eager_steps(model):
         compiled_grads = _grads(compiled)
         for name, g in _grads(eager).items():
             assert (g is None) == (compiled_grads[name] is None), (step, name)
-            if g is not None:
+            if g is not None and not ZERO_GRADIENT.search(name):
                 torch.testing.assert_close(compiled_grads[name], g, rtol=1e-3, atol=1e-5, msg=f"step {step}: {name}")
     assert counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
 
@@ -167,6 +173,7 @@ def _params(out):
     return torch.load(out / "checkpoint.pt", weights_only=True)["models"]["realnvp"]
 
 
+@pytest.mark.slow  # three runs, two compiled
 def test_a_compiled_run_resumes_with_and_without_compile(tmp_path, capsys):
     """The normalisation-free s/t networks: there compiled and eager steps agree to rounding over 20 steps, so the
     resumed runs must equal the whole one. (With batch norm, Adam turns the two modes' rounding differences in the
@@ -195,7 +202,7 @@ def test_compile_refuses_invertible(tmp_path, capsys):
     assert "--compile does not combine with --invertible" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("checkpointing", ["coupling", "block"])
+@pytest.mark.parametrize("checkpointing", [pytest.param("coupling", marks=pytest.mark.slow), "block"])
 def test_compiled_checkpointing_updates_the_running_statistics_once(checkpointing):
     """Compiled with activation checkpointing (the coupling or the s/t networks' blocks compiled with what they
     recompute), one step leaves the batch norms' running statistics where an eager step without checkpointing

@@ -88,10 +88,10 @@ def _assert_same_curve(a, b, rel=1e-4):
 # float tolerance. Batch norm (the DCGAN image networks of all three GANs, RealNVP's default s/t networks)
 # normalises each rank's half by its own statistics, as on the study's GPUs, so there the curves differ from one
 # process's; those gradients are checked against the per-half reference below instead.
-# realnvp and wgan-gp (the fused penalty through the wrapped critic) in the fast tier, the rest in the slow one
-@pytest.mark.parametrize(
-    "model", [m if m in ("realnvp", "wgan-gp") else pytest.param(m, marks=pytest.mark.slow) for m in SMALL]
-)
+# Every model in the slow tier (20 s each); the fast tier's DDP tests are the ones below: DCGAN's images on two
+# ranks, batch norm's per-rank statistics and the penalty's gradients through the wrapped critic.
+@pytest.mark.slow
+@pytest.mark.parametrize("model", SMALL)
 def test_two_ddp_ranks_follow_one_process(model, tmp_path):
     _train(model, tmp_path / "one", 8)
     proc = _train(model, tmp_path / "two", 8, "--nproc", "2")

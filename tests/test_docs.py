@@ -86,6 +86,19 @@ def _bash_blocks():
     return re.findall(r"```bash\n(.*?)```", text, re.S)
 
 
+def test_the_first_command_trains_realnvp_with_amp_and_fsdp_on_shipped_data():
+    """README's first block ends with the main command on data in the repository; benchmarks/first_run.py times and
+    judges that line (docs/first-run.md), so it must parse it as this test does."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    from first_run import first_command
+
+    argv = shlex.split(first_command())
+    assert argv[:4] == ["python", "-m", "genperf.train", "realnvp"] and "--amp" in argv and "--fsdp" in argv
+    root = argv[argv.index("--data-root") + 1]
+    assert os.path.exists(os.path.join(REPO, root, "t10k-images-idx3-ubyte.gz"))
+    assert "first-run.md" in open(os.path.join(REPO, "README.md")).read()
+
+
 def test_ci_runs_the_readme_test_command():
     """.ci/run runs README's second bash block; that block is the test command."""
     test_block = _bash_blocks()[1]
@@ -106,6 +119,7 @@ def _short_commands():
     return commands
 
 
+@pytest.mark.slow  # about a minute: trains, samples and evaluates as README says
 def test_readme_commands_run_as_written(tmp_path):
     """Run in a folder of their own (the runs/ they write land there), with tests/data beside them as in a clone."""
     os.symlink(os.path.join(REPO, "tests"), tmp_path / "tests")

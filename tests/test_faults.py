@@ -420,6 +420,7 @@ def test_a_second_signal_exits_at_once():
     assert proc.stderr.strip() == "genperf: second SIGTERM: stopping now, without a checkpoint"
 
 
+@pytest.mark.slow  # two ranks; single-process signals stay in the fast tier
 def test_sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
     out = tmp_path / "run"
     proc = _spawn(out, "--fsdp")
@@ -435,6 +436,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
 
 
 # ---- kill -9 at random moments of a save ----
+@pytest.mark.slow  # 20 s of killed saves; the sharded case stays in the fast tier
 def test_kill_9_at_random_moments_of_single_file_saves_leaves_a_checkpoint_that_resumes(tmp_path):
     rng = random.Random(13)
     for trial in range(3):
@@ -745,6 +747,7 @@ def test_a_read_only_run_folder_is_one_line_for_a_run_and_a_resume(tmp_path, mon
         assert _error(capsys) == f"genperf: error: cannot use {folder} as a run folder: Permission denied"
 
 
+@pytest.mark.slow  # a cold compile in a fresh cache
 def test_an_unusable_inductor_cache_folder_is_replaced_for_the_run_and_said(tmp_path):
     (tmp_path / "file").write_text("")
     env = dict(ENV, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "file" / "cache"))

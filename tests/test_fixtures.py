@@ -30,6 +30,7 @@ def test_an_earlier_single_process_run_resumes(tmp_path):
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 6
 
 
+@pytest.mark.slow  # two ranks; the one-rank resume stays in the fast tier
 def test_an_earlier_sharded_run_resumes_on_two_ranks(tmp_path):
     out = tmp_path / "run"
     shutil.copytree(os.path.join(FIXTURES, "realnvp-fsdp2"), out)

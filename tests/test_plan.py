@@ -29,6 +29,7 @@ def tiny_rows():
     return plan.plan(TINY, 2, 11 * 2**30, 2**30, 0.05, modes={m: plan.MODES[m] for m in wanted})
 
 
+@pytest.mark.slow  # the tiny flow counted in six modes: 40 s
 def test_modes_order_as_their_memory_does(tiny_rows):
     rows = {r["mode"]: r for r in tiny_rows}
     fp32 = rows["fp32"]
@@ -42,6 +43,7 @@ def test_modes_order_as_their_memory_does(tiny_rows):
     assert rows["--amp --checkpointing block --invertible"]["per_gpu"] > fp32["per_gpu"]
 
 
+@pytest.mark.slow  # shares the six modes
 def test_the_table_and_a_bad_option(capsys, monkeypatch, tiny_rows):
     real_plan = plan.plan
     monkeypatch.setattr(plan, "plan", lambda argv, *a, **k: tiny_rows if argv == TINY else real_plan(argv, *a, **k))
@@ -55,6 +57,7 @@ def test_the_table_and_a_bad_option(capsys, monkeypatch, tiny_rows):
     assert "COUNTxSIZE" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # counts the 88M-parameter celeba64 flow: 20 s
 def test_the_prediction_follows_the_peak_measured_on_a_gpu():
     """RealNVP celeba64 with the study's network, fp32, against torch.cuda.max_memory_allocated on one H200
     (benchmarks/bench_memory.py, docs/gpu.md: 1.31 GiB fixed, 277 MiB a sample)."""

@@ -105,10 +105,19 @@ def test_main_command_as_a_subprocess(tmp_path):
 
     # 8 digits of 8x8 a row, each enlarged 4x (was 82 pixels wide), 2-pixel gaps
     assert Image.open(tmp_path / "samples" / "epoch_001.png").size == (8 * 32 + 9 * 2, 8 * 32 + 9 * 2)
-    assert "held-out" in proc.stdout
+    # The summary a run ends with: every file it names exists, and the next commands name this run.
+    summary = proc.stdout[proc.stdout.index("genperf: done.") :].splitlines()
+    assert summary[1].startswith("  held-out    elbo ") and "higher is better" in summary[1], summary
+    for line, name in zip(summary[2:5], ("samples", "losses", "checkpoint")):
+        assert line.split()[0] == name and os.path.exists(line.split()[1]), line
+    assert "(temperature 1)" in summary[2]
+    assert f"python -m genperf.train --resume --out {tmp_path} --steps " in proc.stdout
 
 
-@pytest.mark.parametrize("model, extra", [("realnvp", []), ("dcgan", ["--label-smoothing"]), ("wgan", [])])
+@pytest.mark.parametrize(
+    "model, extra",
+    [("realnvp", ["--image-size", "8"]), ("dcgan", ["--label-smoothing"]), ("wgan", [])],
+)  # realnvp at 8x8: 16x16 took 20 s of the fast tier
 def test_resumed_run_ends_where_an_uninterrupted_one_does(model, extra, tmp_path):
     # 49 steps per epoch at batch 32: the stop at step 30 is mid-epoch, the end (60) in the next epoch.
     whole, parts = tmp_path / "whole", tmp_path / "parts"
@@ -291,8 +300,11 @@ def test_amp_fsdp_under_compile_trains_and_resumes_without(tmp_path):
 def test_fused_ops_train_like_the_reference(model, backend, tmp_path):
     """A short training with the fused coupling / penalty follows the pure-torch run step for step."""
     curves, params = {}, {}
+    # RealNVP without batch norm: in the batch-normed network the biases before a batch norm have an exact gradient
+    # of zero, so Adam steps them (and the running means after them) on rounding noise, which differs between runs.
+    extra = ["--st-norm", "none"] if model == "realnvp" else []
     for b in ("reference", backend):
-        assert _run(model, tmp_path / b, "--steps", "12", "--log-every", "1", "--backend", b) == 0
+        assert _run(model, tmp_path / b, "--steps", "12", "--log-every", "1", "--backend", b, *extra) == 0
         curves[b] = [r for r in _lines(tmp_path / b / "metrics.jsonl") if r["split"] == "train"]
         params[b] = torch.load(tmp_path / b / "checkpoint.pt", weights_only=True)["models"]
     keys = [k for k in curves["reference"][0] if k.endswith("loss") or k == "bits_per_dim"]
