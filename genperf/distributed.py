@@ -161,17 +161,27 @@ def apply_fsdp(model: torch.nn.Module, units, amp_dtype=None, forward_methods=()
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     if amp_dtype is not None:
-        # Batch norm keeps fp32 parameters next to its fp32 running statistics (the kernels need both alike).
+        # Batch norm keeps fp32 parameters next to its fp32 running statistics (the kernels need both alike). The
+        # batch norms of a unit are one group, gathered and reduced together: one group per batch norm made RealNVP
+        # (32 features, 2 blocks) 71 FSDP units instead of 21, each with its own all-gathers and reduce-scatter.
         fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                fully_shard(m, mesh=mesh, mp_policy=fp32)
+        for group in batch_norm_groups(model, units):
+            fully_shard(group, mesh=mesh, mp_policy=fp32)
     for unit in units:
         fully_shard(unit, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     for name in forward_methods:
         register_fsdp_forward_method(model, name)
     return model
+
+
+def batch_norm_groups(model, units):
+    """The batch norms of each unit, then those of the model outside every unit: lists, empty ones left out."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    groups = [[m for m in unit.modules() if m in norms] for unit in units]
+    grouped = {id(m) for group in groups for m in group}
+    groups.append([m for m in norms if id(m) not in grouped])
+    return [group for group in groups if group]
 
 
 def gather_objects(obj):

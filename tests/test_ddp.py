@@ -278,3 +278,21 @@ def test_batch_norm_under_two_ddp_ranks_normalises_each_half(tmp_path):
         torch.testing.assert_close(mine, (halves[0][i] + halves[1][i]) / 2, rtol=1e-9, atol=1e-12)
         differs |= not torch.allclose(mine, list(whole.parameters())[i].grad, rtol=1e-6)
     assert differs  # the whole batch's statistics would give other gradients
+
+
+def test_batch_norms_are_sharded_in_one_group_per_unit():
+    """Under --amp --fsdp the batch norms keep fp32 parameters in FSDP groups of their own: one per coupling (one per
+    batch norm made RealNVP's step run 71 FSDP units instead of 21, 1.47x slower on two CPU ranks), and one for
+    those outside every unit; each batch norm in exactly one group."""
+    from genperf.distributed import batch_norm_groups
+    from genperf.models import DCGANDiscriminator, RealNVP
+
+    flow = RealNVP(1, 8, 2, 8, 2)
+    groups = batch_norm_groups(flow, flow.couplings())
+    assert len(groups) == len(flow.couplings()) == 10
+    assert all(len(g) == 6 for g in groups)  # input, 2 per block, output
+    norms = [m for m in flow.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert sorted(id(m) for g in groups for m in g) == sorted(map(id, norms))
+    critic = DCGANDiscriminator(1, 32, batch_norm=True)
+    (outside,) = batch_norm_groups(critic, [])
+    assert outside == [m for m in critic.modules() if isinstance(m, torch.nn.BatchNorm2d)] and outside
