@@ -187,6 +187,7 @@ class Trainer:
             model=c.model,
             data=c.data,
             steps=self.step,
+            start_step=self.start_step,  # where this process began: 0, or the step a resumed run continued from
             epochs=self.step / self.steps_per_epoch,
             parameters=n_params,
             world_size=dist.world_size,
@@ -207,6 +208,7 @@ class Trainer:
         self.log.write_json("summary.json", summary)
         self.log.plot_losses(final=True)
         self.log.close()
+        self.bar.close()  # the summary starts on a line of its own, under the finished bar
         if dist.is_main:
             print(closing_summary(c, summary, self.held, self.last_grid, self.temperature, self.ckpt), flush=True)
         self.finished, self.stop = True, self.signals.requested
@@ -433,9 +435,10 @@ def closing_summary(config, summary, held, grid, temperature, ckpt):
     took = f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
     family = FAMILY_OF[config.model]
     held_line = ", ".join(f"{k} {v:.4g}" for k, v in held.items()) or "none measured"
+    steps, start = summary["steps"], summary["start_step"]
+    trained = f"{steps - start} steps" + (f" (steps {start} to {steps})" if start else "")
     lines = [
-        f"genperf: done. {summary['steps']} steps in {took} ({summary['images_per_s']:.0f} images/s); run directory "
-        f"{out}",
+        f"genperf: done. {trained} in {took} ({summary['images_per_s']:.0f} images/s); run directory {out}",
         f"  held-out    {held_line}" + (f"  ({family.heldout_reading})" if family.heldout_reading else ""),
         f"  samples     {grid}" + (f"  (temperature {temperature:g})" if config.data not in POINT_SETS else ""),
         f"  losses      {os.path.join(out, 'loss.png')}",
@@ -443,7 +446,7 @@ def closing_summary(config, summary, held, grid, temperature, ckpt):
         "next:",
         f"  python -m genperf.sample {out} --temperature 1              # more samples, at any temperature",
         f"  python -m genperf.evaluate {out}                            # held-out metrics with error bars",
-        f"  python -m genperf.train --resume --out {out} --steps {2 * summary['steps']}   # train on from here",
+        f"  python -m genperf.train --resume --out {out} --steps {2 * steps}   # train on from here",
     ]
     return "\n".join(lines)
 

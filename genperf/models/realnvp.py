@@ -118,7 +118,7 @@ class STResNet(nn.Module):
     whose masked input is half zeros) and fed as relu(concat(x, -x)), every block normalises before each conv,
     and the summed skips are batch-normed before the output conv. That conv starts as weight norm does (g = |v|),
     not at zero: the gradient of every weight inside the network is proportional to its g, so with g = 0 only g
-    learns until Adam has grown it, and runs learned about half as much per step (docs/quality.md). The
+    learns until Adam has grown it (MNIST, 150 steps: 5.18 held-out bits/dim with g = 0, 3.47 without). The
     normalisation-free network's plain output conv starts at zero, every coupling the identity."""
 
     def __init__(self, in_channels, mid_channels, out_channels, num_blocks, norm="none", double_after_norm=False):
