@@ -114,7 +114,7 @@ def run_samples(run_dir, n=64, temperature=None):
     from genperf.run import load_run
 
     run = load_run(run_dir, "cpu")
-    t = temperature if temperature is not None else getattr(run.config, "sample_temperature", None) or 1.0
+    t = temperature if temperature is not None else run.config.sample_temperature or 1.0  # None: models without one
     return run.sample(n, seed=run.config.seed, temperature=t).cpu(), t, run.step
 
 
@@ -125,11 +125,11 @@ def main(argv=None):
     p.add_argument("--pass-fraction", type=float, default=0.5, help="fraction that must be confident (default 0.5)")
     args = p.parse_args(argv)
     start = time.perf_counter()
-    net, calibration = train_classifier()
     samples, t, step = run_samples(args.run, temperature=args.temperature)
-    if samples.shape[1:] != (1, 28, 28):
+    if samples.shape[1:] != (1, 28, 28):  # before the classifier's half minute of training
         print(f"digit_check: {args.run} makes images of shape {tuple(samples.shape[1:])}, not MNIST's (1, 28, 28)")
         return 2
+    net, calibration = train_classifier()
     fraction, per_class = confident_fraction(net, samples)
     verdict = "PASS" if fraction >= args.pass_fraction else "FAIL"
     print(
