@@ -17,7 +17,7 @@ import torch
 
 from genperf import checkpoint, models, perf
 from genperf.config import RESUMABLE, applicable
-from genperf.data import POINT_SETS, load_dataset, make_batches
+from genperf.data import load_dataset, make_batches
 from genperf.distributed import all_reduce_sum, gather_objects, shutdown_distributed
 from genperf.errors import DataError, GenperfError
 from genperf.families import FAMILY_OF, build_objective
@@ -210,7 +210,8 @@ class Trainer:
         self.log.close()
         self.bar.close()  # the summary starts on a line of its own, under the finished bar
         if dist.is_main:
-            print(closing_summary(c, summary, self.held, self.last_grid, self.temperature, self.ckpt), flush=True)
+            temperature = self.temperature if self.data.is_image else None  # a grid says it; a 2-D scatter does not
+            print(closing_summary(c, summary, self.held, self.last_grid, temperature, self.ckpt), flush=True)
         self.finished, self.stop = True, self.signals.requested
         self.summary = summary
 
@@ -440,7 +441,7 @@ def closing_summary(config, summary, held, grid, temperature, ckpt):
     lines = [
         f"genperf: done. {trained} in {took} ({summary['images_per_s']:.0f} images/s); run directory {out}",
         f"  held-out    {held_line}" + (f"  ({family.heldout_reading})" if family.heldout_reading else ""),
-        f"  samples     {grid}" + (f"  (temperature {temperature:g})" if config.data not in POINT_SETS else ""),
+        f"  samples     {grid}" + (f"  (temperature {temperature:g})" if temperature is not None else ""),
         f"  losses      {os.path.join(out, 'loss.png')}",
         f"  checkpoint  {ckpt}",
         "next:",
