@@ -93,11 +93,14 @@ def fresh_compile(fn):
 
 
 def coupling_runs(shape, masked, device, dtype):
-    """{(provider, mode): a call of the coupling} on random inputs of `shape`, every provider on the same ones."""
+    """{(provider, mode): a call of the coupling} on random inputs of `shape`, every provider on the same ones. As in
+    the model, the call takes the s/t network's last bias (the fused backends add it in their pass, the reference
+    adds it as the convolution would)."""
     x, r, t = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
     scale = torch.rand(shape[1], device=device) + 0.5
+    bias = torch.randn(2 * shape[1], device=device)
     mask = checkerboard_mask(shape[2], shape[3], False, device) if masked else None
-    leaves = [v.requires_grad_(True) for v in (x, r, t, scale)]
+    leaves = [v.requires_grad_(True) for v in (x, r, t, scale, bias)]
     gy = torch.randn(shape, device=device, dtype=dtype)
     runs = {}
     for mode in ("fwd", "fwd+bwd"):
@@ -114,8 +117,8 @@ def coupling_runs(shape, masked, device, dtype):
                 with use_backend(backend):
                     if mode == "fwd":
                         with torch.no_grad():
-                            return fn(*leaves, mask)
-                    y, ld = fn(*leaves, mask)
+                            return fn(*leaves[:4], mask, bias=leaves[4])
+                    y, ld = fn(*leaves[:4], mask, bias=leaves[4])
                     # autograd.grad: no accumulation into .grad, as for the non-leaf inputs in a model
                     torch.autograd.grad([y, ld], leaves, [gy, torch.ones_like(ld)])
 

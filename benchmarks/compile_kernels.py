@@ -66,13 +66,14 @@ def recorded_launches():
             x, r, t = torch.empty(shape, dtype=xd, **meta), *(torch.empty(shape, dtype=sd, **meta) for _ in "rt")
             scale = torch.empty(shape[1], dtype=torch.float32, **meta)
             mask = torch.empty(1, 1, x[0, 0].numel(), dtype=torch.float32, **meta) if masked else None
-            _, logdet = coupling.coupling_forward(x, r, t, scale, mask, reverse)
-            coupling.coupling_backward(torch.empty_like(x), logdet, x, r, t, scale, mask, reverse)
+            bias = torch.empty(2 * shape[1], dtype=torch.float32, **meta)  # the model's couplings fuse their st bias
+            _, logdet = coupling.coupling_forward(x, r, t, scale, mask, bias, reverse)
+            coupling.coupling_backward(torch.empty_like(x), logdet, x, r, t, scale, mask, bias, reverse)
         for chw, dtype in itertools.product(CRITIC_INPUTS, DTYPES):
             n, length = BATCH, chw[0] * chw[1] * chw[2]
             real = torch.empty(n, length, dtype=dtype, **meta)
             gradient_penalty.interpolate(real, real, torch.empty(n, dtype=dtype, **meta))
-            sumsq = gradient_penalty.sum_squares(real)
+            _, sumsq = gradient_penalty.penalty(real, 10.0, 1e-12)
             gradient_penalty.penalty_backward(torch.empty((), **meta), real, sumsq, 10.0, 1e-12)
     finally:
         for module, name, fn in kernels:

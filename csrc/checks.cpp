@@ -47,13 +47,14 @@ at::ScalarType accumulation_type(const at::Tensor& v) {
 
 SampleStrides check_coupling_forward_args(const at::Tensor& x, const at::Tensor& s_raw, const at::Tensor& t,
                                           const at::Tensor& scale, const c10::optional<at::Tensor>& mask,
-                                          c10::DeviceType device) {
+                                          const c10::optional<at::Tensor>& bias, c10::DeviceType device) {
   const char* op = "coupling";
   check_device(op, "x", x, device);
   check_same_device(op, "s_raw", s_raw, x);
   check_same_device(op, "t", t, x);
   check_same_device(op, "scale", scale, x);
   if (mask.has_value()) check_same_device(op, "mask", *mask, x);
+  if (bias.has_value()) check_same_device(op, "bias", *bias, x);
   TORCH_CHECK(x.dim() >= 2, "coupling: x must be (N, C, ...), got ", x.sizes());
   TORCH_CHECK(s_raw.sizes() == x.sizes(), "coupling: s_raw has shape ", s_raw.sizes(), ", expected ", x.sizes());
   TORCH_CHECK(t.sizes() == x.sizes(), "coupling: t has shape ", t.sizes(), ", expected ", x.sizes());
@@ -73,14 +74,20 @@ SampleStrides check_coupling_forward_args(const at::Tensor& x, const at::Tensor&
     TORCH_CHECK(m.scalar_type() == at::kFloat && m.is_contiguous(), "coupling: mask must be a contiguous float32 "
                 "tensor, got ", m.scalar_type());
   }
+  if (bias.has_value()) {
+    const auto& b = *bias;
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == 2 * x.size(1) && b.scalar_type() == acc && b.is_contiguous(),
+                "coupling: bias must be a contiguous (", 2 * x.size(1), ",) ", acc, " tensor, got ", b.sizes(), " ",
+                b.scalar_type());
+  }
   return strides;
 }
 
 SampleStrides check_coupling_backward_args(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
                                            const at::Tensor& x, const at::Tensor& s_raw, const at::Tensor& t,
                                            const at::Tensor& scale, const c10::optional<at::Tensor>& mask,
-                                           c10::DeviceType device) {
-  const auto strides = check_coupling_forward_args(x, s_raw, t, scale, mask, device);
+                                           const c10::optional<at::Tensor>& bias, c10::DeviceType device) {
+  const auto strides = check_coupling_forward_args(x, s_raw, t, scale, mask, bias, device);
   check_same_device("coupling_backward", "grad_y", grad_y, x);
   check_same_device("coupling_backward", "grad_logdet", grad_logdet, x);
   TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() && grad_y.is_contiguous(),
@@ -105,8 +112,8 @@ void check_gp_interpolate_args(const at::Tensor& real, const at::Tensor& fake, c
               eps.sizes(), " ", eps.scalar_type());
 }
 
-void check_gp_sum_squares_args(const at::Tensor& grad, c10::DeviceType device) {
-  check_rows("gp_sum_squares", "grad", grad, grad, device);
+void check_gp_penalty_args(const at::Tensor& grad, c10::DeviceType device) {
+  check_rows("gp_penalty", "grad", grad, grad, device);
 }
 
 void check_gp_penalty_backward_args(const at::Tensor& grad_out, const at::Tensor& grad, const at::Tensor& sumsq,

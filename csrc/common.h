@@ -50,14 +50,14 @@ struct SampleStrides {
 // check comes before any access to the tensors' memory, device first, and names the argument.
 SampleStrides check_coupling_forward_args(const at::Tensor& x, const at::Tensor& s_raw, const at::Tensor& t,
                                           const at::Tensor& scale, const c10::optional<at::Tensor>& mask,
-                                          c10::DeviceType device);
+                                          const c10::optional<at::Tensor>& bias, c10::DeviceType device);
 SampleStrides check_coupling_backward_args(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
                                            const at::Tensor& x, const at::Tensor& s_raw, const at::Tensor& t,
                                            const at::Tensor& scale, const c10::optional<at::Tensor>& mask,
-                                           c10::DeviceType device);
+                                           const c10::optional<at::Tensor>& bias, c10::DeviceType device);
 void check_gp_interpolate_args(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps,
                                c10::DeviceType device);
-void check_gp_sum_squares_args(const at::Tensor& grad, c10::DeviceType device);
+void check_gp_penalty_args(const at::Tensor& grad, c10::DeviceType device);
 void check_gp_penalty_backward_args(const at::Tensor& grad_out, const at::Tensor& grad, const at::Tensor& sumsq,
                                     c10::DeviceType device);
 

@@ -9,24 +9,30 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> call_forward(const at::Tensor& x, const at::Tensor& s_raw, const at::Tensor& t,
                                                 const at::Tensor& scale, const c10::optional<at::Tensor>& mask,
-                                                bool reverse) {
+                                                const c10::optional<at::Tensor>& bias, bool reverse) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("genperf_kernels::coupling_forward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, const at::Tensor&,
-                                                                 const c10::optional<at::Tensor>&, bool)>();
-  return op.call(x, s_raw, t, scale, mask, reverse);
+                       .typed<std::tuple<at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, bool)>();
+  return op.call(x, s_raw, t, scale, mask, bias, reverse);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_backward(
     const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& s_raw,
-    const at::Tensor& t, const at::Tensor& scale, const c10::optional<at::Tensor>& mask, bool reverse) {
+    const at::Tensor& t, const at::Tensor& scale, const c10::optional<at::Tensor>& mask,
+    const c10::optional<at::Tensor>& bias, bool reverse) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("genperf_kernels::coupling_backward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, bool)>();
-  return op.call(grad_y, grad_logdet, x, s_raw, t, scale, mask, reverse);
+                           const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+                           const c10::optional<at::Tensor>&, bool)>();
+  return op.call(grad_y, grad_logdet, x, s_raw, t, scale, mask, bias, reverse);
+}
+
+c10::optional<at::Tensor> defined_or_none(const at::Tensor& v) {
+  return v.defined() ? c10::optional<at::Tensor>(v) : c10::nullopt;
 }
 
 class CouplingFunction : public torch::autograd::Function<CouplingFunction> {
@@ -34,10 +40,10 @@ class CouplingFunction : public torch::autograd::Function<CouplingFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                                                 const at::Tensor& s_raw, const at::Tensor& t,
                                                 const at::Tensor& scale, const c10::optional<at::Tensor>& mask,
-                                                bool reverse) {
+                                                const c10::optional<at::Tensor>& bias, bool reverse) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, logdet] = call_forward(x, s_raw, t, scale, mask, reverse);
-    ctx->save_for_backward({x, s_raw, t, scale, mask.value_or(at::Tensor())});
+    auto [y, logdet] = call_forward(x, s_raw, t, scale, mask, bias, reverse);
+    ctx->save_for_backward({x, s_raw, t, scale, mask.value_or(at::Tensor()), bias.value_or(at::Tensor())});
     ctx->saved_data["reverse"] = reverse;
     return {y, logdet};
   }
@@ -45,18 +51,19 @@ class CouplingFunction : public torch::autograd::Function<CouplingFunction> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const c10::optional<at::Tensor> mask = saved[4].defined() ? c10::optional<at::Tensor>(saved[4]) : c10::nullopt;
+    const auto bias = defined_or_none(saved[5]);
     // Autograd hands over zero-filled or strided grads; the kernels take contiguous ones.
-    auto [dx, dr, dt, dscale] = call_backward(grads[0].contiguous(), grads[1].contiguous(), saved[0], saved[1],
-                                              saved[2], saved[3], mask, ctx->saved_data["reverse"].toBool());
-    return {dx, dr, dt, dscale, at::Tensor(), at::Tensor()};
+    auto [dx, dr, dt, dscale, dbias] =
+        call_backward(grads[0].contiguous(), grads[1].contiguous(), saved[0], saved[1], saved[2], saved[3],
+                      defined_or_none(saved[4]), bias, ctx->saved_data["reverse"].toBool());
+    return {dx, dr, dt, dscale, at::Tensor(), bias.has_value() ? dbias : at::Tensor(), at::Tensor()};
   }
 };
 
 std::tuple<at::Tensor, at::Tensor> coupling_autograd(const at::Tensor& x, const at::Tensor& s_raw, const at::Tensor& t,
                                                      const at::Tensor& scale, const c10::optional<at::Tensor>& mask,
-                                                     bool reverse) {
-  auto out = CouplingFunction::apply(x, s_raw, t, scale, mask, reverse);
+                                                     const c10::optional<at::Tensor>& bias, bool reverse) {
+  auto out = CouplingFunction::apply(x, s_raw, t, scale, mask, bias, reverse);
   return {out[0], out[1]};
 }
 

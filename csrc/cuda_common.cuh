@@ -14,10 +14,11 @@ __device__ __forceinline__ double dexp(double v) { return exp(v); }
 __device__ __forceinline__ float dtanh(float v) { return tanhf(v); }
 __device__ __forceinline__ double dtanh(double v) { return tanh(v); }
 
-// Sum over the block; the result is valid in thread 0.
+// Sum over the block; the result is valid in thread 0. Every thread of the block must call it.
 template <typename T>
 __device__ __forceinline__ T block_sum(T v) {
   __shared__ T warp_sums[kThreads / 32];
+  __syncthreads();  // a previous call's readers are done with warp_sums
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (lane == 0) warp_sums[warp] = v;

@@ -1,5 +1,5 @@
-// WGAN-GP pieces on CPU: per-sample interpolation, per-sample sum of squares of the critic's input
-// gradient, and the penalty's backward in one pass over that gradient.
+// WGAN-GP pieces on CPU: per-sample interpolation, the penalty from the critic's input gradient (per-sample sums
+// of squares, norms and their mean in one pass), and the penalty's backward in one pass over that gradient.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -35,15 +35,16 @@ at::Tensor gp_interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, co
   return out;
 }
 
-at::Tensor gp_sum_squares_cpu(const at::Tensor& grad) {
-  check_gp_sum_squares_args(grad, c10::DeviceType::CPU);
+std::tuple<at::Tensor, at::Tensor> gp_penalty_cpu(const at::Tensor& grad, double weight, double norm_eps) {
+  check_gp_penalty_args(grad, c10::DeviceType::CPU);
   const int64_t N = grad.size(0), L = grad.size(1);
   const auto acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto out = at::empty({N}, grad.options().dtype(acc_type));
-  GENPERF_DISPATCH_FLOATS(grad.scalar_type(), "gp_sum_squares_cpu", [&] {
+  auto sumsq = at::empty({N}, grad.options().dtype(acc_type));
+  auto penalty = at::empty({}, grad.options().dtype(acc_type));
+  GENPERF_DISPATCH_FLOATS(grad.scalar_type(), "gp_penalty_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gd = grad.data_ptr<scalar_t>();
-    acc_t* od = out.data_ptr<acc_t>();
+    acc_t* sd = sumsq.data_ptr<acc_t>();
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         acc_t sum = 0;
@@ -52,11 +53,17 @@ at::Tensor gp_sum_squares_cpu(const at::Tensor& grad) {
           const acc_t g = static_cast<acc_t>(gd[i]);
           sum += g * g;
         }
-        od[n] = sum;
+        sd[n] = sum;
       }
     });
+    double total = 0;  // N terms, in order: the same value for any thread count
+    for (int64_t n = 0; n < N; ++n) {
+      const double norm = std::sqrt(static_cast<double>(sd[n]) + norm_eps);
+      total += (norm - 1.0) * (norm - 1.0);
+    }
+    *penalty.data_ptr<acc_t>() = static_cast<acc_t>(N > 0 ? weight * total / static_cast<double>(N) : 0.0);
   });
-  return out;
+  return {penalty, sumsq};
 }
 
 at::Tensor gp_penalty_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad, const at::Tensor& sumsq,
@@ -88,7 +95,7 @@ at::Tensor gp_penalty_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
 
 TORCH_LIBRARY_IMPL(genperf_kernels, CPU, m) {
   m.impl("gp_interpolate", &gp_interpolate_cpu);
-  m.impl("gp_sum_squares", &gp_sum_squares_cpu);
+  m.impl("gp_penalty", &gp_penalty_cpu);
   m.impl("gp_penalty_backward", &gp_penalty_backward_cpu);
 }
 

@@ -1,5 +1,6 @@
-// WGAN-GP pieces on CUDA: per-sample interpolation, per-sample sum of squares of the critic's input
-// gradient (block reduction + one atomic per block), and the penalty's backward in one pass.
+// WGAN-GP pieces on CUDA: per-sample interpolation, the penalty from the critic's input gradient in one kernel
+// (a block per sample: its sum of squares, norm and term of the mean, one atomic add), and the penalty's backward
+// in one pass.
 #include "common.h"
 #include "cuda_common.cuh"
 
@@ -18,18 +19,24 @@ __global__ void interpolate_kernel(const scalar_t* __restrict__ real, const scal
   }
 }
 
+// One block per sample: its sum of squares, then its term of the mean, added to the penalty by one atomic.
 template <typename scalar_t>
-__global__ void sum_squares_kernel(const scalar_t* __restrict__ grad, at::opmath_type<scalar_t>* __restrict__ out,
-                                   int64_t L) {
+__global__ void penalty_kernel(const scalar_t* __restrict__ grad, at::opmath_type<scalar_t>* __restrict__ sumsq,
+                               at::opmath_type<scalar_t>* __restrict__ penalty, int64_t N, int64_t L, double weight,
+                               double norm_eps) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = blockIdx.x, base = n * L;
   acc_t sum = 0;
-  for (int64_t i = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; i < L; i += (int64_t)gridDim.y * blockDim.x) {
+  for (int64_t i = threadIdx.x; i < L; i += blockDim.x) {
     const acc_t g = static_cast<acc_t>(grad[base + i]);
     sum += g * g;
   }
   sum = block_sum(sum);
-  if (threadIdx.x == 0) atomicAdd(out + n, sum);
+  if (threadIdx.x == 0) {
+    sumsq[n] = sum;
+    const acc_t gap = sqrt(sum + static_cast<acc_t>(norm_eps)) - acc_t(1);
+    atomicAdd(penalty, static_cast<acc_t>(weight) * gap * gap / static_cast<acc_t>(N));
+  }
 }
 
 template <typename scalar_t>
@@ -61,20 +68,21 @@ at::Tensor gp_interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, c
   return out;
 }
 
-at::Tensor gp_sum_squares_cuda(const at::Tensor& grad) {
-  check_gp_sum_squares_args(grad, c10::DeviceType::CUDA);
+std::tuple<at::Tensor, at::Tensor> gp_penalty_cuda(const at::Tensor& grad, double weight, double norm_eps) {
+  check_gp_penalty_args(grad, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(grad.device());
   const auto acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto out = at::zeros({grad.size(0)}, grad.options().dtype(acc_type));
-  if (grad.numel() == 0) return out;
-  const dim3 grid(static_cast<unsigned>(grad.size(0)), row_blocks(grad.size(1)));
-  GENPERF_DISPATCH_FLOATS(grad.scalar_type(), "gp_sum_squares_cuda", [&] {
+  auto sumsq = at::empty({grad.size(0)}, grad.options().dtype(acc_type));
+  auto penalty = at::zeros({}, grad.options().dtype(acc_type));
+  if (grad.size(0) == 0) return {penalty, sumsq};
+  GENPERF_DISPATCH_FLOATS(grad.scalar_type(), "gp_penalty_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    sum_squares_kernel<scalar_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        grad.data_ptr<scalar_t>(), out.data_ptr<acc_t>(), grad.size(1));
+    penalty_kernel<scalar_t><<<static_cast<unsigned>(grad.size(0)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        grad.data_ptr<scalar_t>(), sumsq.data_ptr<acc_t>(), penalty.data_ptr<acc_t>(), grad.size(0), grad.size(1),
+        weight, norm_eps);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+  return {penalty, sumsq};
 }
 
 at::Tensor gp_penalty_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad, const at::Tensor& sumsq,
@@ -98,7 +106,7 @@ at::Tensor gp_penalty_backward_cuda(const at::Tensor& grad_out, const at::Tensor
 
 TORCH_LIBRARY_IMPL(genperf_kernels, CUDA, m) {
   m.impl("gp_interpolate", &gp_interpolate_cuda);
-  m.impl("gp_sum_squares", &gp_sum_squares_cuda);
+  m.impl("gp_penalty", &gp_penalty_cuda);
   m.impl("gp_penalty_backward", &gp_penalty_backward_cuda);
 }
 

@@ -6,15 +6,20 @@
 
 TORCH_LIBRARY(genperf_kernels, m) {
   // x, s_raw, t: (N, C, ...), each sample contiguous (a channel slice of a larger tensor will do), L elements per
-  // (n, c) plane; outputs contiguous; scale: (C,) in the accumulation dtype (fp32, fp64 for fp64 x); mask: None or (1|N, 1|C, L) fp32 contiguous.
-  m.def("coupling_forward(Tensor x, Tensor s_raw, Tensor t, Tensor scale, Tensor? mask, bool reverse) -> (Tensor, Tensor)");
+  // (n, c) plane; outputs contiguous; scale: (C,) in the accumulation dtype (fp32, fp64 for fp64 x); mask: None or
+  // (1|N, 1|C, L) fp32 contiguous; bias: None or (2C,) in the accumulation dtype, added to s_raw (first C) and t
+  // (last C) per channel: the s/t network's last bias, fused here. The backward's bias gradient is (0,) without one.
+  m.def("coupling_forward(Tensor x, Tensor s_raw, Tensor t, Tensor scale, Tensor? mask, Tensor? bias, bool reverse) "
+        "-> (Tensor, Tensor)");
   m.def("coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor s_raw, Tensor t, Tensor scale, "
-        "Tensor? mask, bool reverse) -> (Tensor, Tensor, Tensor, Tensor)");
+        "Tensor? mask, Tensor? bias, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // coupling_forward with its gradient (coupling_autograd.cpp): what genperf.ops calls for the cpu and cuda backends.
-  m.def("affine_coupling(Tensor x, Tensor s_raw, Tensor t, Tensor scale, Tensor? mask, bool reverse) -> (Tensor, Tensor)");
+  m.def("affine_coupling(Tensor x, Tensor s_raw, Tensor t, Tensor scale, Tensor? mask, Tensor? bias, bool reverse) "
+        "-> (Tensor, Tensor)");
   // real, fake, grad: (N, L) contiguous; eps: (N,).
   m.def("gp_interpolate(Tensor real, Tensor fake, Tensor eps) -> Tensor");
-  m.def("gp_sum_squares(Tensor grad) -> Tensor");
+  // (weight * mean_n (sqrt(|grad_n|^2 + norm_eps) - 1)^2, per-sample |grad_n|^2 for the backward), in one pass.
+  m.def("gp_penalty(Tensor grad, float weight, float norm_eps) -> (Tensor, Tensor)");
   m.def("gp_penalty_backward(Tensor grad_out, Tensor grad, Tensor sumsq, float weight, float norm_eps) -> Tensor");
 }
 

@@ -85,9 +85,11 @@ class AffineCoupling(nn.Module):
     """RealNVP affine coupling layer.
 
     `st_net` maps the conditioning part to 2 * C' channels, read as (s_raw, t) for the C' channels
-    being transformed. `mask_type` "checkerboard" conditions on the pixels where the checkerboard
-    is 1 (the net sees x * mask and the op masks s and t); "channel" conditions on one half of
-    the channels and transforms the other. `flip` swaps which part is transformed.
+    being transformed. An st_net with an `output_bias()` method is called as st_net(x, add_bias=False) and
+    its last bias goes to the coupling op, which adds it in its own pass over s_raw and t. `mask_type`
+    "checkerboard" conditions on the pixels where the checkerboard is 1 (the net sees x * mask and the op
+    masks s and t); "channel" conditions on one half of the channels and transforms the other. `flip`
+    swaps which part is transformed.
     """
 
     def __init__(
@@ -136,18 +138,25 @@ class AffineCoupling(nn.Module):
             return checkpointed(self._forward, x, reverse)
         return self._forward(x, reverse)
 
+    def _st(self, x_cond):
+        """((s_raw, t), the bias the op adds to them or None)."""
+        x_cond = batch_dynamic(x_cond)
+        if hasattr(self.st_net, "output_bias"):
+            return self.st_net(x_cond, add_bias=False).chunk(2, dim=1), self.st_net.output_bias()
+        return self.st_net(x_cond).chunk(2, dim=1), None
+
     def _forward(self, x, reverse):
         if x.shape[1] != self.channels:
             raise ValueError(f"AffineCoupling expects {self.channels} channels, got input of shape {tuple(x.shape)}")
         if self.mask_type == CHECKERBOARD:
             mask = self.mask(x)
-            s_raw, t = self.st_net(batch_dynamic(x * mask)).chunk(2, dim=1)
-            return affine_coupling(x, s_raw, t, self.scale_vector(), mask, reverse)
+            (s_raw, t), bias = self._st(x * mask)
+            return affine_coupling(x, s_raw, t, self.scale_vector(), mask, reverse, bias)
         x_cond, x_change = x.chunk(2, dim=1)
         if self.flip:
             x_cond, x_change = x_change, x_cond
-        s_raw, t = self.st_net(batch_dynamic(x_cond)).chunk(2, dim=1)
-        y_change, logdet = affine_coupling(x_change, s_raw, t, self.scale_vector(), None, reverse)
+        (s_raw, t), bias = self._st(x_cond)
+        y_change, logdet = affine_coupling(x_change, s_raw, t, self.scale_vector(), None, reverse, bias)
         y = torch.cat([y_change, x_cond] if self.flip else [x_cond, y_change], dim=1)
         return y, logdet
 

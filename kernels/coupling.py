@@ -4,7 +4,8 @@ Tensors are (N, C, ...), read as (N, C, L): outputs contiguous, inputs with ever
 samples any stride apart (a channel slice st[:, :C] is read in place). One program handles a (ROWS, BLOCK) tile:
 ROWS consecutive (n, c) planes times BLOCK elements of each, so small planes (7x7, 8x8 at a flow's last scale)
 share a program instead of each masking most of a 1024-wide block; each row's log-det / scale-gradient partial
-is one atomic add. tanh and exp are recomputed in the backward, nothing is saved.
+is one atomic add. The s/t network's last bias (one per channel of s_raw and of t) is added here instead of in a
+pass of its own, and its gradient is summed here too. tanh and exp are recomputed in the backward, nothing is saved.
 """
 
 import torch
@@ -56,11 +57,18 @@ def _load_keep(mask_ptr, n, mask_sn, c, mask_sc, offs, inb):
 
 
 @triton.jit
+def _channel(ptr, c, rows):
+    """The (ROWS, 1) per-channel values of this program's planes."""
+    return tl.load(ptr + c, mask=rows, other=0.0).to(tl.float32)[:, None]
+
+
+@triton.jit
 def _coupling_fwd(
     x_ptr,
     r_ptr,
     t_ptr,
     scale_ptr,
+    bias_ptr,
     mask_ptr,
     y_ptr,
     logdet_ptr,
@@ -73,6 +81,7 @@ def _coupling_fwd(
     mask_sn,
     mask_sc,
     HAS_MASK: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     REVERSE: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -81,7 +90,10 @@ def _coupling_fwd(
     x = _load_input(x_ptr, n, sx, c, L, offs, inb)
     r = _load_input(r_ptr, n, sr, c, L, offs, inb)
     t = _load_input(t_ptr, n, st, c, L, offs, inb)
-    s = tl.load(scale_ptr + c, mask=rows, other=0.0).to(tl.float32)[:, None] * _tanh(r)
+    if HAS_BIAS:
+        r += _channel(bias_ptr, c, rows)
+        t += _channel(bias_ptr, C + c, rows)
+    s = _channel(scale_ptr, c, rows) * _tanh(r)
     if HAS_MASK:
         keep = _load_keep(mask_ptr, n, mask_sn, c, mask_sc, offs, inb)
         s = s * keep
@@ -103,11 +115,13 @@ def _coupling_bwd(
     r_ptr,
     t_ptr,
     scale_ptr,
+    bias_ptr,
     mask_ptr,
     dx_ptr,
     dr_ptr,
     dt_ptr,
     dscale_ptr,
+    dbias_ptr,
     P,
     C,
     L,
@@ -117,6 +131,7 @@ def _coupling_bwd(
     mask_sn,
     mask_sc,
     HAS_MASK: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     REVERSE: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -126,8 +141,11 @@ def _coupling_bwd(
     x = _load_input(x_ptr, n, sx, c, L, offs, inb)
     r = _load_input(r_ptr, n, sr, c, L, offs, inb)
     t = _load_input(t_ptr, n, st, c, L, offs, inb)
+    if HAS_BIAS:
+        r += _channel(bias_ptr, c, rows)
+        t += _channel(bias_ptr, C + c, rows)
     gl = tl.load(gl_ptr + n, mask=rows, other=0.0).to(tl.float32)[:, None]
-    sc = tl.load(scale_ptr + c, mask=rows, other=0.0).to(tl.float32)[:, None]
+    sc = _channel(scale_ptr, c, rows)
     th = _tanh(r)
     keep = 1.0
     if HAS_MASK:
@@ -148,6 +166,9 @@ def _coupling_bwd(
     tl.store(dr_ptr + idx, dr.to(dr_ptr.dtype.element_ty), mask=inb)
     tl.store(dt_ptr + idx, dt.to(dt_ptr.dtype.element_ty), mask=inb)
     tl.atomic_add(dscale_ptr + c, tl.sum(tl.where(inb, ds * th, 0.0), axis=1), mask=rows)
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + c, tl.sum(tl.where(inb, dr, 0.0), axis=1), mask=rows)
+        tl.atomic_add(dbias_ptr + C + c, tl.sum(tl.where(inb, dt, 0.0), axis=1), mask=rows)
 
 
 def _mask_args(mask, x):
@@ -175,10 +196,11 @@ def _as_is(kernel):
     return kernel
 
 
-def coupling_forward(x, r, t, scale, mask, reverse, wrap=_as_is):
+def coupling_forward(x, r, t, scale, mask, bias, reverse, wrap=_as_is):
     """x, r, t: (N, C, ...), every sample contiguous (L elements per (n, c) plane); scale: (C,) fp32;
-    mask: None or (1|N, 1|C, L) fp32 contiguous. y is contiguous. `wrap(kernel)` is what is launched:
-    torch.library.wrap_triton makes the launch visible to torch.compile."""
+    mask: None or (1|N, 1|C, L) fp32 contiguous; bias: None or (2C,) fp32, added to r (first C) and t.
+    y is contiguous. `wrap(kernel)` is what is launched: torch.library.wrap_triton makes the launch
+    visible to torch.compile."""
     n, c, length = _plane(x)
     y = _empty(x)
     logdet = torch.zeros(n, device=x.device, dtype=torch.float32)
@@ -189,6 +211,7 @@ def coupling_forward(x, r, t, scale, mask, reverse, wrap=_as_is):
         r,
         t,
         scale,
+        x if bias is None else bias,
         m,
         y,
         logdet,
@@ -199,6 +222,7 @@ def coupling_forward(x, r, t, scale, mask, reverse, wrap=_as_is):
         msn,
         msc,
         HAS_MASK=mask is not None,
+        HAS_BIAS=bias is not None,
         REVERSE=reverse,
         ROWS=rows,
         BLOCK=block,
@@ -206,11 +230,13 @@ def coupling_forward(x, r, t, scale, mask, reverse, wrap=_as_is):
     return y, logdet
 
 
-def coupling_backward(grad_y, grad_logdet, x, r, t, scale, mask, reverse, wrap=_as_is):
-    """grad_y contiguous; the other inputs as in coupling_forward. The gradients are contiguous."""
+def coupling_backward(grad_y, grad_logdet, x, r, t, scale, mask, bias, reverse, wrap=_as_is):
+    """grad_y contiguous; the other inputs as in coupling_forward. The gradients are contiguous; the bias's is
+    (0,) without a bias."""
     n, c, length = _plane(x)
     dx, dr, dt = _empty(x), _empty(r), _empty(t)
     dscale = torch.zeros(c, device=x.device, dtype=torch.float32)
+    dbias = torch.zeros(0 if bias is None else 2 * c, device=x.device, dtype=torch.float32)
     m, msn, msc = _mask_args(mask, x)
     grid, rows, block = _launch(n * c, length)
     wrap(_coupling_bwd)[grid](
@@ -220,11 +246,13 @@ def coupling_backward(grad_y, grad_logdet, x, r, t, scale, mask, reverse, wrap=_
         r,
         t,
         scale,
+        x if bias is None else bias,
         m,
         dx,
         dr,
         dt,
         dscale,
+        dscale if bias is None else dbias,
         n * c,
         c,
         length,
@@ -232,8 +260,9 @@ def coupling_backward(grad_y, grad_logdet, x, r, t, scale, mask, reverse, wrap=_
         msn,
         msc,
         HAS_MASK=mask is not None,
+        HAS_BIAS=bias is not None,
         REVERSE=reverse,
         ROWS=rows,
         BLOCK=block,
     )
-    return dx, dr, dt, dscale
+    return dx, dr, dt, dscale, dbias

@@ -1,6 +1,7 @@
-"""WGAN-GP pieces in Triton: the per-sample interpolation, and the penalty on the critic's input
-gradient (per-sample sum of squares forward; the backward in one pass over the gradient, with
-each program recomputing its sample's coefficient from the saved sum of squares)."""
+"""WGAN-GP pieces in Triton: the per-sample interpolation, and the penalty on the critic's input gradient:
+forward one program per sample (its sum of squares, norm and term of the mean, one atomic add to the
+penalty), backward in one pass over the gradient, each program recomputing its sample's coefficient
+from the saved sum of squares."""
 
 import torch
 import triton
@@ -22,11 +23,18 @@ def _interpolate(real_ptr, fake_ptr, eps_ptr, out_ptr, L, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _sum_squares(g_ptr, out_ptr, L, BLOCK: tl.constexpr):
+def _penalty(g_ptr, sumsq_ptr, penalty_ptr, N, L, weight, norm_eps, BLOCK: tl.constexpr):
     n = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    g = tl.load(g_ptr + n.to(tl.int64) * L + offs, mask=offs < L, other=0.0).to(tl.float32)
-    tl.atomic_add(out_ptr + n, tl.sum(g * g, axis=0))
+    base = n.to(tl.int64) * L
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, L, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        g = tl.load(g_ptr + base + offs, mask=offs < L, other=0.0).to(tl.float32)
+        acc += g * g
+    sumsq = tl.sum(acc, axis=0)
+    tl.store(sumsq_ptr + n, sumsq)
+    gap = tl.sqrt(sumsq + norm_eps) - 1.0
+    tl.atomic_add(penalty_ptr, weight * gap * gap / N)
 
 
 @triton.jit
@@ -50,11 +58,14 @@ def interpolate(real, fake, eps):
     return out
 
 
-def sum_squares(grad):
+def penalty(grad, weight, norm_eps):
+    """grad: (N, L) contiguous. (weight * mean_n (sqrt(|grad_n|^2 + norm_eps) - 1)^2, per-sample |grad_n|^2)."""
     n, length = grad.shape
-    out = torch.zeros(n, device=grad.device, dtype=torch.float32)
-    _sum_squares[(n, triton.cdiv(length, BLOCK))](grad, out, length, BLOCK=BLOCK)
-    return out
+    sumsq = torch.empty(n, device=grad.device, dtype=torch.float32)
+    out = torch.zeros((), device=grad.device, dtype=torch.float32)
+    _penalty[(n,)](grad, sumsq, out, n, length, float(weight), float(norm_eps), BLOCK=BLOCK)
+    acc = torch.promote_types(grad.dtype, torch.float32)  # the kernel sums in fp32, also for float64
+    return out.to(acc), sumsq.to(acc)
 
 
 def penalty_backward(grad_out, grad, sumsq, weight, norm_eps):

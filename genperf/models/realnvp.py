@@ -75,8 +75,9 @@ class WeightNormConv2d(nn.Conv2d):
             return v * (g / torch.linalg.vector_norm(v, dim=(1, 2, 3), keepdim=True))
         return torch._weight_norm(v, g, 0)
 
-    def forward(self, x):
-        w, b = self.normed_weight(), self.bias
+    def forward(self, x, add_bias=True):
+        """add_bias=False leaves the bias to the caller (the affine coupling adds it in its own pass)."""
+        w, b = self.normed_weight(), self.bias if add_bias else None
         if self.pad_out:
             w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, self.pad_out))
             b = None if b is None else F.pad(b, (0, self.pad_out))
@@ -143,7 +144,12 @@ class STResNet(nn.Module):
         nn.init.zeros_(self.out_conv.bias)
         self.checkpoint_blocks = False
 
-    def forward(self, x):
+    def output_bias(self):
+        """The output conv's bias, which AffineCoupling hands to the fused coupling op (forward(add_bias=False))
+        instead of letting the conv add it in a pass of its own."""
+        return self.out_conv.bias
+
+    def forward(self, x, add_bias=True):
         if self.norm == "batch":
             x = self.in_norm(x)
             x = F.relu(torch.cat([x, -x], dim=1) * (2 if self.double_after_norm else 1))
@@ -155,7 +161,10 @@ class STResNet(nn.Module):
         for block, to_skip in zip(self.blocks, self.skips):
             x = checkpointed(block, x) if recompute else block(x)
             skip = skip + to_skip(x)
-        return self.out_conv(F.relu(self.out_norm(skip)))
+        h = F.relu(self.out_norm(skip))
+        if isinstance(self.out_conv, WeightNormConv2d):
+            return self.out_conv(h, add_bias)
+        return self.out_conv(h) if add_bias else F.conv2d(h, self.out_conv.weight)  # a 1x1 conv: no padding
 
 
 def _coupling(channels, mid_channels, num_blocks, mask_type, flip, st_norm):

@@ -23,11 +23,11 @@ def _launch(kernel):
 
 @torch.library.triton_op("genperf::affine_coupling_triton", mutates_args=())
 def _triton_forward(
-    x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor, mask: Tensor | None, reverse: bool
+    x: Tensor, s_raw: Tensor, t: Tensor, scale: Tensor, mask: Tensor | None, bias: Tensor | None, reverse: bool
 ) -> tuple[Tensor, Tensor]:
     from genperf.kernels import coupling
 
-    y, logdet = coupling.coupling_forward(x, s_raw, t, scale, mask, reverse, wrap=_launch)
+    y, logdet = coupling.coupling_forward(x, s_raw, t, scale, mask, bias, reverse, wrap=_launch)
     return y, logdet.to(scale.dtype)  # the kernel accumulates in fp32, also for float64 inputs
 
 
@@ -40,27 +40,28 @@ def _triton_backward(
     t: Tensor,
     scale: Tensor,
     mask: Tensor | None,
+    bias: Tensor | None,
     reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     from genperf.kernels import coupling
 
-    dx, dr, dt, dscale = coupling.coupling_backward(
-        grad_y, grad_logdet.to(torch.float32), x, s_raw, t, scale, mask, reverse, wrap=_launch
+    dx, dr, dt, dscale, dbias = coupling.coupling_backward(
+        grad_y, grad_logdet.to(torch.float32), x, s_raw, t, scale, mask, bias, reverse, wrap=_launch
     )
-    return dx, dr, dt, dscale.to(scale.dtype)
+    return dx, dr, dt, dscale.to(scale.dtype), dbias.to(scale.dtype)
 
 
 def _setup_context(ctx, inputs, output):
-    x, s_raw, t, scale, mask, reverse = inputs
-    ctx.save_for_backward(x, s_raw, t, scale, mask)
-    ctx.reverse = reverse
+    x, s_raw, t, scale, mask, bias, reverse = inputs
+    ctx.save_for_backward(x, s_raw, t, scale, mask, bias)
+    ctx.reverse, ctx.has_bias = reverse, bias is not None
 
 
 def _backward(ctx, grad_y, grad_logdet):
-    dx, dr, dt, dscale = torch.ops.genperf.affine_coupling_triton_backward(
+    dx, dr, dt, dscale, dbias = torch.ops.genperf.affine_coupling_triton_backward(
         grad_y.contiguous(), grad_logdet.contiguous(), *ctx.saved_tensors, ctx.reverse
     )
-    return dx, dr, dt, dscale, None, None
+    return dx, dr, dt, dscale, None, dbias if ctx.has_bias else None, None
 
 
 _triton_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -43,8 +43,9 @@ def gradient_penalty_ref(critic, real, fake, weight=10.0, eps=None):
 
 
 def gradient_penalty(critic, real, fake, weight=10.0, eps=None):
-    """The penalty on the selected backend (see genperf.ops.backends): the interpolation and the
-    norm/penalty (forward and backward) are fused kernels; the critic's double backward is torch's."""
+    """The penalty on the selected backend (see genperf.ops.backends): the interpolation is one fused
+    kernel, the penalty from the critic's gradient one forward (sums of squares, norms and their mean)
+    and one backward; the critic's double backward is torch's."""
     _check_args(real, fake, eps)
     backend = select(real.device, "gradient_penalty")
     if backend == "reference":
@@ -66,9 +67,9 @@ def _kernels(backend):
     if backend == "triton":
         from genperf.kernels import gradient_penalty as k
 
-        return k.interpolate, k.sum_squares, k.penalty_backward
+        return k.interpolate, k.penalty, k.penalty_backward
     ops = torch.ops.genperf_kernels
-    return ops.gp_interpolate, ops.gp_sum_squares, ops.gp_penalty_backward
+    return ops.gp_interpolate, ops.gp_penalty, ops.gp_penalty_backward
 
 
 @torch.library.custom_op("genperf::gp_interpolate", mutates_args=())
@@ -90,10 +91,8 @@ def _(real, fake, eps, backend):
 @torch.library.custom_op("genperf::gp_penalty", mutates_args=())
 def _penalty(grad: Tensor, weight: float, backend: str) -> tuple[Tensor, Tensor]:
     """(weight * mean_n (||grad_n|| - 1)^2, per-sample sum of squares kept for the backward)."""
-    _, sum_squares, _ = _kernels(backend)
-    sumsq = sum_squares(grad.reshape(grad.shape[0], -1).contiguous())
-    penalty = weight * (torch.sqrt(sumsq + NORM_EPS) - 1).pow(2).mean()
-    return penalty.to(at_least_fp32(grad).dtype), sumsq
+    _, penalty, _ = _kernels(backend)
+    return penalty(grad.reshape(grad.shape[0], -1).contiguous(), weight, NORM_EPS)
 
 
 @_penalty.register_fake

@@ -14,6 +14,11 @@ NO_NATIVE = f"genperf._C has no {NATIVE} kernels here"
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 1e-3}  # atol on top of the error bound
 
 
+def _bias(channels, seed=5):
+    """A (2C,) fp32 bias of s_raw and t, as the s/t network's last conv hands it to the op."""
+    return (torch.randn(2 * channels, generator=torch.Generator().manual_seed(seed)) * 0.5).to(DEVICE)
+
+
 def _inputs(shape, dtype, mask_kind, channels_last=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g).to(dtype)
@@ -32,10 +37,10 @@ def _inputs(shape, dtype, mask_kind, channels_last=False, seed=0):
     return x, s_raw, t, scale, mask
 
 
-def _run(backend, x, s_raw, t, scale, mask, reverse, grad_y, grad_ld):
-    leaves = [v.detach().clone().requires_grad_(True) for v in (x, s_raw, t, scale)]
+def _run(backend, x, s_raw, t, scale, mask, reverse, grad_y, grad_ld, bias=None):
+    leaves = [v.detach().clone().requires_grad_(True) for v in (x, s_raw, t, scale, *([] if bias is None else [bias]))]
     with use_backend(backend):
-        y, ld = affine_coupling(*leaves, mask=mask, reverse=reverse)
+        y, ld = affine_coupling(*leaves[:4], mask=mask, reverse=reverse, bias=None if bias is None else leaves[4])
     (y.float() * grad_y).sum().add((ld.float() * grad_ld).sum()).backward()
     return [y, ld] + [v.grad for v in leaves]
 
@@ -56,11 +61,24 @@ def _assert_within_bound(fused, lowp, exact, atol, name):
 @pytest.mark.parametrize("mask_kind", ["none", "checkerboard", "per-element"])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_outputs_and_all_gradients_match_reference(backend, dtype, shape, mask_kind, reverse):
+    _check_against_reference(backend, dtype, shape, mask_kind, reverse, bias=None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 4, 8, 8), (9, 8, 3, 5)])
+@pytest.mark.parametrize("mask_kind", ["none", "checkerboard"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_bias_and_its_gradient_match_reference(backend, dtype, shape, mask_kind, reverse):
+    _check_against_reference(backend, dtype, shape, mask_kind, reverse, bias=_bias(shape[1]))
+
+
+def _check_against_reference(backend, dtype, shape, mask_kind, reverse, bias):
     x, s_raw, t, scale, mask = _inputs(shape, dtype, mask_kind)
     g = torch.Generator().manual_seed(1)
     grad_y, grad_ld = torch.randn(shape, generator=g).to(DEVICE), torch.randn(shape[0], generator=g).to(DEVICE)
-    fused = _run(backend, x, s_raw, t, scale, mask, reverse, grad_y, grad_ld)
-    lowp = _run("reference", x, s_raw, t, scale, mask, reverse, grad_y, grad_ld)
+    fused = _run(backend, x, s_raw, t, scale, mask, reverse, grad_y, grad_ld, bias)
+    lowp = _run("reference", x, s_raw, t, scale, mask, reverse, grad_y, grad_ld, bias)
     exact = _run(
         "reference",
         *(v.double() for v in (x, s_raw, t, scale)),
@@ -68,9 +86,12 @@ def test_outputs_and_all_gradients_match_reference(backend, dtype, shape, mask_k
         reverse,
         grad_y.double(),
         grad_ld.double(),
+        None if bias is None else bias.double(),
     )
     assert fused[0].dtype == dtype and fused[1].dtype == torch.float32
-    for name, f, lo, ex in zip(["y", "logdet", "dx", "ds_raw", "dt", "dscale"], fused, lowp, exact):
+    names = ["y", "logdet", "dx", "ds_raw", "dt", "dscale", "dbias"]
+    assert len(fused) == len(exact) == (6 if bias is None else 7)
+    for name, f, lo, ex in zip(names, fused, lowp, exact):
         assert f.shape == ex.shape, name
         _assert_within_bound(f, lo, ex, TOL[dtype], name)
 
@@ -129,11 +150,15 @@ def test_gradcheck_float64_native_backend(reverse):
     x, s_raw, t, scale, mask = (
         v.double() if v is not None else v for v in _inputs((2, 3, 3, 4), torch.float32, "checkerboard")
     )
-    leaves = [v.requires_grad_(True) for v in (x, s_raw, t, scale)]
+    leaves = [v.requires_grad_(True) for v in (x, s_raw, t, scale, _bias(3).double())]
     with use_backend(NATIVE):
-        assert torch.autograd.gradcheck(lambda *a: affine_coupling(*a, mask=mask.double(), reverse=reverse), leaves)
-        y, ld = affine_coupling(*leaves, mask=mask, reverse=reverse)
-    y_ref, ld_ref = affine_coupling_ref(*leaves, mask=mask, reverse=reverse)
+        for n_leaves in (4, 5):  # without and with the fused bias
+            assert torch.autograd.gradcheck(
+                lambda *a: affine_coupling(*a[:4], mask=mask.double(), reverse=reverse, bias=(a[4:] or [None])[0]),
+                leaves[:n_leaves],
+            )
+        y, ld = affine_coupling(*leaves[:4], mask=mask, reverse=reverse, bias=leaves[4])
+    y_ref, ld_ref = affine_coupling_ref(*leaves[:4], mask=mask, reverse=reverse, bias=leaves[4])
     assert y.dtype == ld.dtype == torch.float64
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ld, ld_ref, rtol=1e-12, atol=1e-12)
@@ -152,9 +177,9 @@ def test_opcheck(backend):
         # AOT dispatch traces the host function (what inductor compiles), whose wrap_triton launches need a GPU:
         # under the interpreter they would run on fake tensors.
         checks = tuple(c for c in checks if c != "test_aot_dispatch_dynamic")
-    for reverse in (False, True):
-        args = (x.requires_grad_(), s_raw.requires_grad_(), t.requires_grad_(), scale.requires_grad_(), mask, reverse)
-        torch.library.opcheck(op.default, args, test_utils=checks)
+    leaves = (x.requires_grad_(), s_raw.requires_grad_(), t.requires_grad_(), scale.requires_grad_())
+    for reverse, bias in ((False, None), (True, None), (False, _bias(3).requires_grad_())):
+        torch.library.opcheck(op.default, (*leaves, mask, bias, reverse), test_utils=checks)
 
 
 @pytest.mark.skipif(not HAS_NATIVE, reason=NO_NATIVE)
@@ -172,17 +197,18 @@ def test_torch_compile_fullgraph_matches_eager(backend):
     if backend == "triton" and DEVICE.type == "cpu":
         pytest.skip("inductor compiles Triton code for GPUs only; the interpreter runs eager Triton")
     x, s_raw, t, scale, mask = _inputs((2, 4, 8, 8), torch.float32, "checkerboard")
+    bias = _bias(4)
 
-    def step(x, s_raw, t, scale):
-        y, ld = affine_coupling(x * 1.5, torch.sin(s_raw), t, scale, mask=mask)
+    def step(x, s_raw, t, scale, bias):
+        y, ld = affine_coupling(x * 1.5, torch.sin(s_raw), t, scale, mask=mask, bias=bias)
         return y.square().mean() + ld.mean()
 
     with use_backend(backend):
         compiled = torch.compile(step, fullgraph=True)
-        leaves = [v.detach().clone().requires_grad_(True) for v in (x, s_raw, t, scale)]
+        leaves = [v.detach().clone().requires_grad_(True) for v in (x, s_raw, t, scale, bias)]
         out = compiled(*leaves)
         out.backward()
-    ref_leaves = [v.detach().clone().requires_grad_(True) for v in (x, s_raw, t, scale)]
+    ref_leaves = [v.detach().clone().requires_grad_(True) for v in (x, s_raw, t, scale, bias)]
     with use_backend("reference"):
         ref = step(*ref_leaves)
     ref.backward()
