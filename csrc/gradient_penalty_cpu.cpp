@@ -1,5 +1,6 @@
 // WGAN-GP pieces on CPU: per-sample interpolation, the penalty from the critic's input gradient (per-sample sums
 // of squares, norms and their mean in one pass), and the penalty's backward in one pass over that gradient.
+// Parallel over samples (at::parallel_for), each sample's loop vectorized (omp simd).
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -7,11 +8,41 @@
 
 #include "common.h"
 
-// The loops sit inside AT_DISPATCH macro arguments, where only the _Pragma operator can carry a pragma.
-
 namespace genperf {
 namespace {
 
+// The row loops stay out of line, as in coupling_cpu.cpp: inlined into the parallel region GCC left the sum of
+// squares scalar (2.5 ms for a 256 x 3x64x64 gradient where torch's norm takes 0.34).
+template <typename scalar_t>
+__attribute__((noinline)) void interpolate_row(const scalar_t* real, const scalar_t* fake, scalar_t* out, int64_t len,
+                                               at::opmath_type<scalar_t> e) {
+  using acc_t = at::opmath_type<scalar_t>;
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const acc_t f = static_cast<acc_t>(fake[i]);
+    out[i] = static_cast<scalar_t>(f + e * (static_cast<acc_t>(real[i]) - f));
+  }
+}
+
+template <typename scalar_t>
+__attribute__((noinline)) at::opmath_type<scalar_t> sum_squares_row(const scalar_t* g, int64_t len) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < len; ++i) {
+    const acc_t v = static_cast<acc_t>(g[i]);
+    sum += v * v;
+  }
+  return sum;
+}
+
+template <typename scalar_t>
+__attribute__((noinline)) void scale_row(const scalar_t* g, scalar_t* out, int64_t len,
+                                         at::opmath_type<scalar_t> coef) {
+  using acc_t = at::opmath_type<scalar_t>;
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) out[i] = static_cast<scalar_t>(coef * static_cast<acc_t>(g[i]));
+}
 
 at::Tensor gp_interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
   check_gp_interpolate_args(real, fake, eps, c10::DeviceType::CPU);
@@ -22,14 +53,8 @@ at::Tensor gp_interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, co
     const scalar_t *rd = real.data_ptr<scalar_t>(), *fd = fake.data_ptr<scalar_t>(), *ed = eps.data_ptr<scalar_t>();
     scalar_t* od = out.data_ptr<scalar_t>();
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        const acc_t e = static_cast<acc_t>(ed[n]);
-        _Pragma("omp simd")
-        for (int64_t i = n * L; i < (n + 1) * L; ++i) {
-          const acc_t f = static_cast<acc_t>(fd[i]);
-          od[i] = static_cast<scalar_t>(f + e * (static_cast<acc_t>(rd[i]) - f));
-        }
-      }
+      for (int64_t n = begin; n < end; ++n)
+        interpolate_row<scalar_t>(rd + n * L, fd + n * L, od + n * L, L, static_cast<acc_t>(ed[n]));
     });
   });
   return out;
@@ -46,15 +71,7 @@ std::tuple<at::Tensor, at::Tensor> gp_penalty_cpu(const at::Tensor& grad, double
     const scalar_t* gd = grad.data_ptr<scalar_t>();
     acc_t* sd = sumsq.data_ptr<acc_t>();
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        acc_t sum = 0;
-        _Pragma("omp simd reduction(+ : sum)")
-        for (int64_t i = n * L; i < (n + 1) * L; ++i) {
-          const acc_t g = static_cast<acc_t>(gd[i]);
-          sum += g * g;
-        }
-        sd[n] = sum;
-      }
+      for (int64_t n = begin; n < end; ++n) sd[n] = sum_squares_row<scalar_t>(gd + n * L, L);
     });
     double total = 0;  // N terms, in order: the same value for any thread count
     for (int64_t n = 0; n < N; ++n) {
@@ -72,19 +89,17 @@ at::Tensor gp_penalty_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
   const int64_t N = grad.size(0), L = grad.size(1);
   auto dg = at::empty_like(grad);
   const double go = grad_out.item<double>();
-  auto ss = sumsq.to(at::kDouble);
-  const double* sd = ss.data_ptr<double>();
   GENPERF_DISPATCH_FLOATS(grad.scalar_type(), "gp_penalty_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gd = grad.data_ptr<scalar_t>();
+    const acc_t* sd = sumsq.data_ptr<acc_t>();
     scalar_t* od = dg.data_ptr<scalar_t>();
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         // d/dg of weight * mean_n (||g_n|| - 1)^2 = weight * 2 (norm - 1) / (N norm) * g
-        const double norm = std::sqrt(sd[n] + norm_eps);
-        const acc_t coef = static_cast<acc_t>(go * weight * 2.0 * (norm - 1.0) / (static_cast<double>(N) * norm));
-        _Pragma("omp simd")
-        for (int64_t i = n * L; i < (n + 1) * L; ++i) od[i] = static_cast<scalar_t>(coef * static_cast<acc_t>(gd[i]));
+        const double norm = std::sqrt(static_cast<double>(sd[n]) + norm_eps);
+        const double coef = go * weight * 2.0 * (norm - 1.0) / (static_cast<double>(N) * norm);
+        scale_row<scalar_t>(gd + n * L, od + n * L, L, static_cast<acc_t>(coef));
       }
     });
   });
