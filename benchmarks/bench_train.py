@@ -79,6 +79,7 @@ VARIANTS = {  # name -> genperf.train options
     "baseline": ["--backend", "reference"],
     "fused": [],
     "+amp": ["--amp"],
+    "amp, torch ops": ["--amp", "--backend", "reference"],  # what the fused ops give under amp
     "+compile": ["--compile"],
     "+channels_last": ["--channels-last"],
     "amp+channels_last": ["--amp", "--channels-last"],

@@ -31,15 +31,15 @@ __attribute__((noinline)) at::opmath_type<scalar_t> forward_plane(const scalar_t
   acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < len; ++i) {
-    acc_t s = pp.scale * vtanh(static_cast<acc_t>(r[i]) + pp.s_bias);
-    acc_t tt = static_cast<acc_t>(t[i]) + pp.t_bias;
+    acc_t s = pp.scale * vtanh(widen(r[i]) + pp.s_bias);
+    acc_t tt = widen(t[i]) + pp.t_bias;
     if constexpr (HAS_MASK) {
       const acc_t keep = acc_t(1) - static_cast<acc_t>(m[i]);
       s *= keep;
       tt *= keep;
     }
-    const acc_t xv = static_cast<acc_t>(x[i]);
-    y[i] = static_cast<scalar_t>(REVERSE ? (xv - tt) * vexp(-s) : xv * vexp(s) + tt);
+    const acc_t xv = widen(x[i]);
+    y[i] = narrow<scalar_t>(REVERSE ? (xv - tt) * vexp(-s) : xv * vexp(s) + tt);
     sum += s;
   }
   return REVERSE ? -sum : sum;
@@ -53,18 +53,18 @@ __attribute__((noinline)) Channel<at::opmath_type<scalar_t>> backward_plane(
   acc_t dscale = 0, ds_bias = 0, dt_bias = 0;
 #pragma omp simd reduction(+ : dscale, ds_bias, dt_bias)
   for (int64_t i = 0; i < len; ++i) {
-    const acc_t th = vtanh(static_cast<acc_t>(r[i]) + pp.s_bias);
+    const acc_t th = vtanh(widen(r[i]) + pp.s_bias);
     acc_t keep = 1;
     if constexpr (HAS_MASK) keep = acc_t(1) - static_cast<acc_t>(m[i]);
     const acc_t s = pp.scale * th * keep;
-    const acc_t g = static_cast<acc_t>(gy[i]);
-    const acc_t xv = static_cast<acc_t>(x[i]);
+    const acc_t g = widen(gy[i]);
+    const acc_t xv = widen(x[i]);
     acc_t dxv, dtv, ds;
     if constexpr (REVERSE) {
       const acc_t e = vexp(-s);
       dxv = g * e;
       dtv = -dxv * keep;
-      ds = -(g * (xv - (static_cast<acc_t>(t[i]) + pp.t_bias) * keep) * e + gl) * keep;
+      ds = -(g * (xv - (widen(t[i]) + pp.t_bias) * keep) * e + gl) * keep;
     } else {
       const acc_t e = vexp(s);
       dxv = g * e;
@@ -72,9 +72,9 @@ __attribute__((noinline)) Channel<at::opmath_type<scalar_t>> backward_plane(
       ds = (g * xv * e + gl) * keep;
     }
     const acc_t drv = ds * pp.scale * (acc_t(1) - th * th);
-    dx[i] = static_cast<scalar_t>(dxv);
-    dt[i] = static_cast<st_t>(dtv);
-    dr[i] = static_cast<st_t>(drv);
+    dx[i] = narrow<scalar_t>(dxv);
+    dt[i] = narrow<st_t>(dtv);
+    dr[i] = narrow<st_t>(drv);
     dscale += ds * th;
     ds_bias += drv;
     dt_bias += dtv;

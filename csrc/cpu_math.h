@@ -1,6 +1,9 @@
 // exp and tanh the compiler can vectorize: plain arithmetic and bit operations, no libm calls. Always inlined:
 // GCC 12 kept vexp out of line in the omp simd loops (a call per element, 4-8x slower than eager torch).
 #pragma once
+#include <ATen/OpMathType.h>
+#include <c10/util/BFloat16.h>
+
 #include <cmath>
 #include <cstdint>
 
@@ -30,5 +33,31 @@ __attribute__((always_inline)) inline float vtanh(float r) { return 1.0f - 2.0f 
 
 inline double vexp(double x) { return std::exp(x); }
 inline double vtanh(double r) { return std::tanh(r); }
+
+// Loads and stores between a tensor's dtype and its accumulation type. bf16 goes by bit operations, which GCC
+// vectorizes; c10::BFloat16's own conversions (memcpy, a NaN branch) kept every loop reading or writing bf16 scalar
+// (bf16 coupling backward 3x slower than fp32's instead of faster).
+template <typename T>
+__attribute__((always_inline)) inline at::opmath_type<T> widen(T v) {
+  return static_cast<at::opmath_type<T>>(v);
+}
+
+template <>
+__attribute__((always_inline)) inline float widen(c10::BFloat16 v) {
+  return __builtin_bit_cast(float, static_cast<uint32_t>(v.x) << 16);
+}
+
+template <typename T>
+__attribute__((always_inline)) inline T narrow(at::opmath_type<T> v) {
+  return static_cast<T>(v);
+}
+
+// Round to nearest even, as c10::BFloat16 does; NaN stays a (quiet) NaN.
+template <>
+__attribute__((always_inline)) inline c10::BFloat16 narrow(float v) {
+  const uint32_t bits = __builtin_bit_cast(uint32_t, v);
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return c10::BFloat16(static_cast<uint16_t>(v != v ? 0x7FC0u : rounded), c10::BFloat16::from_bits());
+}
 
 }  // namespace genperf

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "cpu_math.h"
 
 namespace genperf {
 namespace {
@@ -19,8 +20,8 @@ __attribute__((noinline)) void interpolate_row(const scalar_t* real, const scala
   using acc_t = at::opmath_type<scalar_t>;
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
-    const acc_t f = static_cast<acc_t>(fake[i]);
-    out[i] = static_cast<scalar_t>(f + e * (static_cast<acc_t>(real[i]) - f));
+    const acc_t f = widen(fake[i]);
+    out[i] = narrow<scalar_t>(f + e * (widen(real[i]) - f));
   }
 }
 
@@ -30,7 +31,7 @@ __attribute__((noinline)) at::opmath_type<scalar_t> sum_squares_row(const scalar
   acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < len; ++i) {
-    const acc_t v = static_cast<acc_t>(g[i]);
+    const acc_t v = widen(g[i]);
     sum += v * v;
   }
   return sum;
@@ -41,7 +42,7 @@ __attribute__((noinline)) void scale_row(const scalar_t* g, scalar_t* out, int64
                                          at::opmath_type<scalar_t> coef) {
   using acc_t = at::opmath_type<scalar_t>;
 #pragma omp simd
-  for (int64_t i = 0; i < len; ++i) out[i] = static_cast<scalar_t>(coef * static_cast<acc_t>(g[i]));
+  for (int64_t i = 0; i < len; ++i) out[i] = narrow<scalar_t>(coef * widen(g[i]));
 }
 
 at::Tensor gp_interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {

@@ -78,3 +78,19 @@ def test_interpolation_kernel(backend):
     real, fake, eps = _randn(3, 5, 7), _randn(3, 5, 7), torch.rand(3).to(DEVICE)
     out = torch.ops.genperf.gp_interpolate(real, fake, eps, backend)
     torch.testing.assert_close(out, eps.view(3, 1, 1) * real + (1 - eps.view(3, 1, 1)) * fake)
+
+
+@pytest.mark.skipif(not HAS_NATIVE, reason=f"genperf._C has no {NATIVE} kernels here")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_results_round_as_torch_does(dtype):
+    """The kernels convert to and from bf16 by their own bit operations (CPU: so that the loops vectorize); each
+    result must still be torch's round-to-nearest-even of the fp32 value, NaN and infinities kept."""
+    g = torch.Generator().manual_seed(0)
+    real, fake = (_randn(4, 10_000, generator=g).to(dtype) for _ in range(2))
+    real[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    eps = torch.rand(4, generator=g).to(DEVICE, dtype)
+    with use_backend(NATIVE):
+        out = torch.ops.genperf_kernels.gp_interpolate(real, fake, eps)
+    f = fake.float()
+    expected = (f + eps.float()[:, None] * (real.float() - f)).to(dtype)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
