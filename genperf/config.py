@@ -14,7 +14,7 @@ import torch
 
 from genperf import checkpoint
 from genperf.data import DATASETS, LOADERS, POINT_SETS, default_loader
-from genperf.distributed import default_nproc
+from genperf.distributed import default_nproc, restart_count
 from genperf.errors import GenperfError
 from genperf.families import FAMILIES, FAMILY_OF, MODELS
 from genperf.ops.backends import NAMES as BACKENDS
@@ -126,6 +126,26 @@ COMMON = (
         type=int,
         resumable=True,
         at_least=1,
+    ),
+    Option(
+        "comm_init_timeout",
+        "seconds a collective may wait on the other ranks while the run starts (compile, data warm-up, the first "
+        "steps), before the job ends with one line",
+        default=900,
+        type=int,
+        resumable=True,
+        at_least=1,
+        applies=lambda c: c.ddp or c.fsdp,
+    ),
+    Option(
+        "comm_timeout",
+        "seconds a collective may wait on the other ranks once steps are steady (from the third step): a rank "
+        "that hangs or is stopped ends the job this long after, naming it",
+        default=300,
+        type=int,
+        resumable=True,
+        at_least=1,
+        applies=lambda c: c.ddp or c.fsdp,
     ),
     Option(
         "backend",
@@ -264,11 +284,12 @@ def complete(config, given=()):
 
 def parse_args(argv):
     """The config of a command line. With --resume it starts from the options stored in the run's checkpoint, and
-    argv overrides only what it names (checkpoint.restore refuses what may not change)."""
+    argv overrides only what it names (checkpoint.restore refuses what may not change). A job started again by
+    torchrun (--max-restarts) or Slurm (--requeue) continues the run it had checkpointed, as if given --resume."""
     argv = list(argv)
     p = build_parser()
     config = p.parse_args(argv)
-    if config.resume:
+    if config.resume or continues_after_restart(config):
         out = config.out or (os.path.join("runs", config.model) if config.model else None)
         if out is None:
             p.error("--resume needs --out RUN_DIR (or MODEL, for the default runs/MODEL)")
@@ -276,6 +297,12 @@ def parse_args(argv):
     if config.model is None:
         p.error("MODEL is required (or --resume --out RUN_DIR to continue a run)")
     return complete(config, given_options(argv))
+
+
+def continues_after_restart(config):
+    """Whether this job was started again (genperf.distributed.restart_count) and its run folder holds a checkpoint."""
+    out = config.out or (os.path.join("runs", config.model) if config.model else None)
+    return restart_count() > 0 and out is not None and checkpoint.find(out) is not None
 
 
 def resumed(out, given):

@@ -3,6 +3,7 @@ sharding, and the few collectives the rest of genperf uses (each a no-op in a si
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import sys
@@ -31,6 +32,12 @@ def under_torchrun():
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def restart_count():
+    """How many times this job has been started again: by torchrun (--max-restarts) after a failed worker, or by
+    Slurm (sbatch --requeue) after a preemption or node failure."""
+    return sum(int(os.environ.get(name) or 0) for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
+
+
 def default_nproc():
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 2
 
@@ -40,9 +47,12 @@ def is_main_process():
     return int(os.environ.get("RANK", "0")) == 0
 
 
-# Exit codes with which a worker has already said what happened in one line: an error, a stop by SIGHUP, SIGINT or
-# SIGTERM (genperf.faults.EXIT_CODES).
-SELF_REPORTED_EXITS = (2, 129, 130, 143)
+# A worker that lost contact with another rank (killed, stopped, hung, a broken connection) exits with this code,
+# rank 0 after saying so in one line.
+LOST_PEER_EXIT = 3
+# Exit codes with which a worker has already said what happened in one line: an error, a lost peer, a stop by
+# SIGHUP, SIGINT or SIGTERM (genperf.faults.EXIT_CODES).
+SELF_REPORTED_EXITS = (2, LOST_PEER_EXIT, 129, 130, 143)
 
 
 def launch_workers(nproc: int, module: str, argv: list, shutdown_timeout: int = 300) -> int:
@@ -79,14 +89,16 @@ def launch_workers(nproc: int, module: str, argv: list, shutdown_timeout: int = 
         elastic_launch(LaunchConfig(**options), sys.executable)("-u", "-m", module, *argv)
     except ChildFailedError as e:
         # Once one rank fails the launcher stops the others with SIGTERM, which they may report as a stop (143) or
-        # die of: the cause is a rank that said its error (2), else one that crashed otherwise, else a stop.
+        # die of: the cause is a rank that said its error (2), else rank 0 having said which peer it lost (it
+        # names it), else one that crashed otherwise, else a stop or a silent lost peer.
         def rank_of(item):
-            code = item[1].exitcode
+            rank, code = item[0], item[1].exitcode
+            said_lost = code == LOST_PEER_EXIT and rank == 0
             stopped = code in SELF_REPORTED_EXITS or code == -signal.SIGTERM
-            return (0 if code == 2 else 2 if stopped else 1), item[0]
+            return (0 if code == 2 else 1 if said_lost else 3 if stopped else 2), rank
 
         rank, first = min(e.failures.items(), key=rank_of)
-        if first.exitcode in SELF_REPORTED_EXITS:
+        if first.exitcode in SELF_REPORTED_EXITS and (first.exitcode != LOST_PEER_EXIT or rank == 0):
             return first.exitcode
         how = (
             f"killed by {signal.Signals(-first.exitcode).name}" if first.exitcode < 0 else f"exit code {first.exitcode}"
@@ -98,27 +110,61 @@ def launch_workers(nproc: int, module: str, argv: list, shutdown_timeout: int = 
     return 0
 
 
-def init_distributed(device: str) -> Dist:
-    """Joins the torchrun process group (nccl on CUDA, gloo on CPU) or returns a single-process Dist."""
+def init_distributed(device: str, timeout_s: float = 900) -> Dist:
+    """Joins the torchrun process group (nccl on CUDA, gloo on CPU), whose collectives wait at most `timeout_s`
+    for the other ranks (see set_collective_timeout), or returns a single-process Dist."""
     if not under_torchrun():
         return Dist(device=torch.device(device))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    timeout = datetime.timedelta(seconds=timeout_s)
     if torch.device(device).type == "cuda":
+        # The NCCL watchdog aborts a collective that outlives the timeout and tears the process down, instead of
+        # leaving it blocked in a kernel.
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
-        dist.init_process_group("nccl", device_id=dev)
+        dist.init_process_group("nccl", device_id=dev, timeout=timeout, **_attempt_store(timeout))
     else:
         dev = torch.device("cpu")
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout, **_attempt_store(timeout))
     return Dist(dist.get_rank(), dist.get_world_size(), dev)
 
 
+def _attempt_store(timeout):
+    """The job's store (torchrun's env:// rendezvous), its keys prefixed by the attempt: torchrun restarts workers
+    on the same store, where the gloo addresses of the failed attempt's ranks are still found and connected to
+    (a restarted job of 2 CPU ranks failed 'Connection refused' on every restart without this)."""
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dict(store=dist.PrefixStore(f"genperf-attempt-{attempt}", store), rank=rank, world_size=world_size)
+
+
+def set_collective_timeout(seconds: float):
+    """From now on a collective waits at most `seconds` for the other ranks (torchtitan's practice: a long
+    timeout while a run compiles and warms up, a short one once its steps are steady)."""
+    if _initialized():
+        dist.barrier()  # every rank switches between the same two collectives
+        timeout = datetime.timedelta(seconds=seconds)
+        if hasattr(dist, "set_timeout"):  # torch >= 2.12; _set_pg_timeout is deprecated there
+            dist.set_timeout(timeout)
+        else:
+            dist.distributed_c10d._set_pg_timeout(timeout, dist.group.WORLD)
+
+
+# What a collective raises when another rank is gone (a closed or reset connection) or does not answer in time.
+_LOST_PEER_MESSAGES = (
+    "closed by peer",
+    "reset by peer",
+    "Timed out waiting",
+    "Application timeout caused pair closure",
+    "Connection refused",
+)
+
+
 def lost_a_peer(error):
-    """Whether `error` is a collective failing because another rank exited first (that rank, or the
-    launcher, says why)."""
+    """Whether `error` is a collective failing because another rank exited first, or stopped answering."""
     return under_torchrun() and (
-        isinstance(error, getattr(dist, "DistNetworkError", ()))
-        or any(s in str(error) for s in ("closed by peer", "reset by peer"))
+        isinstance(error, getattr(dist, "DistNetworkError", ())) or any(s in str(error) for s in _LOST_PEER_MESSAGES)
     )
 
 

@@ -6,6 +6,10 @@ class DataError(GenperfError):
     pass
 
 
+class LostPeer(GenperfError):
+    """A collective failed because another rank is gone or stopped answering (genperf.distributed.LOST_PEER_EXIT)."""
+
+
 class BackendError(GenperfError, RuntimeError):
     """A fused-op backend was asked for where it cannot run."""
 

@@ -224,3 +224,60 @@ def lock_run_folder(out, is_main):
     if errors:
         raise GenperfError(errors[0])
     return lock
+
+
+def _proc_state(pid):
+    """/proc's one-letter state of `pid` (R running, S sleeping, T stopped, Z exited, ...), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _proc_env(pid, names):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            pairs = (item.partition(b"=") for item in f.read().split(b"\0"))
+            env = {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
+    except OSError:
+        return {}
+    return {k: env.get(k) for k in names}
+
+
+def sibling_workers():
+    """{rank: (pid, state)} of the other workers of this job on this node, as /proc shows them: the processes of
+    this worker's launcher (its parent) with its run id; ranks of this node missing from it are gone."""
+    me, parent, run_id = os.getpid(), os.getppid(), os.environ.get("TORCHELASTIC_RUN_ID")
+    found = {}
+    for entry in os.listdir("/proc") if run_id and os.path.isdir("/proc") else ():
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) != parent:
+                    continue
+        except (OSError, IndexError, ValueError):
+            continue
+        env = _proc_env(entry, ("TORCHELASTIC_RUN_ID", "RANK"))
+        if env.get("TORCHELASTIC_RUN_ID") == run_id and (env.get("RANK") or "").isdigit():
+            found[int(env["RANK"])] = (int(entry), _proc_state(entry))
+    return found
+
+
+def diagnose_peers():
+    """What became of the other ranks on this node, in words, after a collective failed: which are gone, which
+    are stopped (those are killed here, so that the launcher can end the job instead of waiting on them)."""
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    first = int(os.environ.get("RANK", "0")) - int(os.environ.get("LOCAL_RANK", "0"))
+    me, workers, said = int(os.environ.get("RANK", "0")), sibling_workers(), []
+    for rank in range(first, first + local_size):
+        pid, state = workers.get(rank, (None, None))
+        if rank == me:
+            continue
+        if state in (None, "Z", "X"):
+            said.append(f"rank {rank} is gone (killed, e.g. by the out-of-memory killer, or crashed)")
+        elif state in ("T", "t"):
+            os.kill(pid, signal.SIGKILL)
+            said.append(f"rank {rank} (pid {pid}) was stopped (SIGSTOP, a debugger) and is now killed")
+    return "; ".join(said) or "every rank of this node is alive: a rank that hangs, or another node is gone"

@@ -15,6 +15,7 @@ from genperf import checkpoint
 from genperf.config import check, make, parse_args, to_argv
 from genperf.data import check_dataset
 from genperf.distributed import (
+    LOST_PEER_EXIT,
     init_distributed,
     is_main_process,
     launch_workers,
@@ -22,7 +23,7 @@ from genperf.distributed import (
     shutdown_distributed,
     under_torchrun,
 )
-from genperf.errors import GenperfError, os_error_line
+from genperf.errors import GenperfError, LostPeer, os_error_line
 from genperf.faults import (
     EXIT_CODES,
     exit_with_launcher,
@@ -48,7 +49,7 @@ def run(config):
             checkpoint.check_shards(found)
         return launch_workers(config.nproc, "genperf.train", to_argv(config)), None
     exit_with_launcher()
-    dist = init_distributed(config.device)
+    dist = init_distributed(config.device, config.comm_init_timeout)
     lock = lock_run_folder(config.out, dist.is_main)  # before anything in the folder is read or written
     try:
         return fit_here(config, dist)
@@ -79,6 +80,13 @@ def main(argv=None):
         config = parse_args(argv)
         with use_backend(config.backend) if config.backend else contextlib.nullcontext():
             return run(config)[0]
+    except LostPeer as e:  # rank 0 says which peer and what is kept; the others exit quietly, as the lost one may
+        if launcher_gone():
+            say_launcher_gone()
+            return 1
+        if is_main_process():
+            print(f"genperf: error: {e}", file=sys.stderr, flush=True)
+        return LOST_PEER_EXIT
     except GenperfError as e:
         if launcher_gone():  # e.g. a save whose collective failed because another rank stopped with the launcher
             say_launcher_gone()

@@ -18,10 +18,17 @@ import torch
 from genperf import checkpoint, models, perf
 from genperf.config import RESUMABLE, applicable
 from genperf.data import load_dataset, make_batches
-from genperf.distributed import all_reduce_sum, gather_objects, shutdown_distributed
-from genperf.errors import DataError, GenperfError
+from genperf.distributed import (
+    all_reduce_sum,
+    gather_objects,
+    lost_a_peer,
+    restart_count,
+    set_collective_timeout,
+    shutdown_distributed,
+)
+from genperf.errors import DataError, GenperfError, LostPeer
 from genperf.families import FAMILY_OF, build_objective
-from genperf.faults import EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters
+from genperf.faults import EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters, diagnose_peers
 from genperf.ops.backends import describe, use_backend
 from genperf.precision import Precision, keep_freed_cpu_memory
 from genperf.runlog import RunLog
@@ -131,9 +138,27 @@ class Trainer:
             raise GenperfError(f"{e}; stopping. {kept}") from None
         except DataError as e:
             raise DataError(f"{e} ({self.keep_steps_after_data_error()})") from None
+        except Exception as e:
+            if lost_a_peer(e):
+                raise LostPeer(self.lost_peer_line(e)) from None
+            raise
         finally:
             self.bar.close()  # ends the bar's line, so a message after it starts a line of its own
         return self.say_stop()
+
+    def lost_peer_line(self, error):
+        """What rank 0 says when a collective failed because another rank is gone or stopped answering."""
+        c = self.config
+        # gloo's first sentence, without its source location: "Read error [127.0.0.1]:21662: Connection reset by peer"
+        text = str(error).strip()
+        cause = text.splitlines()[0].split("] ", 1)[-1].split(". ")[0] if text else type(error).__name__
+        kept = (
+            f"the last checkpoint (step {self.kept_step}) is kept at {self.ckpt}; continue with: "
+            f"python -m genperf.train --resume --out {c.out}"
+            if self.kept_step is not None
+            else "no checkpoint was written before it"
+        )
+        return f"lost contact with the other ranks at step {self.step} ({cause}): {diagnose_peers()}; {kept}"
 
     def train_epoch(self):
         epoch, first_step = divmod(self.step, self.steps_per_epoch)
@@ -158,6 +183,8 @@ class Trainer:
         if c.compile and compiled_graphs() > graphs:
             self.compile_s += time.perf_counter() - step_start
         self.step += 1
+        if self.step == self.start_step + 2 and self.dist.world_size > 1:  # compiled and warmed up: steps are steady
+            set_collective_timeout(c.comm_timeout)
         self.bar.update(1)
         self.stop = self.checks.after_step(self.step, metrics) or self.stop
         for k, v in metrics.items():
@@ -392,6 +419,12 @@ class Trainer:
             raise GenperfError(
                 f"--resume: the checkpoint in {c.out} is at step {step}, beyond the {self.total_steps} "
                 f"steps asked for; pass a larger --steps or --epochs"
+            )
+        if restart_count() and dist.is_main:
+            restart = os.environ["TORCHELASTIC_RESTART_COUNT"]
+            print(
+                f"genperf: restart {restart} of the job: resuming {c.out} from its checkpoint of step {step}",
+                flush=True,
             )
         return step
 

@@ -1,0 +1,168 @@
+"""Faults of many processes (gloo, two CPU ranks): a rank killed, a rank stopped, torchrun restarting the job.
+Each must end or recover within its bound, with one line, no traceback from genperf's workers and no process left
+behind; the killed rank's run resumes, and a restarted job finishes its steps."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import genperf
+from genperf import checkpoint, train
+from genperf.distributed import LOST_PEER_EXIT
+from genperf.errors import GenperfError
+from genperf.faults import RunLock
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+RING = ["dcgan", "--data", "ring8", "--latent-dim", "8", "--batch-size", "64", "--log-every", "10"]
+TRAIN = [sys.executable, "-m", "genperf.train"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+def _start(out, launcher, *extra):
+    """A two-rank DDP run on ring8, checkpointing every 10 steps, its output in OUT.stdout / OUT.stderr."""
+    out = str(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    return subprocess.Popen(
+        [*launcher, *RING, "--ddp", "--ckpt-every", "10", "--out", out, *extra],
+        stdout=open(out + ".stdout", "w"),
+        stderr=open(out + ".stderr", "w"),
+        env=ENV,
+        start_new_session=True,
+    )
+
+
+def _wait_for(condition, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _workers(launcher_pid):
+    """{rank: pid} of the launcher's worker processes."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(item.partition(b"=")[::2] for item in f.read().split(b"\0"))
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == launcher_pid and env.get(b"RANK", b"").isdigit():
+            found[int(env[b"RANK"])] = int(entry)
+    return found
+
+
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def _lines(path):
+    """genperf's own lines of a run's output (not its progress bar's redraws)."""
+    return [line for line in open(path).read().replace("\r", "\n").splitlines() if line.startswith("genperf")]
+
+
+def _after_first_checkpoint(proc, out):
+    """The workers once the run has written a checkpoint and trained on from it."""
+    _wait_for(lambda: checkpoint.find(str(out)), 90, "the first checkpoint")
+    time.sleep(random.Random(3).uniform(0.5, 1.5))  # a random moment of the steps after it
+    workers = _workers(proc.pid)
+    assert set(workers) == {0, 1}, workers
+    return workers
+
+
+def _ends(proc, workers, bound_s, since):
+    proc.wait(timeout=bound_s + 60)
+    took = time.monotonic() - since
+    _wait_for(lambda: all(_gone(p) for p in workers.values()), 10, "every worker to exit")
+    return took
+
+
+def test_a_killed_rank_ends_the_job_in_seconds_with_one_line_and_the_run_resumes(tmp_path):
+    """What the out-of-memory killer does to one rank: the survivor says which rank is gone, at which step, and
+    what continues the run; the launcher exits within seconds, nothing is left running, the folder is free."""
+    out = tmp_path / "run"
+    proc = _start(out, TRAIN, "--nproc", "2", "--steps", "1000000")
+    workers = _after_first_checkpoint(proc, out)
+    os.kill(workers[1], signal.SIGKILL)
+    took = _ends(proc, workers, 10, time.monotonic())
+    assert proc.returncode == LOST_PEER_EXIT and took < 10, (proc.returncode, took)
+    err = open(str(out) + ".stderr").read()
+    (line,) = _lines(str(out) + ".stderr")
+    assert "Traceback" not in err and "lost contact with the other ranks at step" in line, err[-2000:]
+    assert "rank 1 is gone" in line and f"continue with: python -m genperf.train --resume --out {out}" in line
+    RunLock(str(out)).release()  # free
+    kept = genperf.load(str(out)).step
+    assert kept >= 10 and kept % 10 == 0
+    assert train.main(["--resume", "--out", str(out), "--nproc", "1", "--steps", str(kept + 5)]) == 0
+    assert json.load(open(out / "summary.json"))["steps"] == kept + 5
+
+
+@pytest.mark.slow  # 15 s; the killed rank covers the one-line path in the fast tier
+def test_a_stopped_rank_ends_the_job_within_the_steady_timeout_naming_it(tmp_path):
+    """A rank that stops answering (SIGSTOP: a frozen node, a debugger): the survivor's collective times out after
+    --comm-timeout, it names the stopped rank and ends it, so the launcher does not wait on it."""
+    out = tmp_path / "run"
+    proc = _start(out, TRAIN, "--nproc", "2", "--steps", "1000000", "--comm-timeout", "3")
+    workers = _after_first_checkpoint(proc, out)
+    os.kill(workers[1], signal.SIGSTOP)
+    took = _ends(proc, workers, 3 + 10, time.monotonic())
+    assert proc.returncode == LOST_PEER_EXIT and 3 <= took < 3 + 10, (proc.returncode, took)
+    err = open(str(out) + ".stderr").read()
+    (line,) = _lines(str(out) + ".stderr")
+    assert "Traceback" not in err and f"rank 1 (pid {workers[1]}) was stopped" in line, err[-2000:]
+
+
+def _final_weights(out):
+    return {k: v.clone() for k, v in genperf.load(str(out)).model.state_dict().items()}
+
+
+@pytest.mark.slow  # two torchrun jobs, 40 s
+def test_torchrun_restarts_resume_the_run_and_finish_its_steps_as_an_uninterrupted_one(tmp_path):
+    steps = 200
+    out = tmp_path / "restarted"
+    proc = _start(out, [*TORCHRUN, "--max-restarts", "2", "-m", "genperf.train"], "--steps", str(steps))
+    workers = _after_first_checkpoint(proc, out)
+    os.kill(workers[1], signal.SIGKILL)
+    proc.wait(timeout=180)
+    assert proc.returncode == 0, open(str(out) + ".stderr").read()[-3000:]
+    said = _lines(str(out) + ".stdout")
+    assert any(line.startswith("genperf: restart 1 of the job: resuming") for line in said), said
+    assert json.load(open(out / "summary.json"))["steps"] == steps
+    assert "Traceback" not in open(str(out) + ".stderr").read()
+    whole = tmp_path / "whole"
+    proc = _start(whole, [*TORCHRUN, "-m", "genperf.train"], "--steps", str(steps))
+    assert proc.wait(timeout=180) == 0
+    for name, value in _final_weights(whole).items():  # the steps redone after the restart are the same steps
+        torch.testing.assert_close(_final_weights(out)[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("counter", ["TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"])
+def test_a_restarted_job_continues_the_checkpointed_run_as_if_given_resume(tmp_path, monkeypatch, counter):
+    """torchrun --max-restarts and sbatch --requeue start the same command line again."""
+    from genperf import config
+
+    run = tmp_path / "run"
+    assert train.main([*RING, "--out", str(run), "--steps", "10"]) == 0
+    argv = [*RING, "--out", str(run), "--steps", "20"]
+    with pytest.raises(GenperfError, match="already holds a run"):
+        genperf.fit("dcgan", data="ring8", latent_dim=8, batch_size=64, out=str(run), steps=20)
+    monkeypatch.setenv(counter, "1")
+    resumed = config.parse_args(argv)
+    assert resumed.resume and resumed.steps == 20 and resumed.run_id == json.load(open(run / "config.json"))["run_id"]
+    monkeypatch.setenv(counter, "0")
+    assert not config.parse_args(argv).resume  # the first attempt of a job starts afresh
