@@ -37,6 +37,7 @@ import time
 
 import torch
 
+from genperf.compiled import compile_choice
 from genperf.perf import machine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -106,7 +107,7 @@ def train_for(model, variant, seed, budget_s, points, work):
     objective = build_objective(args, data, Precision(device.type, args.amp), device)
     if variant == "baseline":
         plain_adam(objective)
-    if args.compile:
+    if compile_choice(args) == "on":  # the variant's own choice; auto is genperf.train's
         objective.compile(fullgraph=True)
     score = Scorer(model, objective, data, device, seed, work)
     batches = make_batches(data.train, args.batch_size, seed, device=device)

@@ -51,6 +51,7 @@ import time
 import torch
 
 from genperf import audit, config, trainer
+from genperf.compiled import compile_choice
 from genperf.data import Data
 from genperf.families import build_objective
 from genperf.ops import use_backend
@@ -116,9 +117,11 @@ class Variant:
         if name == "baseline":
             plain_adam(self.objective)
         mode = self.args.compile_mode
-        if self.args.compile:  # as genperf.train compiles: the batch dimension symbolic, one graph for every batch
+        # A variant compiles when it says --compile (not --compile auto, the default: its variants are fixed).
+        compiled = compile_choice(self.args) == "on"
+        if compiled:  # as genperf.train compiles: the batch dimension symbolic, one graph for every batch
             self.objective.compile(fullgraph=True, mode=None if mode == "default" else mode)
-        self.cuda_graphs = self.args.compile and mode == "reduce-overhead" and device.type == "cuda"
+        self.cuda_graphs = compiled and mode == "reduce-overhead" and device.type == "cuda"
         self.cycle = getattr(self.objective, "critic_iters", 1)
         self.step, self.times = 0, {}
         self.use_batch(batch)

@@ -4,6 +4,9 @@ benchmarks' batch sweeps) instead of each new size compiling them again."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 
 
@@ -23,3 +26,108 @@ def compile_batch_dynamic(fn, **options):
         return compiled(*(batch_dynamic(a) if isinstance(a, torch.Tensor) else a for a in args), **kwargs)
 
     return call
+
+
+# ---- --compile auto: compile where the measured gain outlasts the compile's cost ----
+COMPILE_CHOICES = ("auto", "on", "off")
+
+# What --compile measured for RealNVP trained in one process, per CPU kind and step precision: (speed-up of a step
+# over the same step eager, seconds of a cold compile). Measured with benchmarks/bench_train.py, mnist preset:
+# 2-core Intel Xeon (AMX), batch 64: --amp 2.61x -> --amp --compile 3.94x of fp32 eager, fp32 1.21x; cold 52 s
+# (32 features, 4 blocks, batch 64, bf16);
+# 2-core AMD EPYC Zen 4 (AVX-512 BF16), batch 16: --amp 10.3 -> 10.9 images/s, cold 97 s; 2-core AMD EPYC
+# (AVX2), batch 16, fp32: 1.10x, cold 177 s. Nothing else is measured: there auto stays eager.
+MEASURED = {
+    ("realnvp", "AMX", "bf16"): (1.51, 52.0),
+    ("realnvp", "AMX", "fp32"): (1.21, 52.0),
+    ("realnvp", "AVX-512 BF16", "bf16"): (1.06, 97.0),
+    ("realnvp", "AVX2", "fp32"): (1.10, 177.0),
+}
+EAGER_STEPS_TIMED = 2  # auto times this many eager steps, after the first, before it decides
+RECORD = "genperf-compile-seconds.json"  # in torch.compile's cache folder: seconds each configuration compiled in
+
+
+def compile_choice(config):
+    """--compile as "on", "off" or "auto" (runs stored before auto existed hold True or False)."""
+    value = getattr(config, "compile", "off")
+    return {True: "on", False: "off", None: "off"}.get(value, value)
+
+
+def cpu_kind():
+    """The CPU's kind as far as compiled code cares: AMX, AVX-512 BF16, or AVX2 (no fast bf16)."""
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    return "AVX-512 BF16" if torch.cpu._is_avx512_bf16_supported() else "AVX2"
+
+
+def _record_path():
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return os.path.join(cache_dir(), RECORD)
+
+
+def graph_key(config, device_type, precision):
+    """What decides the compiled graphs of a run (its model and shapes, precision, layout, torch), as one string."""
+    shaping = (
+        "model",
+        "data",
+        "image_size",
+        "channels",
+        "batch_size",
+        "channels_last",
+        "checkpointing",
+        "compile_mode",
+    )
+    arch = {k: v for k, v in sorted(vars(config).items()) if k in shaping or k in ("mid_channels", "num_blocks")}
+    return json.dumps([arch, device_type, precision, torch.__version__])
+
+
+def recorded_seconds(key):
+    """The fewest seconds a compile of `key` took in this cache folder (a warm one, once it compiled), or None."""
+    try:
+        with open(_record_path()) as f:
+            return json.load(f).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def record_seconds(key, seconds):
+    """Keeps the fewest seconds `key` compiled in; a cache folder that cannot be written keeps nothing."""
+    try:
+        path = _record_path()
+        try:
+            with open(path) as f:
+                records = json.load(f)
+        except (OSError, ValueError):
+            records = {}
+        records[key] = min(seconds, records.get(key, seconds))
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(records, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def measured_gain(model, device_type, precision, parallel, invertible):
+    """(speed-up, cold compile seconds, what was measured), or (None, None, why auto cannot judge)."""
+    if invertible:
+        return None, None, "--compile does not combine with --invertible"
+    if parallel:
+        return None, None, f"its gain under --{parallel} is not measured"
+    kind = cpu_kind() if device_type == "cpu" else device_type
+    found = MEASURED.get((model, kind, precision))
+    if found is None:
+        return None, None, f"its gain for {model} on {kind} in {precision} is not measured"
+    return found[0], found[1], f"{found[0]:.2f}x for {model} on {kind} CPUs in {precision}"
+
+
+def decide(gain, cold_s, warm_s, eager_step_s, steps_left):
+    """(compile?, the numbers in words): compile when the time the remaining steps save outlasts the compile."""
+    cost, cache = (warm_s, "warm cache") if warm_s is not None else (cold_s, "cold cache")
+    saved = steps_left * eager_step_s * (1 - 1 / gain)
+    words = (
+        f"eager steps take {eager_step_s:.2f} s; compiling costs about {cost:.0f} s ({cache}) and would save "
+        f"{saved:.0f} s over the {steps_left} steps left"
+    )
+    return saved > cost, words

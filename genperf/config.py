@@ -13,6 +13,7 @@ import os
 import torch
 
 from genperf import checkpoint
+from genperf.compiled import COMPILE_CHOICES, compile_choice
 from genperf.data import DATASETS, LOADERS, POINT_SETS, default_loader
 from genperf.distributed import default_nproc, restart_count
 from genperf.errors import GenperfError
@@ -157,10 +158,17 @@ COMMON = (
     Option(
         "compile",
         "torch.compile the step's networks (RealNVP: each coupling's s/t network; the fused ops compile into "
-        "the graphs). The first steps include compiling, reported once: about a minute cold on a 2-core CPU, "
-        "seconds once torch's on-disk cache holds the graphs, so it pays off in runs of more than a few minutes",
-        default=False,
+        "the graphs): auto (the default) times two eager steps and compiles only where the gain measured for "
+        "this model and CPU kind, over the steps left, outlasts the compile (cold: about a minute on a 2-core "
+        "CPU; warm, once torch's on-disk cache holds the graphs, seconds), and says so in one line; --compile "
+        "(on) always, --no-compile (off) never",
+        default="auto",
+        type=str,
+        choices=COMPILE_CHOICES,
+        nargs="?",
+        const="on",
         resumable=True,
+        absent="off",
     ),
     Option(
         "compile_mode",
@@ -254,6 +262,7 @@ def build_parser():
     )
     for option in OPTIONS:
         option.add_to(p, None if option.default is PER_MODEL else option.default)
+    p.add_argument("--no-compile", dest="compile", action="store_const", const="off", help="the same as --compile off")
     return p
 
 
@@ -276,6 +285,7 @@ def complete(config, given=()):
         if getattr(config, key) is None:
             setattr(config, key, value)
     config.out = config.out or os.path.join("runs", config.model)
+    config.compile = compile_choice(config)  # genperf.fit(compile=True) means on
     choose_parallel(config, given)
     config.nproc = default_nproc() if config.nproc is None else config.nproc
     config.loader = config.loader or default_loader(config.data)
@@ -336,6 +346,7 @@ def stored(options, model=None):
     that means what the run did (Option.absent), else their default."""
     config = build_parser().parse_args([model or options["model"]])
     vars(config).update(options)
+    config.compile = compile_choice(config)  # runs stored before --compile auto hold True or False
     for option in OPTIONS:
         if option.name not in options and option.absent is not PER_MODEL and option.applies_to(config):
             setattr(config, option.name, option.absent)

@@ -16,6 +16,15 @@ import uuid
 import torch
 
 from genperf import checkpoint, models, perf
+from genperf.compiled import (
+    EAGER_STEPS_TIMED,
+    compile_choice,
+    decide,
+    graph_key,
+    measured_gain,
+    record_seconds,
+    recorded_seconds,
+)
 from genperf.config import RESUMABLE, applicable
 from genperf.data import load_dataset, make_batches
 from genperf.distributed import (
@@ -49,11 +58,9 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(c.seed)  # the same initial weights on every rank (FSDP2 keeps each rank's own shard)
         self.objective = build_objective(c, self.data, self.precision, self.device, dist.rank, dist.world_size)
-        if c.compile:  # FSDP2's hooks break the graph at every sharded unit, DDP's at every gradient bucket
-            self.objective.compile(
-                fullgraph=not (c.fsdp or c.ddp), mode=None if c.compile_mode == "default" else c.compile_mode
-            )
-        self.cuda_graphs = c.compile and c.compile_mode == "reduce-overhead" and self.device.type == "cuda"
+        self.compiling, self.cuda_graphs = False, False
+        if compile_choice(c) == "on":
+            self.compile_now()
         torch.manual_seed(c.seed * 1000 + dist.rank)  # then a stream of its own per rank
         self.flops, self.peak, memory_line = self._account()
         self.peak_rechecked = False
@@ -98,6 +105,8 @@ class Trainer:
         )
         self.last, self.held, self.held_step, self.artifacts_step, self.last_grid = {}, {}, None, None, None
         self.compile_s, self.compile_reported = 0.0, 0.0  # seconds of the steps in which torch.compile compiled
+        self.auto_compile = self.plan_auto_compile() if compile_choice(c) == "auto" else None
+        self.eager_step_s = []  # the eager steps --compile auto times
         self.stop, self.finished = None, False
         self.signals = StopSignals(verbose=dist.is_main)
         self.checks = StepChecks(self.device, self.signals, c.log_every, dist.world_size)
@@ -176,12 +185,16 @@ class Trainer:
         c = self.config
         if c.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        graphs, step_start = compiled_graphs() if c.compile else 0, time.perf_counter()
+        graphs, step_start = compiled_graphs() if self.compiling else 0, time.perf_counter()
         if self.cuda_graphs:  # a new step: CUDA graph trees may reuse the memory of the last step's outputs
             torch.compiler.cudagraph_mark_step_begin()
         metrics = self.objective.train_step(x, self.step)
-        if c.compile and compiled_graphs() > graphs:
+        if self.compiling and compiled_graphs() > graphs:
             self.compile_s += time.perf_counter() - step_start
+        if self.auto_compile and self.step > self.start_step:  # the first step warms up; the next ones are timed
+            self.eager_step_s.append(time.perf_counter() - step_start)
+            if len(self.eager_step_s) == EAGER_STEPS_TIMED:
+                self.decide_auto_compile()
         self.step += 1
         if self.step == self.start_step + 2 and self.dist.world_size > 1:  # compiled and warmed up: steps are steady
             set_collective_timeout(c.comm_timeout)
@@ -229,7 +242,7 @@ class Trainer:
             flops_per_image=self.flops,
             peak_flops=self.peak,
             mfu=self.mfu(images_per_s) if self.peak else None,
-            compile_s=self.compile_s if c.compile else None,
+            compile_s=self.compile_s if self.compiling else None,
             samples=sorted(os.listdir(self.log.path("samples"))) if dist.is_main else None,
         )
         self.log.write_json("summary.json", summary)
@@ -275,9 +288,49 @@ class Trainer:
             else "no checkpoint was written"
         )
 
+    # ---- torch.compile: on, or --compile auto's decision ----
+    def compile_now(self):
+        c = self.config
+        # FSDP2's hooks break the graph at every sharded unit, DDP's at every gradient bucket
+        self.objective.compile(
+            fullgraph=not (c.fsdp or c.ddp), mode=None if c.compile_mode == "default" else c.compile_mode
+        )
+        self.compiling = True
+        self.cuda_graphs = c.compile_mode == "reduce-overhead" and self.device.type == "cuda"
+
+    def graph_key(self):
+        dtype = self.precision.dtype
+        precision = "bf16" if dtype == torch.bfloat16 else "fp16" if dtype == torch.float16 else "fp32"
+        return graph_key(self.config, self.device.type, precision), precision
+
+    def plan_auto_compile(self):
+        """(speed-up, cold seconds, what was measured) when auto can judge this run after timing eager steps, else
+        None, said in one line: auto then stays eager."""
+        c = self.config
+        parallel = "fsdp" if c.fsdp else "ddp" if c.ddp else None
+        _, precision = self.graph_key()
+        gain, cold_s, what = measured_gain(c.model, self.device.type, precision, parallel, c.invertible)
+        if gain is None and self.dist.is_main and self.step < self.total_steps:
+            print(f"genperf: --compile auto: staying eager: {what} (--compile compiles anyway)", flush=True)
+        return (gain, cold_s, what) if gain is not None else None
+
+    def decide_auto_compile(self):
+        gain, cold_s, what = self.auto_compile
+        self.auto_compile = None
+        eager_s = sorted(self.eager_step_s)[len(self.eager_step_s) // 2]
+        steps_left = self.total_steps - self.step - 1
+        go, words = decide(gain, cold_s, recorded_seconds(self.graph_key()[0]), eager_s, steps_left)
+        if self.dist.is_main:
+            verdict = "compiling now (--no-compile stays eager)" if go else "staying eager (--compile compiles anyway)"
+            self.bar.write(f"genperf: --compile auto ({what}): {words}: {verdict}", file=sys.stdout)  # above the bar
+        if go:
+            self.compile_now()
+
     # ---- logging, evaluation, checkpoints ----
     def report_compile(self):
         """One line when torch.compile first compiled, and one more for each later recompilation."""
+        if self.compile_s > self.compile_reported and self.compile_reported == 0 and self.dist.is_main:
+            record_seconds(self.graph_key()[0], self.compile_s)  # what --compile auto will expect of a warm cache
         if self.compile_s > self.compile_reported and self.dist.is_main:
             what = "compiled" if self.compile_reported == 0 else "recompiled: now"
             print(

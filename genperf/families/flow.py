@@ -8,6 +8,7 @@ import contextlib
 import torch
 
 from genperf import models
+from genperf.compiled import compile_choice
 from genperf.distributed import all_reduce_sum, apply_ddp, apply_fsdp
 from genperf.errors import GenperfError
 from genperf.families.base import Family, placer
@@ -191,7 +192,7 @@ def build(config, data, precision, device, rank=0, world_size=1):
 
 
 def check(config):
-    if config.compile and config.invertible:
+    if compile_choice(config) == "on" and config.invertible:
         raise GenperfError(
             "--compile does not combine with --invertible, whose backward runs autograd itself for each "
             "coupling; use --checkpointing to save memory under --compile"
