@@ -24,6 +24,7 @@ import torch
 
 from genperf import config as configs
 from genperf.data import Data, planned_shape
+from genperf.distributed import group_units
 from genperf.errors import GenperfError
 from genperf.trainer import step_cost
 
@@ -51,17 +52,17 @@ def parse_gpus(text):
 
 
 def largest_unit_bytes(config, shape):
-    """Bytes of the parameters of the largest unit FSDP2 gathers at once: a coupling of RealNVP (genperf shards
-    each), a whole network of the other models; in the --amp dtype under --amp."""
+    """Bytes of the parameters of the largest unit FSDP2 gathers at once: a group of RealNVP's couplings
+    (genperf.distributed.group_units), a whole network of the other models; in the --amp dtype under --amp."""
     from genperf.families import build_objective
     from genperf.precision import Precision
 
     meta = torch.device("meta")
     args = argparse.Namespace(**dict(vars(config), ddp=False, fsdp=False, compile=False))
     objective = build_objective(args, Data("planned", None, None, shape), Precision("cpu", False), meta)
-    units = [u for m in objective.modules.values() for u in getattr(m, "couplings", lambda m=m: [m])()]
+    units = [u for m in objective.modules.values() for u in group_units(getattr(m, "couplings", lambda m=m: [m])())]
     bytes_per_value = 2 if config.amp else 4
-    return max(sum(p.numel() for p in u.parameters()) * bytes_per_value for u in units)
+    return max(sum(p.numel() for block in u for p in block.parameters()) * bytes_per_value for u in units)
 
 
 def cost_line(flags, argv, gpus, batches):

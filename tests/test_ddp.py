@@ -296,3 +296,22 @@ def test_batch_norms_are_sharded_in_one_group_per_unit():
     critic = DCGANDiscriminator(1, 32, batch_norm=True)
     (outside,) = batch_norm_groups(critic, [])
     assert outside == [m for m in critic.modules() if isinstance(m, torch.nn.BatchNorm2d)] and outside
+
+
+def test_fsdp_units_group_consecutive_couplings_to_a_minimum_size():
+    """Each FSDP unit costs its collectives: small couplings are gathered together, large ones alone."""
+    from genperf.distributed import FSDP_UNIT_PARAMS, batch_norm_groups, group_units
+    from genperf.models import REALNVP_ARCHS, RealNVP
+
+    def size(group):
+        return sum(p.numel() for c in group for p in c.parameters())
+
+    for arch, expected in (("mnist", [6, 4]), ("celeba64", [6, 4, 1, 1, 1, 1, 1, 1])):
+        flow = RealNVP(**REALNVP_ARCHS[arch])
+        groups = group_units(flow.couplings())
+        assert [len(g) for g in groups] == expected, arch
+        assert [c for g in groups for c in g] == flow.couplings()  # in order, each once
+        assert all(size(g) >= FSDP_UNIT_PARAMS for g in groups)
+    small = RealNVP(1, 28, 2, 32, 2)  # README's first run: 1.3M parameters, one unit
+    (group,) = group_units(small.couplings())
+    assert len(group) == 10 and len(batch_norm_groups(small, [group])) == 1

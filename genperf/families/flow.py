@@ -9,7 +9,7 @@ import torch
 
 from genperf import models
 from genperf.compiled import compile_choice
-from genperf.distributed import all_reduce_sum, apply_ddp, apply_fsdp
+from genperf.distributed import all_reduce_sum, apply_ddp, apply_fsdp, group_units
 from genperf.errors import GenperfError
 from genperf.families.base import Family, placer
 from genperf.metrics import draws, mean_se
@@ -176,7 +176,7 @@ def build(config, data, precision, device, rank=0, world_size=1):
         )
     )
     if config.fsdp:
-        apply_fsdp(model, model.couplings(), precision.dtype, ("inverse", "bits_per_dim"))
+        apply_fsdp(model, group_units(model.couplings()), precision.dtype, ("inverse", "bits_per_dim"))
     replicated = apply_ddp(BitsPerDim(model), device) if config.ddp else None
     return FlowObjective(
         model,
