@@ -23,12 +23,13 @@ def _interpolate(real_ptr, fake_ptr, eps_ptr, out_ptr, L, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _penalty(g_ptr, sumsq_ptr, penalty_ptr, N, L, weight, norm_eps, BLOCK: tl.constexpr):
+def _penalty(g_ptr, sumsq_ptr, penalty_ptr, N, L, weight, norm_eps, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr):
     n = tl.program_id(0)
     base = n.to(tl.int64) * L
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for start in range(0, L, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
+    # A constexpr trip count: triton 3.6's interpreter cannot take a range over the runtime L
+    for i in range(NUM_BLOCKS):
+        offs = i * BLOCK + tl.arange(0, BLOCK)
         g = tl.load(g_ptr + base + offs, mask=offs < L, other=0.0).to(tl.float32)
         acc += g * g
     sumsq = tl.sum(acc, axis=0)
@@ -63,7 +64,8 @@ def penalty(grad, weight, norm_eps):
     n, length = grad.shape
     sumsq = torch.empty(n, device=grad.device, dtype=torch.float32)
     out = torch.zeros((), device=grad.device, dtype=torch.float32)
-    _penalty[(n,)](grad, sumsq, out, n, length, float(weight), float(norm_eps), BLOCK=BLOCK)
+    blocks = triton.cdiv(length, BLOCK)
+    _penalty[(n,)](grad, sumsq, out, n, length, float(weight), float(norm_eps), BLOCK=BLOCK, NUM_BLOCKS=blocks)
     acc = torch.promote_types(grad.dtype, torch.float32)  # the kernel sums in fp32, also for float64
     return out.to(acc), sumsq.to(acc)
 
