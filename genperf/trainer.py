@@ -474,9 +474,8 @@ class Trainer:
                 f"steps asked for; pass a larger --steps or --epochs"
             )
         if restart_count() and dist.is_main:
-            restart = os.environ["TORCHELASTIC_RESTART_COUNT"]
             print(
-                f"genperf: restart {restart} of the job: resuming {c.out} from its checkpoint of step {step}",
+                f"genperf: restart {restart_count()} of the job: resuming {c.out} from its checkpoint of step {step}",
                 flush=True,
             )
         return step

@@ -152,7 +152,7 @@ def test_torchrun_restarts_resume_the_run_and_finish_its_steps_as_an_uninterrupt
 
 
 @pytest.mark.parametrize("counter", ["TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"])
-def test_a_restarted_job_continues_the_checkpointed_run_as_if_given_resume(tmp_path, monkeypatch, counter):
+def test_a_restarted_job_continues_the_checkpointed_run_as_if_given_resume(tmp_path, monkeypatch, capsys, counter):
     """torchrun --max-restarts and sbatch --requeue start the same command line again."""
     from genperf import config
 
@@ -164,5 +164,10 @@ def test_a_restarted_job_continues_the_checkpointed_run_as_if_given_resume(tmp_p
     monkeypatch.setenv(counter, "1")
     resumed = config.parse_args(argv)
     assert resumed.resume and resumed.steps == 20 and resumed.run_id == json.load(open(run / "config.json"))["run_id"]
+    capsys.readouterr()
+    assert train.main(argv) == 0  # the restarted job itself: it continues the run and says so
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("genperf: restart")]
+    assert said == [f"genperf: restart 1 of the job: resuming {run} from its checkpoint of step 10"]
+    assert json.load(open(run / "summary.json"))["steps"] == 20
     monkeypatch.setenv(counter, "0")
     assert not config.parse_args(argv).resume  # the first attempt of a job starts afresh
