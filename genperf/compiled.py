@@ -68,17 +68,9 @@ def _record_path():
 
 def graph_key(config, device_type, precision):
     """What decides the compiled graphs of a run (its model and shapes, precision, layout, torch), as one string."""
-    shaping = (
-        "model",
-        "data",
-        "image_size",
-        "channels",
-        "batch_size",
-        "channels_last",
-        "checkpointing",
-        "compile_mode",
-    )
-    arch = {k: v for k, v in sorted(vars(config).items()) if k in shaping or k in ("mid_channels", "num_blocks")}
+    shaping = ("model", "data", "image_size", "channels", "batch_size", "mid_channels", "num_blocks")
+    shaping += ("channels_last", "checkpointing", "compile_mode")
+    arch = {k: v for k, v in sorted(vars(config).items()) if k in shaping}
     return json.dumps([arch, device_type, precision, torch.__version__])
 
 

@@ -300,7 +300,7 @@ def parse_args(argv):
     p = build_parser()
     config = p.parse_args(argv)
     if config.resume or continues_after_restart(config):
-        out = config.out or (os.path.join("runs", config.model) if config.model else None)
+        out = run_folder(config)
         if out is None:
             p.error("--resume needs --out RUN_DIR (or MODEL, for the default runs/MODEL)")
         return resumed(out, given_options(argv))
@@ -309,9 +309,14 @@ def parse_args(argv):
     return complete(config, given_options(argv))
 
 
+def run_folder(config):
+    """--out, else runs/MODEL; None when neither is given."""
+    return config.out or (os.path.join("runs", config.model) if config.model else None)
+
+
 def continues_after_restart(config):
     """Whether this job was started again (genperf.distributed.restart_count) and its run folder holds a checkpoint."""
-    out = config.out or (os.path.join("runs", config.model) if config.model else None)
+    out = run_folder(config)
     return restart_count() > 0 and out is not None and checkpoint.find(out) is not None
 
 

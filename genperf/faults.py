@@ -226,12 +226,13 @@ def lock_run_folder(out, is_main):
     return lock
 
 
-def _proc_state(pid):
-    """/proc's one-letter state of `pid` (R running, S sleeping, T stopped, Z exited, ...), None if gone."""
+def _proc_stat(pid):
+    """(state, parent pid) of `pid` from /proc (state: R running, S sleeping, T stopped, Z exited, ...), or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command, which may hold spaces
+        return fields[0], int(fields[1])
+    except (OSError, IndexError, ValueError):
         return None
 
 
@@ -251,17 +252,12 @@ def sibling_workers():
     me, parent, run_id = os.getpid(), os.getppid(), os.environ.get("TORCHELASTIC_RUN_ID")
     found = {}
     for entry in os.listdir("/proc") if run_id and os.path.isdir("/proc") else ():
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) != parent:
-                    continue
-        except (OSError, IndexError, ValueError):
+        stat = _proc_stat(entry) if entry.isdigit() and int(entry) != me else None
+        if stat is None or stat[1] != parent:
             continue
         env = _proc_env(entry, ("TORCHELASTIC_RUN_ID", "RANK"))
         if env.get("TORCHELASTIC_RUN_ID") == run_id and (env.get("RANK") or "").isdigit():
-            found[int(env["RANK"])] = (int(entry), _proc_state(entry))
+            found[int(env["RANK"])] = (int(entry), stat[0])
     return found
 
 

@@ -80,20 +80,15 @@ def main(argv=None):
         config = parse_args(argv)
         with use_backend(config.backend) if config.backend else contextlib.nullcontext():
             return run(config)[0]
-    except LostPeer as e:  # rank 0 says which peer and what is kept; the others exit quietly, as the lost one may
-        if launcher_gone():
-            say_launcher_gone()
-            return 1
-        if is_main_process():
-            print(f"genperf: error: {e}", file=sys.stderr, flush=True)
-        return LOST_PEER_EXIT
     except GenperfError as e:
         if launcher_gone():  # e.g. a save whose collective failed because another rank stopped with the launcher
             say_launcher_gone()
             return 1
         if is_main_process():  # every rank meets the same error; the first says it
             print(f"genperf: error: {e}", file=sys.stderr, flush=True)
-        else:  # the launcher stops every rank once one exits: rank 0 must have said why first
+        if isinstance(e, LostPeer):  # rank 0 has said which peer and what is kept; the group is broken
+            return LOST_PEER_EXIT
+        if not is_main_process():  # the launcher stops every rank once one exits: rank 0 must have said why first
             time.sleep(RANK_0_FIRST_S)
         shutdown_distributed()
         return 2
