@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from test_faults import ENV, RING, _alive, _messages, _wait_for  # the fault tests' run and process helpers
 
 import genperf
 from genperf import checkpoint, train
@@ -19,8 +20,6 @@ from genperf.distributed import LOST_PEER_EXIT
 from genperf.errors import GenperfError
 from genperf.faults import RunLock
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-RING = ["dcgan", "--data", "ring8", "--latent-dim", "8", "--batch-size", "64", "--log-every", "10"]
 TRAIN = [sys.executable, "-m", "genperf.train"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
@@ -36,15 +35,6 @@ def _start(out, launcher, *extra):
         env=ENV,
         start_new_session=True,
     )
-
-
-def _wait_for(condition, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _workers(launcher_pid):
@@ -63,19 +53,6 @@ def _workers(launcher_pid):
     return found
 
 
-def _gone(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
-
-
-def _lines(path):
-    """genperf's own lines of a run's output (not its progress bar's redraws)."""
-    return [line for line in open(path).read().replace("\r", "\n").splitlines() if line.startswith("genperf")]
-
-
 def _after_first_checkpoint(proc, out):
     """The workers once the run has written a checkpoint and trained on from it."""
     _wait_for(lambda: checkpoint.find(str(out)), 90, "the first checkpoint")
@@ -88,7 +65,7 @@ def _after_first_checkpoint(proc, out):
 def _ends(proc, workers, bound_s, since):
     proc.wait(timeout=bound_s + 60)
     took = time.monotonic() - since
-    _wait_for(lambda: all(_gone(p) for p in workers.values()), 10, "every worker to exit")
+    _wait_for(lambda: not any(_alive(p) for p in workers.values()), 10, "every worker to exit")
     return took
 
 
@@ -102,7 +79,7 @@ def test_a_killed_rank_ends_the_job_in_seconds_with_one_line_and_the_run_resumes
     took = _ends(proc, workers, 10, time.monotonic())
     assert proc.returncode == LOST_PEER_EXIT and took < 10, (proc.returncode, took)
     err = open(str(out) + ".stderr").read()
-    (line,) = _lines(str(out) + ".stderr")
+    (line,) = _messages(str(out) + ".stderr")
     assert "Traceback" not in err and "lost contact with the other ranks at step" in line, err[-2000:]
     assert "rank 1 is gone" in line and f"continue with: python -m genperf.train --resume --out {out}" in line
     RunLock(str(out)).release()  # free
@@ -123,7 +100,7 @@ def test_a_stopped_rank_ends_the_job_within_the_steady_timeout_naming_it(tmp_pat
     took = _ends(proc, workers, 3 + 10, time.monotonic())
     assert proc.returncode == LOST_PEER_EXIT and 3 <= took < 3 + 10, (proc.returncode, took)
     err = open(str(out) + ".stderr").read()
-    (line,) = _lines(str(out) + ".stderr")
+    (line,) = _messages(str(out) + ".stderr")
     assert "Traceback" not in err and f"rank 1 (pid {workers[1]}) was stopped" in line, err[-2000:]
 
 
@@ -140,7 +117,7 @@ def test_torchrun_restarts_resume_the_run_and_finish_its_steps_as_an_uninterrupt
     os.kill(workers[1], signal.SIGKILL)
     proc.wait(timeout=180)
     assert proc.returncode == 0, open(str(out) + ".stderr").read()[-3000:]
-    said = _lines(str(out) + ".stdout")
+    said = _messages(str(out) + ".stdout")
     assert any(line.startswith("genperf: restart 1 of the job: resuming") for line in said), said
     assert json.load(open(out / "summary.json"))["steps"] == steps
     assert "Traceback" not in open(str(out) + ".stderr").read()
