@@ -4,6 +4,7 @@ die with their launcher."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -11,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 
 import torch
 
@@ -261,15 +263,82 @@ def sibling_workers():
     return found
 
 
-def diagnose_peers():
-    """What became of the other ranks on this node, in words, after a collective failed: which are gone, which
-    are stopped (those are killed here, so that the launcher can end the job instead of waiting on them)."""
+CRASH_REPORT = "traceback-rank{}.txt"  # in the run folder: what a rank of a job that raised unexpectedly leaves
+
+
+def write_crash_report(out, rank, error):
+    """Writes the traceback of `error`, which rank `rank` raised, into the run folder `out`; returns its path, or
+    None when it could not be written."""
+    path = os.path.join(out, CRASH_REPORT.format(rank))
+    try:
+        with open(path, "w") as f:
+            f.write(_attempt_header() + "".join(traceback.format_exception(error)))
+    except OSError:
+        return None
+    return path
+
+
+def report_crash(out, error):
+    """A rank of a job of several processes raised `error`, not a GenperfError: its traceback goes to the run folder
+    `out`, and one line names it: rank 0 says it here (exit code 2); another rank leaves it to rank 0, which reads
+    the report when the next collective fails (exit code 1). Returns the exit code, or None when the report could
+    not be written (the caller raises, and the traceback goes to stderr)."""
+    rank = int(os.environ.get("RANK", "0"))
+    path = write_crash_report(out, rank, error)
+    if path is None:
+        return None
+    if rank == 0:
+        print(f"genperf: error: rank 0 raised {crash_line(error)} (its traceback is in {path})", file=sys.stderr)
+        return 2
+    return 1
+
+
+def crash_line(error):
+    """An exception as one line: its type and the first line of its message."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def _attempt_header():
+    """The first line of a crash report: the job and attempt it belongs to (a restarted job's workers must not
+    take a report of the attempt before them for a fresh one)."""
+    run_id, attempt = os.environ.get("TORCHELASTIC_RUN_ID", ""), os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return f"genperf crash report of job {run_id}, attempt {attempt}\n"
+
+
+def _crash_reports(out):
+    """{rank: path} of the crash reports in the run folder `out` that this attempt of this job's ranks wrote."""
+    found = {}
+    for rank in range(int(os.environ.get("WORLD_SIZE", "1"))):
+        path = os.path.join(out, CRASH_REPORT.format(rank))
+        with contextlib.suppress(OSError), open(path) as f:
+            if f.readline() == _attempt_header():
+                found[rank] = path
+    return found
+
+
+def _first_error_line(path):
+    """The exception line of a crash report: its last line that is not blank."""
+    with contextlib.suppress(OSError), open(path) as f:
+        lines = [line.strip() for line in f if line.strip()]
+        return lines[-1] if lines else "an exception"
+    return "an exception"
+
+
+def diagnose_peers(out=None):
+    """What became of the other ranks, in words, after a collective failed: those that raised (their crash report
+    in the run folder `out`), and on this node those that are gone or stopped (stopped ones
+    are killed here, so that the launcher can end the job instead of waiting on them)."""
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     first = int(os.environ.get("RANK", "0")) - int(os.environ.get("LOCAL_RANK", "0"))
     me, workers, said = int(os.environ.get("RANK", "0")), sibling_workers(), []
+    reports = _crash_reports(out) if out else {}
+    for rank, path in sorted(reports.items()):
+        if rank != me:
+            said.append(f"rank {rank} raised {_first_error_line(path)} (its traceback is in {path})")
     for rank in range(first, first + local_size):
         pid, state = workers.get(rank, (None, None))
-        if rank == me:
+        if rank == me or rank in reports:
             continue
         if state in (None, "Z", "X"):
             said.append(f"rank {rank} is gone (killed, e.g. by the out-of-memory killer, or crashed)")

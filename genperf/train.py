@@ -29,6 +29,7 @@ from genperf.faults import (
     exit_with_launcher,
     launcher_gone,
     lock_run_folder,
+    report_crash,
     say_launcher_gone,
     usable_compile_cache,
 )
@@ -76,6 +77,7 @@ def fit(model=None, **options):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     usable_compile_cache()
+    config = None
     try:
         config = parse_args(argv)
         with use_backend(config.backend) if config.backend else contextlib.nullcontext():
@@ -106,7 +108,10 @@ def main(argv=None):
             return 1
         if not is_main_process() and lost_a_peer(e):
             return 1  # another rank failed first and says why; a traceback here would only bury that
-        raise
+        code = report_crash(config.out, e) if config is not None and under_torchrun() else None
+        if code is None:
+            raise
+        return code
     except KeyboardInterrupt:  # outside the training loop, which handles SIGINT itself
         print("\ngenperf: interrupted by SIGINT; the last checkpoint, if any, is kept", file=sys.stderr, flush=True)
         return EXIT_CODES[signal.SIGINT]

@@ -167,7 +167,7 @@ class Trainer:
             if self.kept_step is not None
             else "no checkpoint was written before it"
         )
-        return f"lost contact with the other ranks at step {self.step} ({cause}): {diagnose_peers()}; {kept}"
+        return f"lost contact with the other ranks at step {self.step} ({cause}): {diagnose_peers(c.out)}; {kept}"
 
     def train_epoch(self):
         epoch, first_step = divmod(self.step, self.steps_per_epoch)

@@ -12,7 +12,14 @@ import time
 
 import pytest
 import torch
-from test_faults import ENV, RING, _alive, _messages, _wait_for  # the fault tests' run and process helpers
+from test_faults import (
+    ENV,
+    RING,
+    _alive,
+    _messages,
+    _messages_of,
+    _wait_for,
+)  # the fault tests' run and process helpers
 
 import genperf
 from genperf import checkpoint, train
@@ -102,6 +109,49 @@ def test_a_stopped_rank_ends_the_job_within_the_steady_timeout_naming_it(tmp_pat
     err = open(str(out) + ".stderr").read()
     (line,) = _messages(str(out) + ".stderr")
     assert "Traceback" not in err and f"rank 1 (pid {workers[1]}) was stopped" in line, err[-2000:]
+
+
+RAISE_ON_RANK = """import os
+if os.environ.get("RANK") == os.environ["RAISE_RANK"]:
+    import genperf.trainer as t
+    step = t.Trainer.train_step
+    def train_step(self, x):
+        if self.step == 25:
+            raise RuntimeError("a failure of rank " + os.environ["RANK"] + " alone")
+        return step(self, x)
+    t.Trainer.train_step = train_step
+"""
+
+
+@pytest.mark.parametrize("rank", [1, pytest.param(0, marks=pytest.mark.slow)])  # 12 s each
+def test_a_rank_that_raises_ends_the_job_with_one_line_and_its_traceback_in_the_run_folder(tmp_path, rank):
+    """An exception of one rank alone (a bug, a GPU out of memory) that no other rank meets: one line names the rank
+    and the error, its traceback goes to a file of the run folder instead of stderr, and the run resumes."""
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(RAISE_ON_RANK)  # imported at each worker's start
+    out = tmp_path / "run"
+    env = dict(ENV, PYTHONPATH=os.pathsep.join([str(tmp_path / "inject"), *sys.path]), RAISE_RANK=str(rank))
+    proc = subprocess.run(
+        [*TRAIN, *RING, "--ddp", "--ckpt-every", "10", "--steps", "100", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    report = out / f"traceback-rank{rank}.txt"
+    error = f"RuntimeError: a failure of rank {rank} alone (its traceback is in {report})"
+    if rank == 0:
+        assert proc.returncode == 2 and _messages_of(proc.stderr) == [f"genperf: error: rank 0 raised {error}"]
+    else:
+        assert proc.returncode == LOST_PEER_EXIT, proc.stderr[-2000:]
+        (line,) = _messages_of(proc.stderr)
+        assert line.startswith("genperf: error: lost contact with the other ranks at step 25 (")
+        assert f"rank 1 raised {error}; the last checkpoint (step 20) is kept" in line, line
+    assert "Traceback" not in proc.stderr
+    text = report.read_text()
+    assert "Traceback" in text and 'raise RuntimeError("a failure of rank "' in text
+    assert train.main(["--resume", "--out", str(out), "--nproc", "1", "--steps", "30"]) == 0
+    assert json.load(open(out / "summary.json"))["steps"] == 30
 
 
 def _final_weights(out):
