@@ -54,6 +54,8 @@ MODELS = {
     "dcgan": (["dcgan", "--batch-size", "64"], "classifier_fid", "classifier FID"),
 }
 VARIANTS = {"baseline": ["--backend", "reference"], "genperf": ["--amp", "--compile"]}
+# The baseline's training recipe where genperf's default differs: RealNVP's published one (Adam at 1e-3, constant).
+PLAIN_RECIPE = {"realnvp": ["--lr", "1e-3", "--warmup", "0", "--lr-schedule", "constant"]}
 FID_SAMPLES = 1000
 
 
@@ -97,10 +99,12 @@ def train_for(model, variant, seed, budget_s, points, work):
     from genperf.families import build_objective
     from genperf.ops import use_backend
     from genperf.precision import Precision, keep_freed_cpu_memory
+    from genperf.schedule import lr_factor, set_lr
 
     keep_freed_cpu_memory()  # as genperf.train does
     options, _, _ = MODELS[model]
-    args = config.parse_args([*options, "--seed", str(seed), *VARIANTS[variant]])
+    plain = PLAIN_RECIPE.get(model, []) if variant == "baseline" else []
+    args = config.parse_args([*options, "--seed", str(seed), *VARIANTS[variant], *plain])
     device = torch.device("cpu")
     data = load_dataset("mnist", MNIST, download=False, seed=seed)
     torch.manual_seed(seed)
@@ -117,6 +121,10 @@ def train_for(model, variant, seed, budget_s, points, work):
         while marks:
             for x in batches.epoch(epoch):
                 t0 = time.perf_counter()
+                if args.warmup or args.lr_schedule == "cosine":  # the schedule spans the time budget
+                    set_lr(
+                        objective.optimizers.values(), lr_factor(step, clock / budget_s, args.warmup, args.lr_schedule)
+                    )
                 objective.train_step(x, step)
                 clock += time.perf_counter() - t0
                 step += 1

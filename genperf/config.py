@@ -20,6 +20,7 @@ from genperf.errors import GenperfError
 from genperf.families import FAMILIES, FAMILY_OF, MODELS
 from genperf.ops.backends import NAMES as BACKENDS
 from genperf.options import PER_MODEL, Option
+from genperf.schedule import SCHEDULES
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 IMAGE_MODELS_WITH_ARCH = ("vae", "beta-vae", "realnvp")
@@ -68,6 +69,23 @@ COMMON = (
     ),
     Option("batch_size", "global batch size, split over the ranks", default=64, type=int, at_least=1),
     Option("lr", "learning rate (default depends on the model)", default=PER_MODEL, type=float, above=0),
+    Option(
+        "warmup",
+        "steps over which the learning rate rises linearly to --lr (default: realnvp 100, 0 for the other models)",
+        default=PER_MODEL,
+        type=int,
+        at_least=0,
+        absent=0,
+    ),
+    Option(
+        "lr_schedule",
+        "the learning rate after the warm-up: constant, or cosine (decays to zero at the run's last step, so "
+        "--steps/--epochs given on --resume reshape it; default: realnvp cosine, constant for the other models)",
+        default=PER_MODEL,
+        type=str,
+        choices=SCHEDULES,
+        absent="constant",
+    ),
     Option("seed", "seed of the initial weights, the data order and the noise (default 0)", default=0, type=int),
     Option(
         "device",

@@ -227,7 +227,9 @@ FAMILY = Family(
         "realnvp": dict(
             help="multi-scale RealNVP; --arch mnist (1x28x28, 2 scales, 64 features, 8 blocks, "
             "19.6M parameters) or celeba64 (3x64x64, 3 scales, 87.9M)",
-            lr=1e-3,
+            lr=5e-3,
+            warmup=100,
+            lr_schedule="cosine",
             epochs=5,
             sample_temperature=0.7,
         )
