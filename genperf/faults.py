@@ -272,7 +272,7 @@ def write_crash_report(out, rank, error):
     path = os.path.join(out, CRASH_REPORT.format(rank))
     try:
         with open(path, "w") as f:
-            f.write(_attempt_header() + "".join(traceback.format_exception(error)))
+            f.write(_attempt_header() + crash_line(error) + "\n\n" + "".join(traceback.format_exception(error)))
     except OSError:
         return None
     return path
@@ -307,35 +307,28 @@ def _attempt_header():
 
 
 def _crash_reports(out):
-    """{rank: path} of the crash reports in the run folder `out` that this attempt of this job's ranks wrote."""
+    """{rank: (path, the error in one line)} of the crash reports in the run folder `out` that this attempt of this
+    job's ranks wrote."""
     found = {}
     for rank in range(int(os.environ.get("WORLD_SIZE", "1"))):
         path = os.path.join(out, CRASH_REPORT.format(rank))
         with contextlib.suppress(OSError), open(path) as f:
             if f.readline() == _attempt_header():
-                found[rank] = path
+                found[rank] = (path, f.readline().strip())
     return found
-
-
-def _first_error_line(path):
-    """The exception line of a crash report: its last line that is not blank."""
-    with contextlib.suppress(OSError), open(path) as f:
-        lines = [line.strip() for line in f if line.strip()]
-        return lines[-1] if lines else "an exception"
-    return "an exception"
 
 
 def diagnose_peers(out=None):
     """What became of the other ranks, in words, after a collective failed: those that raised (their crash report
-    in the run folder `out`), and on this node those that are gone or stopped (stopped ones
-    are killed here, so that the launcher can end the job instead of waiting on them)."""
+    in the run folder `out`), and on this node those that are gone or stopped (stopped ones are killed here, so
+    that the launcher can end the job instead of waiting on them)."""
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     first = int(os.environ.get("RANK", "0")) - int(os.environ.get("LOCAL_RANK", "0"))
     me, workers, said = int(os.environ.get("RANK", "0")), sibling_workers(), []
     reports = _crash_reports(out) if out else {}
-    for rank, path in sorted(reports.items()):
+    for rank, (path, error) in sorted(reports.items()):
         if rank != me:
-            said.append(f"rank {rank} raised {_first_error_line(path)} (its traceback is in {path})")
+            said.append(f"rank {rank} raised {error} (its traceback is in {path})")
     for rank in range(first, first + local_size):
         pid, state = workers.get(rank, (None, None))
         if rank == me or rank in reports:

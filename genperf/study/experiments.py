@@ -37,7 +37,17 @@ COLLAPSED_KL = 0.1  # nats: a VAE whose held-out KL is below this encodes nothin
 # rewards a latent so little that beta 4 and above collapse to the mean digit, and in 3 epochs even beta 1 did
 # (KL 0.5 nats); at 28x28 beta 1 / 10 / 100 reach KL 14 / 1.9 / 0 nats.
 QUICK_VAE = {"image_size": 28, "epochs": 20}
-REALNVP = {"mid_channels": 16, "num_blocks": 2, "amp": True, "epochs": 12}  # 0.32M parameters: CPU-sized
+# 0.32M parameters: CPU-sized; trained with the source study's recipe (Adam at 1e-3, constant), not genperf's default,
+# whose decay would hide the volatility flow-stability looks for.
+REALNVP = {
+    "mid_channels": 16,
+    "num_blocks": 2,
+    "amp": True,
+    "epochs": 12,
+    "lr": 1e-3,
+    "warmup": 0,
+    "lr_schedule": "constant",
+}
 
 
 def epochs(s: Study, quick=QUICK_EPOCHS, full=FULL_EPOCHS):
