@@ -28,7 +28,7 @@ def test_per_model_defaults_come_from_the_families():
         for model, defaults in family.models.items():
             made = config.make(model)
             assert all(getattr(made, k) == v for k, v in defaults.items() if k != "help")
-    assert config.make("dcgan").lr == 2e-4 and config.make("vae").latent_dim == 20 and config.make("realnvp").lr == 1e-3
+    assert config.make("dcgan").lr == 2e-4 and config.make("vae").latent_dim == 20 and config.make("realnvp").lr == 5e-3
 
 
 def test_every_option_has_one_flag_and_a_help():

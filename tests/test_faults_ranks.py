@@ -84,8 +84,8 @@ def test_a_killed_rank_ends_the_job_in_seconds_with_one_line_and_the_run_resumes
     workers = _after_first_checkpoint(proc, out)
     os.kill(workers[1], signal.SIGKILL)
     took = _ends(proc, workers, 10, time.monotonic())
-    assert proc.returncode == LOST_PEER_EXIT and took < 10, (proc.returncode, took)
     err = open(str(out) + ".stderr").read()
+    assert proc.returncode == LOST_PEER_EXIT and took < 10, (proc.returncode, took, err[-2000:])
     (line,) = _messages(str(out) + ".stderr")
     assert "Traceback" not in err and "lost contact with the other ranks at step" in line, err[-2000:]
     assert "rank 1 is gone" in line and f"continue with: python -m genperf.train --resume --out {out}" in line

@@ -26,7 +26,7 @@ LAYERS = [
         "genperf.streams",
     ],
     ["genperf.ops"],
-    ["genperf.errors", "genperf.dtypes", "genperf.compiled", "genperf._C", "genperf.kernels"],
+    ["genperf.errors", "genperf.dtypes", "genperf.compiled", "genperf.schedule", "genperf._C", "genperf.kernels"],
 ]
 
 

@@ -14,7 +14,9 @@ from genperf.families.flow import FlowObjective
 from genperf.ops import available_backends
 
 SMALL = {  # per model: options that keep a CPU smoke run to a few seconds
-    "realnvp": ["--mid-channels", "8", "--num-blocks", "1"],
+    # a constant rate: these runs are shorter than the default's 100-step warm-up, and some resume with a longer
+    # --steps, which reshapes a cosine (tests/test_schedule.py covers the schedule and its resume)
+    "realnvp": ["--mid-channels", "8", "--num-blocks", "1", "--lr", "1e-3", "--warmup", "0", "--lr-schedule=constant"],
     "dcgan": ["--latent-dim", "10"],
     "wgan-gp": ["--latent-dim", "10", "--critic-iters", "2"],
     "wgan": ["--latent-dim", "10", "--critic-iters", "2"],
