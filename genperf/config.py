@@ -79,8 +79,9 @@ COMMON = (
     ),
     Option(
         "lr_schedule",
-        "the learning rate after the warm-up: constant, or cosine (decays to zero at the run's last step, so "
-        "--steps/--epochs given on --resume reshape it; default: realnvp cosine, constant for the other models)",
+        "the learning rate's course over the run, times the warm-up's ramp: constant, or cosine (from --lr at the "
+        "first step to zero at the last, so --steps/--epochs given on --resume reshape it; default: realnvp cosine, "
+        "constant for the other models)",
         default=PER_MODEL,
         type=str,
         choices=SCHEDULES,
