@@ -38,6 +38,8 @@ import time
 import torch
 
 from genperf.compiled import compile_choice
+from genperf.config import OPTION
+from genperf.families.flow import PUBLISHED_RECIPE
 from genperf.perf import machine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,7 +57,7 @@ MODELS = {
 }
 VARIANTS = {"baseline": ["--backend", "reference"], "genperf": ["--amp", "--compile"]}
 # The baseline's training recipe where genperf's default differs: RealNVP's published one (Adam at 1e-3, constant).
-PLAIN_RECIPE = {"realnvp": ["--lr", "1e-3", "--warmup", "0", "--lr-schedule", "constant"]}
+PLAIN_RECIPE = {"realnvp": [arg for k, v in PUBLISHED_RECIPE.items() for arg in (OPTION[k].cli, str(v))]}
 FID_SAMPLES = 1000
 
 
@@ -99,7 +101,7 @@ def train_for(model, variant, seed, budget_s, points, work):
     from genperf.families import build_objective
     from genperf.ops import use_backend
     from genperf.precision import Precision, keep_freed_cpu_memory
-    from genperf.schedule import lr_factor, set_lr
+    from genperf.schedule import lr_factor, scheduled, set_lr
 
     keep_freed_cpu_memory()  # as genperf.train does
     options, _, _ = MODELS[model]
@@ -121,7 +123,7 @@ def train_for(model, variant, seed, budget_s, points, work):
         while marks:
             for x in batches.epoch(epoch):
                 t0 = time.perf_counter()
-                if args.warmup or args.lr_schedule == "cosine":  # the schedule spans the time budget
+                if scheduled(args.warmup, args.lr_schedule):  # the schedule spans the time budget
                     set_lr(
                         objective.optimizers.values(), lr_factor(step, clock / budget_s, args.warmup, args.lr_schedule)
                     )

@@ -16,7 +16,7 @@ import traceback
 
 import torch
 
-from genperf.distributed import all_reduce_sum, gather_objects
+from genperf.distributed import all_reduce_sum, gather_objects, restart_count
 from genperf.errors import GenperfError
 
 LOCK = "run.lock"
@@ -302,8 +302,7 @@ def crash_line(error):
 def _attempt_header():
     """The first line of a crash report: the job and attempt it belongs to (a restarted job's workers must not
     take a report of the attempt before them for a fresh one)."""
-    run_id, attempt = os.environ.get("TORCHELASTIC_RUN_ID", ""), os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return f"genperf crash report of job {run_id}, attempt {attempt}\n"
+    return f"genperf crash report of job {os.environ.get('TORCHELASTIC_RUN_ID', '')}, attempt {restart_count()}\n"
 
 
 def _crash_reports(out):

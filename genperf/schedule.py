@@ -19,6 +19,12 @@ def lr_factor(step, done, warmup=0, schedule="constant"):
     return factor
 
 
+def scheduled(warmup, schedule):
+    """Whether a run with these options changes its learning rate at all (runs that do not keep their optimizers'
+    state dicts as they were)."""
+    return bool(warmup) or schedule == "cosine"
+
+
 def set_lr(optimizers, factor):
     """Sets every parameter group of `optimizers` to its base rate times `factor`."""
     for optimizer in optimizers:

@@ -41,7 +41,7 @@ from genperf.faults import EXIT_CODES, NonFinite, StepChecks, StopSignals, check
 from genperf.ops.backends import describe, use_backend
 from genperf.precision import Precision, keep_freed_cpu_memory
 from genperf.runlog import RunLog
-from genperf.schedule import lr_factor, set_lr
+from genperf.schedule import lr_factor, scheduled, set_lr
 from genperf.streams import seeded
 
 NUM_SAMPLES = 64  # images in each sample grid
@@ -189,7 +189,7 @@ class Trainer:
         graphs, step_start = compiled_graphs() if self.compiling else 0, time.perf_counter()
         if self.cuda_graphs:  # a new step: CUDA graph trees may reuse the memory of the last step's outputs
             torch.compiler.cudagraph_mark_step_begin()
-        if c.warmup or c.lr_schedule not in (None, "constant"):
+        if scheduled(c.warmup, c.lr_schedule):
             factor = lr_factor(self.step, self.step / self.total_steps, c.warmup, c.lr_schedule)
             set_lr(self.objective.optimizers.values(), factor)
         metrics = self.objective.train_step(x, self.step)

@@ -219,6 +219,8 @@ def summary(result):
 
 
 FLOW_ONLY = ("realnvp",)
+# RealNVP's published training recipe (Adam at 1e-3, held constant), which genperf's default replaces (docs/quality.md)
+PUBLISHED_RECIPE = {"lr": 1e-3, "warmup": 0, "lr_schedule": "constant"}
 FAMILY = Family(
     name="flow",
     order=2,

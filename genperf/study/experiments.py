@@ -10,6 +10,7 @@ import torch
 
 from genperf import metrics
 from genperf.evaluate import evaluate_run
+from genperf.families.flow import PUBLISHED_RECIPE
 from genperf.runlog import pyplot
 from genperf.sample import slerp
 from genperf.study.report import coverage_curves, curves, seed_spread, show_rows
@@ -39,15 +40,7 @@ COLLAPSED_KL = 0.1  # nats: a VAE whose held-out KL is below this encodes nothin
 QUICK_VAE = {"image_size": 28, "epochs": 20}
 # 0.32M parameters: CPU-sized; trained with the source study's recipe (Adam at 1e-3, constant), not genperf's default,
 # whose decay would hide the volatility flow-stability looks for.
-REALNVP = {
-    "mid_channels": 16,
-    "num_blocks": 2,
-    "amp": True,
-    "epochs": 12,
-    "lr": 1e-3,
-    "warmup": 0,
-    "lr_schedule": "constant",
-}
+REALNVP = {"mid_channels": 16, "num_blocks": 2, "amp": True, "epochs": 12, **PUBLISHED_RECIPE}
 
 
 def epochs(s: Study, quick=QUICK_EPOCHS, full=FULL_EPOCHS):
