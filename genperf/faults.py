@@ -99,6 +99,15 @@ class StopSignals:
         self.requested = signum  # the run says what it did in one line when it has stopped
 
 
+def ignore_stop_signals():
+    """For a worker that is ending anyway (it lost a peer and says which): once one rank has exited, the launcher
+    SIGTERMs every other one, and that signal, arriving after the run's StopSignals are gone, would end this rank
+    before its one line is out; the launcher then blames the lost rank with no word of what happened."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in EXIT_CODES:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 class StepChecks:
     """After every step: is any loss non-finite, has a stop been asked for? Whether each loss is finite is
     recorded on the device, so a step costs no host sync; the records are read every `every` steps (--log-every,

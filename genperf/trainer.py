@@ -37,7 +37,15 @@ from genperf.distributed import (
 )
 from genperf.errors import DataError, GenperfError, LostPeer
 from genperf.families import FAMILY_OF, build_objective
-from genperf.faults import EXIT_CODES, NonFinite, StepChecks, StopSignals, check_parameters, diagnose_peers
+from genperf.faults import (
+    EXIT_CODES,
+    NonFinite,
+    StepChecks,
+    StopSignals,
+    check_parameters,
+    diagnose_peers,
+    ignore_stop_signals,
+)
 from genperf.ops.backends import describe, use_backend
 from genperf.precision import Precision, keep_freed_cpu_memory
 from genperf.runlog import RunLog
@@ -150,6 +158,7 @@ class Trainer:
             raise DataError(f"{e} ({self.keep_steps_after_data_error()})") from None
         except Exception as e:
             if lost_a_peer(e):
+                ignore_stop_signals()  # the process exits after its line; the launcher's SIGTERM must not cut it
                 raise LostPeer(self.lost_peer_line(e)) from None
             raise
         finally:

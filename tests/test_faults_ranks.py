@@ -31,7 +31,7 @@ TRAIN = [sys.executable, "-m", "genperf.train"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
-def _start(out, launcher, *extra):
+def _start(out, launcher, *extra, env=ENV):
     """A two-rank DDP run on ring8, checkpointing every 10 steps, its output in OUT.stdout / OUT.stderr."""
     out = str(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -39,7 +39,7 @@ def _start(out, launcher, *extra):
         [*launcher, *RING, "--ddp", "--ckpt-every", "10", "--out", out, *extra],
         stdout=open(out + ".stdout", "w"),
         stderr=open(out + ".stderr", "w"),
-        env=ENV,
+        env=env,
         start_new_session=True,
     )
 
@@ -76,11 +76,32 @@ def _ends(proc, workers, bound_s, since):
     return took
 
 
+def _injected(tmp_path, code):
+    """ENV with a sitecustomize holding `code`, which every worker imports at its start."""
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(code)
+    return dict(ENV, PYTHONPATH=os.pathsep.join([str(tmp_path / "inject"), *sys.path]))
+
+
+# Rank 0 takes a second to find out what became of its peers, so the launcher's SIGTERM, sent to every worker once
+# one has died, lands while rank 0 is saying so (a race that a loaded machine also wins).
+SLOW_DIAGNOSIS = """import os, time
+if os.environ.get("RANK") == "0":
+    import genperf.faults as f
+    diagnose = f.diagnose_peers
+    def slow(*args, **kwargs):
+        time.sleep(1.0)
+        return diagnose(*args, **kwargs)
+    f.diagnose_peers = slow
+"""
+
+
 def test_a_killed_rank_ends_the_job_in_seconds_with_one_line_and_the_run_resumes(tmp_path):
     """What the out-of-memory killer does to one rank: the survivor says which rank is gone, at which step, and
-    what continues the run; the launcher exits within seconds, nothing is left running, the folder is free."""
+    what continues the run, though the launcher's SIGTERM reaches it meanwhile; the launcher exits within seconds,
+    nothing is left running, the folder is free."""
     out = tmp_path / "run"
-    proc = _start(out, TRAIN, "--nproc", "2", "--steps", "1000000")
+    proc = _start(out, TRAIN, "--nproc", "2", "--steps", "1000000", env=_injected(tmp_path, SLOW_DIAGNOSIS))
     workers = _after_first_checkpoint(proc, out)
     os.kill(workers[1], signal.SIGKILL)
     took = _ends(proc, workers, 10, time.monotonic())
@@ -127,10 +148,8 @@ if os.environ.get("RANK") == os.environ["RAISE_RANK"]:
 def test_a_rank_that_raises_ends_the_job_with_one_line_and_its_traceback_in_the_run_folder(tmp_path, rank):
     """An exception of one rank alone (a bug, a GPU out of memory) that no other rank meets: one line names the rank
     and the error, its traceback goes to a file of the run folder instead of stderr, and the run resumes."""
-    (tmp_path / "inject").mkdir()
-    (tmp_path / "inject" / "sitecustomize.py").write_text(RAISE_ON_RANK)  # imported at each worker's start
     out = tmp_path / "run"
-    env = dict(ENV, PYTHONPATH=os.pathsep.join([str(tmp_path / "inject"), *sys.path]), RAISE_RANK=str(rank))
+    env = dict(_injected(tmp_path, RAISE_ON_RANK), RAISE_RANK=str(rank))
     proc = subprocess.run(
         [*TRAIN, *RING, "--ddp", "--ckpt-every", "10", "--steps", "100", "--out", str(out)],
         capture_output=True,
