@@ -384,7 +384,7 @@ def check_belongs(out, path):
 def restore(path, objective, precision, args, data, rank, world_size, device, may_change, old_names=None):
     """Loads a checkpoint written by `save` into a training run (any number of ranks for a sharded
     one) whose options differ from the checkpoint's in `may_change` only, on the data it trained on
-    (genperf.data.Data, compared by content); returns its step."""
+    (genperf.data.Data, compared by content); returns its step and the number of ranks that wrote it."""
     meta = read_meta(path)
     check_same_options(path, meta["config"], args, may_change)
     data.check_same(meta.get("data_fingerprint"), args.data_root)
@@ -403,7 +403,7 @@ def restore(path, objective, precision, args, data, rank, world_size, device, ma
         torch.manual_seed(args.seed * 1000 + rank + meta["step"])
     if meta["last_g_loss"] is not None:
         objective.last_g_loss = meta["last_g_loss"].to(device)
-    return meta["step"]
+    return meta["step"], len(meta["rng"])
 
 
 def load_whole_into_sharded(path, modules, optimizers, meta):

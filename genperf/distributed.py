@@ -38,6 +38,14 @@ def restart_count():
     return sum(int(os.environ.get(name) or 0) for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
 
 
+def restarts_left():
+    """How many more times torchrun (--max-restarts) will start this job again after a failed worker."""
+    return max(
+        0,
+        int(os.environ.get("TORCHELASTIC_MAX_RESTARTS") or 0) - int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0),
+    )
+
+
 def default_nproc():
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 2
 

@@ -32,6 +32,7 @@ from genperf.distributed import (
     gather_objects,
     lost_a_peer,
     restart_count,
+    restarts_left,
     set_collective_timeout,
     shutdown_distributed,
 )
@@ -171,9 +172,13 @@ class Trainer:
         # gloo's first sentence, without its source location: "Read error [127.0.0.1]:21662: Connection reset by peer"
         text = str(error).strip()
         cause = text.splitlines()[0].split("] ", 1)[-1].split(". ")[0] if text else type(error).__name__
+        then = (
+            f"torchrun starts the job again ({restarts_left()} restart(s) left) and it resumes from there"
+            if restarts_left()
+            else f"continue with: python -m genperf.train --resume --out {c.out}"
+        )
         kept = (
-            f"the last checkpoint (step {self.kept_step}) is kept at {self.ckpt}; continue with: "
-            f"python -m genperf.train --resume --out {c.out}"
+            f"the last checkpoint (step {self.kept_step}) is kept at {self.ckpt}; {then}"
             if self.kept_step is not None
             else "no checkpoint was written before it"
         )
@@ -469,7 +474,7 @@ class Trainer:
         if found is None:
             raise GenperfError(f"--resume: no checkpoint at {self.ckpt}")
         checkpoint.check_belongs(c.out, found)
-        step = checkpoint.restore(
+        step, ranks_then = checkpoint.restore(
             found,
             self.objective,
             self.precision,
@@ -488,7 +493,8 @@ class Trainer:
             )
         if restart_count() and dist.is_main:
             print(
-                f"genperf: restart {restart_count()} of the job: resuming {c.out} from its checkpoint of step {step}",
+                f"genperf: restart {restart_count()} of the job: resuming {c.out} from its checkpoint of step {step}"
+                f"{resized(ranks_then, dist.world_size, c.batch_size)}",
                 flush=True,
             )
         return step
@@ -554,6 +560,17 @@ def _silent_bar():
     from tqdm import tqdm
 
     return tqdm(disable=True)
+
+
+def resized(ranks_then, ranks_now, batch_size):
+    """What a job restarted at another number of ranks (an elastic torchrun after a lost node) does, in words: the
+    global batch stays, so every step keeps its meaning; each rank takes its share."""
+    if ranks_then == ranks_now:
+        return ""
+    return (
+        f" on {ranks_now} rank(s) instead of {ranks_then}: the global batch stays {batch_size}, "
+        f"{batch_size // ranks_now} per rank instead of {batch_size // ranks_then}"
+    )
 
 
 def compiled_graphs():

@@ -197,6 +197,50 @@ def test_torchrun_restarts_resume_the_run_and_finish_its_steps_as_an_uninterrupt
         torch.testing.assert_close(_final_weights(out)[name], value, rtol=0, atol=0, msg=name)
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # two torchrun agents and a rendezvous of the survivor, 30 s
+def test_an_elastic_job_that_loses_a_node_finishes_on_the_other(tmp_path):
+    """torchrun --nnodes 1:2, one worker per node, the second node (its agent and worker) killed: the first node's
+    worker says it lost contact and that torchrun restarts the job; the job goes on with one rank from the last
+    checkpoint, keeps the global batch, says so in one line and finishes the steps asked for."""
+    steps, port = 300, _free_port()
+    agent = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1:2", "--nproc-per-node", "1",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "elastic",
+        "--max-restarts", "2", "--rdzv-conf", "last_call_timeout=2", "-m", "genperf.train",
+    ]  # fmt: skip
+    out, logs = tmp_path / "run", {}
+    nodes = []
+    for name in ("a", "b"):
+        logs[name] = tmp_path / name / "run"  # each agent's output in logs[name].stdout / .stderr
+        nodes.append(_start(logs[name], agent, "--steps", str(steps), "--out", str(out)))
+        time.sleep(1.0)  # the first agent hosts the rendezvous store
+    _wait_for(lambda: checkpoint.find(str(out)), 90, "the first checkpoint")
+    time.sleep(random.Random(3).uniform(0.5, 1.5))
+    # the node of rank 1 goes; rank 0, which speaks for the job, survives
+    survivor, lost = (0, 1) if 0 in _workers(nodes[0].pid) else (1, 0)
+    os.killpg(nodes[lost].pid, signal.SIGKILL)
+    killed = time.monotonic()
+    nodes[survivor].wait(timeout=180)
+    took = time.monotonic() - killed
+    log = str(logs["ab"[survivor]])
+    err, said = open(log + ".stderr").read(), _messages(log + ".stdout")
+    assert nodes[survivor].returncode == 0 and took < 90, (nodes[survivor].returncode, took, err[-3000:])
+    assert "Traceback" not in err
+    (lost,) = _messages_of(err)
+    assert "lost contact with the other ranks" in lost and "torchrun starts the job again (2 restart(s) left)" in lost
+    (restart,) = [line for line in said if line.startswith("genperf: restart 1 of the job")]
+    assert restart.endswith("on 1 rank(s) instead of 2: the global batch stays 64, 64 per rank instead of 32"), restart
+    assert json.load(open(out / "summary.json"))["steps"] == steps
+
+
 @pytest.mark.parametrize("counter", ["TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"])
 def test_a_restarted_job_continues_the_checkpointed_run_as_if_given_resume(tmp_path, monkeypatch, capsys, counter):
     """torchrun --max-restarts and sbatch --requeue start the same command line again."""
