@@ -268,7 +268,14 @@ def test_a_second_run_in_a_busy_folder_stops_naming_the_holder_and_a_dead_holder
 
 
 # ---- 4. signals ----
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+# SIGINT and SIGHUP take SIGTERM's path with their own exit codes: the slow tier's (5 s each)
+@pytest.mark.parametrize(
+    "sig, code",
+    [
+        (signal.SIGTERM, 143),
+        *(pytest.param(s, c, marks=pytest.mark.slow) for s, c in [(signal.SIGINT, 130), (signal.SIGHUP, 129)]),
+    ],
+)
 def test_a_signal_finishes_the_step_writes_a_checkpoint_and_exits_with_its_code(tmp_path, sig, code):
     out = tmp_path / "run"
     proc = _spawn(out)
