@@ -236,6 +236,11 @@ def plot(path, results):
                     alpha=0.8,
                     label=variant if i == 0 else None,
                 )
+        # A run's first measurement after a cold compile can be thousands of bits/dim: the axis stops above most
+        # values so that the race itself stays readable
+        values = sorted(m for cs in curves.values() for c in cs for _, _, m in c[1:])
+        if values:
+            ax.set_ylim(0.9 * values[0], 1.2 * values[int(0.9 * (len(values) - 1))])
         ax.set(title=model, xlabel="minutes of training", ylabel=MODELS[model][2])
         ax.legend()
     fig.tight_layout()
