@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from test_ddp import _free_port
 from test_faults import (
     ENV,
     RING,
@@ -195,14 +196,6 @@ def test_torchrun_restarts_resume_the_run_and_finish_its_steps_as_an_uninterrupt
     assert proc.wait(timeout=180) == 0
     for name, value in _final_weights(whole).items():  # the steps redone after the restart are the same steps
         torch.testing.assert_close(_final_weights(out)[name], value, rtol=0, atol=0, msg=name)
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow  # two torchrun agents and a rendezvous of the survivor, 30 s
