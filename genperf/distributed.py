@@ -248,7 +248,8 @@ def group_units(blocks, min_params=FSDP_UNIT_PARAMS):
         groups[-1].append(block)
         size += sum(p.numel() for p in block.parameters())
     if len(groups) > 1 and size < min_params:
-        groups[-2] += groups.pop()
+        short = groups.pop()
+        groups[-1] += short
     return groups
 
 

@@ -315,3 +315,7 @@ def test_fsdp_units_group_consecutive_couplings_to_a_minimum_size():
     small = RealNVP(1, 28, 2, 32, 2)  # README's first run: 1.3M parameters, one unit
     (group,) = group_units(small.couplings())
     assert len(group) == 10 and len(batch_norm_groups(small, [group])) == 1
+    blocks = [torch.nn.Linear(10, 10, bias=False) for _ in range(7)]  # 100 parameters each
+    for min_params, expected in ((300, [3, 4]), (200, [2, 2, 3]), (50, [1] * 7), (1000, [7])):
+        groups = group_units(blocks, min_params)  # a short tail joins the group before it
+        assert [len(g) for g in groups] == expected and [b for g in groups for b in g] == blocks, min_params
