@@ -217,6 +217,15 @@ def _in_compiled_region():
 FORWARD, COMPILED_FORWARD, BACKWARD = "forward", "forward in compiled regions", "backward"
 
 
+def _storage_of(t):
+    """Where t's storage starts, or None for a storage with no data (FSDP2 frees its unsharded parameters' storages
+    between uses, and reading those pointers raises)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except RuntimeError:
+        return None
+
+
 class LayoutChanges(TorchDispatchMode):
     """Every op that takes a channels_last 4-D tensor and returns an NCHW one: (phase, op, where) -> [count,
     bytes], where is the line that called it in forward and the autograd node in backward. The phases: forward
@@ -231,18 +240,18 @@ class LayoutChanges(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        storages = {t.untyped_storage().data_ptr() for t in inputs}
+        storages = {_storage_of(t) for t in inputs}
         self.written += sum(
             o.numel() * o.element_size()
             for o in tree_leaves(out)
-            if isinstance(o, torch.Tensor) and o.untyped_storage().data_ptr() not in storages
+            if isinstance(o, torch.Tensor) and _storage_of(o) not in storages
         )
         ins = [t for t in inputs if t.dim() == 4]
         if any(_channels_innermost(t.stride(), t.shape) for t in ins):
             for o in tree_leaves(out):
                 if (
                     isinstance(o, torch.Tensor)
-                    and o.untyped_storage().data_ptr() not in storages  # a view writes nothing
+                    and _storage_of(o) not in storages  # a view writes nothing
                     and _channels_innermost(o.stride(), o.shape) is False
                 ):
                     node = torch._C._current_autograd_node()
