@@ -51,6 +51,7 @@ def report(command, seconds, summary, verdict, grid_name):
     from genperf.perf import machine
 
     fraction, calibration, temperature = verdict["fraction"], verdict["calibration"], verdict["temperature"]
+    size = verdict["size"]
     fast = "within" if summary["wall_time_s"] <= TARGET_S else "over"
     digits = "passes" if fraction >= PASS_FRACTION else "fails"
     return f"""# README's first run
@@ -66,15 +67,17 @@ def report(command, seconds, summary, verdict, grid_name):
 | whole command (start of Python to exit) | {seconds:.0f} s | |
 | training (the run's own wall time) | {summary["wall_time_s"]:.0f} s, {summary["steps"]} steps, \
 {summary["images_per_s"]:.0f} images/s | {TARGET_S} s: {fast} |
-| held-out bits/dim | {summary["heldout"]["bits_per_dim"]:.3f} | 8 is uniform noise, about 1.1 a well-trained RealNVP |
+| held-out bits/dim | {summary["heldout"]["bits_per_dim"]:.3f} | \
+8 is uniform noise, about 1.1 a well-trained RealNVP at 28x28 |
 | samples a digit classifier is sure of (p >= 0.9), of 64 at T={temperature:g} | {fraction:.0%} | \
 {PASS_FRACTION:.0%}: {digits} |
 
 ![the run's last sample grid, 64 samples at temperature {temperature:g}](img/{grid_name})
 
-The classifier (benchmarks/digit_check.py) is trained from scratch on the shipped images' first 9,000, with an
-eleventh class of non-digits (pixel-shuffled digits and blobs). On the last 1,000 it is {calibration["accuracy"]:.1%}
-accurate and sure of {calibration["digits_confident"]:.0%} of them; it is sure of \
+The classifier (benchmarks/digit_check.py) is trained from scratch on the shipped images' first 9,000 at the run's
+size ({size}x{size}), with an eleventh class of non-digits (pixel-shuffled digits and blobs), for \
+{calibration["epochs"]} epochs, until it classifies {digit_check.TARGET_ACCURACY:.1%} of the last 1,000 correctly: \
+it is {calibration["accuracy"]:.1%} accurate and sure of {calibration["digits_confident"]:.0%} of them; it is sure of \
 {calibration["non_digits_confident"]:.0%} of 2,000 non-digits.
 """
 
@@ -89,12 +92,12 @@ def main(argv=None):
         out = os.path.join(folder, "runs", "realnvp")
         with open(os.path.join(out, "summary.json")) as f:
             summary = json.load(f)
-        net, calibration = digit_check.train_classifier()
         samples, temperature, _ = digit_check.run_samples(out)
+        net, calibration = digit_check.train_classifier(size=samples.shape[-1])
         fraction, _ = digit_check.confident_fraction(net, samples)
         grid_name = "first-run.png"
         shutil.copy(os.path.join(out, "samples", summary["samples"][-1]), os.path.join(REPO, "docs", "img", grid_name))
-    verdict = dict(fraction=fraction, calibration=calibration, temperature=temperature)
+    verdict = dict(fraction=fraction, calibration=calibration, temperature=temperature, size=samples.shape[-1])
     text = report(command, seconds, summary, verdict, grid_name)
     with open(args.out, "w") as f:
         f.write(text)
