@@ -172,9 +172,10 @@ class Trainer:
         # gloo's first sentence, without its source location: "Read error [127.0.0.1]:21662: Connection reset by peer"
         text = str(error).strip()
         cause = text.splitlines()[0].split("] ", 1)[-1].split(". ")[0] if text else type(error).__name__
+        left = restarts_left()
         then = (
-            f"torchrun starts the job again ({restarts_left()} restart(s) left) and it resumes from there"
-            if restarts_left()
+            f"torchrun starts the job again ({left} restart(s) left) and it resumes from there"
+            if left
             else f"continue with: python -m genperf.train --resume --out {c.out}"
         )
         kept = (
