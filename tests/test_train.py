@@ -239,7 +239,9 @@ def test_fsdp_two_ranks_follow_one_rank_and_resume_onto_another_rank_count(tmp_p
     ranks resumes on 1 (switching on invertible backprop and checkpointing, which change no gradient). This holds
     for the normalisation-free s/t networks (--st-norm none): batch norm's statistics are each rank's own, as in
     the study's data-parallel training, so with it the ranks' numbers differ from one process's."""
-    free = ("--st-norm", "none")
+    # A constant learning rate: genperf's cosine follows --steps, so the run started for 10 of the 20 steps would
+    # train its first steps at other rates than the 20-step runs it is compared with.
+    free = ("--st-norm", "none", "--lr", "1e-3", "--warmup", "0", "--lr-schedule", "constant")
     _cli(*free, "--steps", "20", "--log-every", "2", out=tmp_path / "one")
     _cli(*free, "--fsdp", "--nproc", "2", "--steps", "20", "--log-every", "2", out=tmp_path / "two")
     _cli(*free, "--fsdp", "--nproc", "2", "--steps", "10", "--log-every", "2", out=tmp_path / "resumed")
