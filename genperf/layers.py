@@ -46,17 +46,34 @@ def checkpointed(fn, *args):
 
 class BatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d that a recomputed forward (`recomputing`) runs with the batch's statistics without updating
-    the running ones."""
+    the running ones, and that takes its affine parameters in another dtype than its running statistics (FSDP2
+    gathers every parameter of a unit in the --amp dtype; the kernels want both in fp32)."""
+
+    casts_own_affine = True  # genperf.distributed.batch_norm_groups: no fp32 FSDP group needed
 
     def forward(self, x):
+        weight, bias = self.weight, self.bias
+        if weight is not None and weight.dtype != self.running_mean.dtype:
+            weight, bias = weight.to(self.running_mean.dtype), bias.to(self.running_mean.dtype)
         # Compiled graphs never rerun the update (see `checkpointed`), and dynamo of torch 2.11 cannot trace
         # ContextVar.get.
         if self.training and not torch.compiler.is_compiling() and _RECOMPUTING.get():
             # Copies of the running statistics take the update (the same ops, so checkpointing sees the same saved
             # tensors as in the first run) and are dropped.
             running = self.running_mean.clone(), self.running_var.clone()
-            return F.batch_norm(x, *running, self.weight, self.bias, True, self.momentum or 0.0, self.eps)
-        return super().forward(x)
+            return F.batch_norm(x, *running, weight, bias, True, self.momentum or 0.0, self.eps)
+        if weight is self.weight:
+            return super().forward(x)
+        return self._forward_with(x, weight, bias)
+
+    def _forward_with(self, x, weight, bias):
+        """nn.BatchNorm2d's forward (genperf's keep running statistics) with these affine parameters."""
+        momentum = self.momentum or 0.0
+        if self.training:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # a cumulative average
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, self.training, momentum, self.eps)
 
 
 class WeightNormScale(nn.Module):

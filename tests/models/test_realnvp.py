@@ -175,3 +175,31 @@ def test_channels_last_reaches_every_convolution_of_an_eager_st_network():
             )
     net(torch.randn(2, 3, 8, 8))
     assert len(seen) == 1 + 1 + 2 * 3 + 1 and not seen[0] and all(seen[1:])
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_with_bf16_parameters_is_batch_norm_with_them_rounded(momentum):
+    """FSDP2 under --amp hands genperf's batch norm its weight and bias in bf16 next to fp32 running statistics: it
+    must compute what nn.BatchNorm2d computes with those parameters rounded to bf16, and update its statistics the
+    same way, in training and in evaluation."""
+    from genperf.layers import BatchNorm2d
+
+    torch.manual_seed(0)
+    ours, plain = BatchNorm2d(4, momentum=momentum), torch.nn.BatchNorm2d(4, momentum=momentum)
+    with torch.no_grad():
+        plain.weight.copy_(torch.randn(4).bfloat16().float())
+        plain.bias.copy_(torch.randn(4).bfloat16().float())
+    ours.weight, ours.bias = (torch.nn.Parameter(p.detach().bfloat16()) for p in (plain.weight, plain.bias))
+    for step in range(3):
+        x = torch.randn(8, 4, 5, 5) * (step + 1) + step
+        mine = ours(x)
+        assert mine.dtype == torch.float32
+        torch.testing.assert_close(mine, plain(x))
+        mine.square().sum().backward()
+        assert ours.weight.grad.dtype == torch.bfloat16 and ours.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(ours.running_mean, plain.running_mean)
+    torch.testing.assert_close(ours.running_var, plain.running_var)
+    assert ours.num_batches_tracked == plain.num_batches_tracked == 3
+    ours.eval(), plain.eval()
+    x = torch.randn(8, 4, 5, 5)
+    torch.testing.assert_close(ours(x), plain(x))
