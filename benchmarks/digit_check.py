@@ -34,15 +34,15 @@ TARGET_ACCURACY = 0.965
 
 def read_mnist(root=MNIST, size=28):
     """(images float (N, 1, size, size) in [0, 1], labels int64 (N,)) from the gzipped IDX files of the test split;
-    a size below 28 shrinks them the way `--image-size` does (bilinear with antialiasing, rounded to 8 bits)."""
+    a size below 28 shrinks them as `--image-size` does, with genperf's loader's own resize."""
     with gzip.open(os.path.join(root, "t10k-images-idx3-ubyte.gz")) as f:
         images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
     with gzip.open(os.path.join(root, "t10k-labels-idx1-ubyte.gz")) as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8)
-    images = torch.from_numpy(images.astype(np.float32))
-    if size != 28:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255)
-    return images / 255, torch.from_numpy(labels.astype(np.int64))
+    from genperf.data import _resize  # the loader's own shrinking, so the classifier sees what the run trained on
+
+    images = _resize(torch.from_numpy(images.copy()), size)
+    return images.float() / 255, torch.from_numpy(labels.astype(np.int64))
 
 
 NOT_A_DIGIT = 10  # the classifier's eleventh class
@@ -147,14 +147,13 @@ def main(argv=None):
             f"or a smaller square"
         )
         return 2
-    size = height
-    net, calibration = train_classifier(size=size)
+    net, calibration = train_classifier(size=height)
     fraction, per_class = confident_fraction(net, samples)
     verdict = "PASS" if fraction >= args.pass_fraction else "FAIL"
     print(
         f"digit_check: {verdict}: {round(fraction * len(samples))} of {len(samples)} samples of {args.run} (step "
         f"{step}, T={t:g}) are digits with p >= {CONFIDENT} ({fraction:.0%}; needed {args.pass_fraction:.0%}); per "
-        f"class {per_class}. The classifier ({size}x{size}, {calibration['epochs']} epochs): "
+        f"class {per_class}. The classifier ({height}x{height}, {calibration['epochs']} epochs): "
         f"{calibration['accuracy']:.1%} accurate on 1,000 held-out digits, "
         f"confident about {calibration['digits_confident']:.0%} of them and "
         f"{calibration['non_digits_confident']:.0%} of 2,000 non-digits; {time.perf_counter() - start:.0f} s",

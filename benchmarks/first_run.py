@@ -93,11 +93,12 @@ def main(argv=None):
         with open(os.path.join(out, "summary.json")) as f:
             summary = json.load(f)
         samples, temperature, _ = digit_check.run_samples(out)
-        net, calibration = digit_check.train_classifier(size=samples.shape[-1])
+        size = samples.shape[-1]
+        net, calibration = digit_check.train_classifier(size=size)
         fraction, _ = digit_check.confident_fraction(net, samples)
         grid_name = "first-run.png"
         shutil.copy(os.path.join(out, "samples", summary["samples"][-1]), os.path.join(REPO, "docs", "img", grid_name))
-    verdict = dict(fraction=fraction, calibration=calibration, temperature=temperature, size=samples.shape[-1])
+    verdict = dict(fraction=fraction, calibration=calibration, temperature=temperature, size=size)
     text = report(command, seconds, summary, verdict, grid_name)
     with open(args.out, "w") as f:
         f.write(text)
