@@ -9,6 +9,7 @@ import sys
 import torch
 
 from genperf.dtypes import cpu_has_bf16
+from genperf.sharded import ShardedAdam, clip_grad_norm_, on_shards
 
 CPU_BF16_ENV = "GENPERF_CPU_BF16"  # =1: bf16 autocast on a CPU even without bf16 kernels (slow; for checks)
 
@@ -44,13 +45,13 @@ class Precision:
         if self.scaler is None:
             loss.backward()
             if clip_grad:
-                torch.nn.utils.clip_grad_norm_(params, clip_grad)
+                clip_grad_norm_(params, clip_grad)
             optimizer.step()
             return
         self.scaler.scale(loss).backward()
         if clip_grad:
             self.scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+            clip_grad_norm_(params, clip_grad)
         scale = self.scaler._scale.clone()  # get_scale() would read it on the host
         self.scaler.step(optimizer)
         self.scaler.update()
@@ -91,7 +92,11 @@ def keep_freed_cpu_memory():
 
 
 def make_adam(params, lr, betas, device_type):
-    """Adam, fused (one kernel over all parameters) on CUDA and CPU, the devices torch fuses it on."""
+    """Adam, fused (one kernel over all parameters) on CUDA and CPU, the devices torch fuses it on; over FSDP2's
+    shards, the same kernel on each rank's local shards (genperf.sharded)."""
     if device_type == "meta":  # genperf.trainer.step_cost: the same state, in a few ops instead of one per parameter
         return torch.optim.Adam(params, lr=lr, betas=betas, foreach=True)
+    params = list(params)
+    if device_type in ("cuda", "cpu") and on_shards(params):
+        return ShardedAdam(params, lr, betas)
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=device_type in ("cuda", "cpu"))
