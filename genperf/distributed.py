@@ -160,10 +160,11 @@ def set_collective_timeout(seconds: float):
 
 
 # What a collective raises when another rank is gone (a closed or reset connection) or does not answer in time.
+_TIMED_OUT = "Timed out waiting"
 _LOST_PEER_MESSAGES = (
     "closed by peer",
     "reset by peer",
-    "Timed out waiting",
+    _TIMED_OUT,
     "Application timeout caused pair closure",
     "Connection refused",
 )
@@ -174,6 +175,11 @@ def lost_a_peer(error):
     return under_torchrun() and (
         isinstance(error, getattr(dist, "DistNetworkError", ())) or any(s in str(error) for s in _LOST_PEER_MESSAGES)
     )
+
+
+def timed_out(error):
+    """Whether a collective raised `error` because the other ranks did not answer within the timeout."""
+    return _TIMED_OUT in str(error)
 
 
 def shutdown_distributed():

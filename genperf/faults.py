@@ -326,14 +326,29 @@ def _crash_reports(out):
     return found
 
 
-def diagnose_peers(out=None):
+def _busy_ranks(samples=5, every_s=0.1):
+    """The ranks of this node running (state R) in each of `samples` looks at /proc: after a collective timed out,
+    ranks busy outside any collective (one waiting in a collective sleeps on its socket)."""
+    busy = None
+    for i in range(samples):
+        running = {rank for rank, (_, state) in sibling_workers().items() if state == "R"}
+        busy = running if busy is None else busy & running
+        if i + 1 < samples:
+            time.sleep(every_s)
+    return busy
+
+
+def diagnose_peers(out=None, timed_out=False):
     """What became of the other ranks, in words, after a collective failed: those that raised (their crash report
-    in the run folder `out`), and on this node those that are gone or stopped (stopped ones are killed here, so
-    that the launcher can end the job instead of waiting on them)."""
+    in the run folder `out`), and on this node those that are gone or stopped, and, when the collective `timed_out`,
+    those busy outside any collective (an endless loop). Stopped and busy ones are killed here, so that the
+    launcher can end the job instead of waiting on them (a busy one takes no SIGTERM before its step ends: the
+    launcher's SIGKILL came 30 s later)."""
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     first = int(os.environ.get("RANK", "0")) - int(os.environ.get("LOCAL_RANK", "0"))
     me, workers, said = int(os.environ.get("RANK", "0")), sibling_workers(), []
     reports = _crash_reports(out) if out else {}
+    busy = _busy_ranks() if timed_out else set()
     for rank, (path, error) in sorted(reports.items()):
         if rank != me:
             said.append(f"rank {rank} raised {error} (its traceback is in {path})")
@@ -346,4 +361,7 @@ def diagnose_peers(out=None):
         elif state in ("T", "t"):
             os.kill(pid, signal.SIGKILL)
             said.append(f"rank {rank} (pid {pid}) was stopped (SIGSTOP, a debugger) and is now killed")
+        elif rank in busy:
+            os.kill(pid, signal.SIGKILL)
+            said.append(f"rank {rank} (pid {pid}) was busy outside any collective (hung in a loop?) and is now killed")
     return "; ".join(said) or "every rank of this node is alive: a rank that hangs, or another node is gone"

@@ -35,6 +35,7 @@ from genperf.distributed import (
     restarts_left,
     set_collective_timeout,
     shutdown_distributed,
+    timed_out,
 )
 from genperf.errors import DataError, GenperfError, LostPeer
 from genperf.families import FAMILY_OF, build_objective
@@ -183,7 +184,8 @@ class Trainer:
             if self.kept_step is not None
             else "no checkpoint was written before it"
         )
-        return f"lost contact with the other ranks at step {self.step} ({cause}): {diagnose_peers(c.out)}; {kept}"
+        peers = diagnose_peers(c.out, timed_out(error))
+        return f"lost contact with the other ranks at step {self.step} ({cause}): {peers}; {kept}"
 
     def train_epoch(self):
         epoch, first_step = divmod(self.step, self.steps_per_epoch)

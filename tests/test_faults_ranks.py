@@ -133,6 +133,34 @@ def test_a_stopped_rank_ends_the_job_within_the_steady_timeout_naming_it(tmp_pat
     assert "Traceback" not in err and f"rank 1 (pid {workers[1]}) was stopped" in line, err[-2000:]
 
 
+HANG_ON_RANK_1 = """import os
+if os.environ.get("RANK") == "1":
+    import genperf.trainer as t
+    step = t.Trainer.train_step
+    def train_step(self, x):
+        while self.step == 25:  # busy outside any collective, for ever
+            pass
+        return step(self, x)
+    t.Trainer.train_step = train_step
+"""
+
+
+@pytest.mark.slow  # 15 s, as the stopped rank's
+def test_a_rank_busy_outside_any_collective_ends_the_job_within_the_steady_timeout_naming_it(tmp_path):
+    """A rank caught in an endless loop between collectives takes no SIGTERM before its step ends: the survivor's
+    collective times out after --comm-timeout, it names the busy rank and kills it, so the launcher does not wait
+    its 300 s grace on it."""
+    out = tmp_path / "run"
+    env = _injected(tmp_path, HANG_ON_RANK_1)
+    proc = _start(out, TRAIN, "--nproc", "2", "--steps", "1000000", "--comm-timeout", "3", env=env)
+    workers = _after_first_checkpoint(proc, out)
+    took = _ends(proc, workers, 3 + 10, time.monotonic())
+    assert proc.returncode == LOST_PEER_EXIT and took < 3 + 10, (proc.returncode, took)
+    err = open(str(out) + ".stderr").read()
+    (line,) = _messages(str(out) + ".stderr")
+    assert "Traceback" not in err and f"rank 1 (pid {workers[1]}) was busy outside any collective" in line, err[-2000:]
+
+
 RAISE_ON_RANK = """import os
 if os.environ.get("RANK") == os.environ["RAISE_RANK"]:
     import genperf.trainer as t
