@@ -132,6 +132,11 @@ def stored_config(out):
     return read_meta(path)["config"]
 
 
+def stored_ranks(out):
+    """The number of ranks that wrote the newest checkpoint of the run in `out`."""
+    return len(read_meta(find(out))["rng"])
+
+
 # ---- RNG ----
 def rng_state():
     return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
@@ -386,6 +391,8 @@ def restore(path, objective, precision, args, data, rank, world_size, device, ma
     one) whose options differ from the checkpoint's in `may_change` only, on the data it trained on
     (genperf.data.Data, compared by content); returns its step and the number of ranks that wrote it."""
     meta = read_meta(path)
+    if _per_rank_resize(meta["config"]["batch_size"], args, len(meta["rng"]), world_size):
+        may_change = {*may_change, "batch_size"}
     check_same_options(path, meta["config"], args, may_change)
     data.check_same(meta.get("data_fingerprint"), args.data_root)
     if is_sharded(path):  # into FSDP modules, or whole tensors into the plain modules of one process or --ddp
@@ -404,6 +411,16 @@ def restore(path, objective, precision, args, data, rank, world_size, device, ma
     if meta["last_g_loss"] is not None:
         objective.last_g_loss = meta["last_g_loss"].to(device)
     return meta["step"], len(meta["rng"])
+
+
+def _per_rank_resize(batch_then, args, ranks_then, ranks_now):
+    """Whether `args` continues a run of global batch `batch_then` on another number of ranks under --elastic-batch
+    per-rank, each rank's batch kept."""
+    return (
+        getattr(args, "elastic_batch", "global") == "per-rank"
+        and ranks_then != ranks_now
+        and args.batch_size * ranks_then == batch_then * ranks_now
+    )
 
 
 def load_whole_into_sharded(path, modules, optimizers, meta):

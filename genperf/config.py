@@ -168,6 +168,17 @@ COMMON = (
         applies=lambda c: c.ddp or c.fsdp,
     ),
     Option(
+        "elastic_batch",
+        "what a run continued on another number of ranks (an elastic job that lost a node, --resume --nproc N) keeps: "
+        "global (the global batch, each rank taking its share; default) or per-rank (each rank's batch, the global "
+        "batch changing with the ranks)",
+        default="global",
+        type=str,
+        choices=("global", "per-rank"),
+        resumable=True,
+        absent="global",
+    ),
+    Option(
         "backend",
         "fused-op backend (default: the fastest available; reference is pure torch, for comparison)",
         type=str,
@@ -344,7 +355,17 @@ def resumed(out, given):
     config = stored(checkpoint.stored_config(out), given.get("model"))
     vars(config).update(given, out=out, resume=True)
     choose_parallel(config, given)
+    if config.elastic_batch == "per-rank" and "batch_size" not in given:
+        ranks_then, ranks_now = checkpoint.stored_ranks(out), ranks_of(config)
+        config.batch_size = config.batch_size // ranks_then * ranks_now  # each rank's share stays
     return config
+
+
+def ranks_of(config):
+    """The number of ranks `config` trains on: torchrun's world, else --nproc under --ddp/--fsdp, else one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return int(os.environ["WORLD_SIZE"])
+    return (config.nproc or default_nproc()) if config.ddp or config.fsdp else 1
 
 
 def choose_parallel(config, given):
@@ -434,6 +455,10 @@ def check(config):
             raise GenperfError(f"{option.cli} does not apply to {config.model} on {config.data}")
     if config.ddp and config.fsdp:
         raise GenperfError("--ddp and --fsdp are two ways to train on several processes; choose one")
+    if config.elastic_batch == "per-rank" and config.steps is None:
+        raise GenperfError(
+            "--elastic-batch per-rank needs a run sized by --steps: an epoch's steps change with the global batch"
+        )
     if config.fsdp and config.model in family.no_fsdp:
         raise GenperfError(
             f"{config.model} does not run under --fsdp: {family.no_fsdp[config.model]} (--ddp --nproc "

@@ -494,10 +494,11 @@ class Trainer:
                 f"--resume: the checkpoint in {c.out} is at step {step}, beyond the {self.total_steps} "
                 f"steps asked for; pass a larger --steps or --epochs"
             )
-        if restart_count() and dist.is_main:
+        if dist.is_main and (restart_count() or ranks_then != dist.world_size):
+            how = f"restart {restart_count()} of the job: resuming" if restart_count() else "resuming"
             print(
-                f"genperf: restart {restart_count()} of the job: resuming {c.out} from its checkpoint of step {step}"
-                f"{resized(ranks_then, dist.world_size, c.batch_size)}",
+                f"genperf: {how} {c.out} from its checkpoint of step {step}"
+                f"{resized(ranks_then, dist.world_size, c.batch_size, c.elastic_batch)}",
                 flush=True,
             )
         return step
@@ -565,14 +566,21 @@ def _silent_bar():
     return tqdm(disable=True)
 
 
-def resized(ranks_then, ranks_now, batch_size):
-    """What a job restarted at another number of ranks (an elastic torchrun after a lost node) does, in words: the
-    global batch stays, so every step keeps its meaning; each rank takes its share."""
+def resized(ranks_then, ranks_now, batch_size, elastic_batch="global"):
+    """What a run continued at another number of ranks (an elastic torchrun after a lost node, --resume --nproc N)
+    does, in words: by default the global batch `batch_size` stays, so every step keeps its meaning, and each rank
+    takes its share; under --elastic-batch per-rank each rank's batch stays and `batch_size` is the new global one."""
     if ranks_then == ranks_now:
         return ""
+    per_rank = batch_size // ranks_now
+    if elastic_batch == "per-rank":
+        return (
+            f" on {ranks_now} rank(s) instead of {ranks_then}: each rank's batch stays {per_rank} "
+            f"(--elastic-batch per-rank), the global batch is {batch_size} instead of {per_rank * ranks_then}"
+        )
     return (
         f" on {ranks_now} rank(s) instead of {ranks_then}: the global batch stays {batch_size}, "
-        f"{batch_size // ranks_now} per rank instead of {batch_size // ranks_then}"
+        f"{per_rank} per rank instead of {batch_size // ranks_then}"
     )
 
 

@@ -79,3 +79,9 @@ def test_a_resumed_run_switches_mode_by_the_one_named(monkeypatch):
     assert config.resumed("x", {"nproc": 4}).ddp is True
     with pytest.raises(GenperfError, match="choose one"):
         config.check(config.make("vae", ddp=True, fsdp=True))
+
+
+def test_a_per_rank_elastic_batch_needs_a_run_sized_by_steps():
+    with pytest.raises(GenperfError, match="--elastic-batch per-rank needs a run sized by --steps"):
+        config.check(config.parse_args(["vae", "--elastic-batch", "per-rank"]))
+    config.check(config.parse_args(["vae", "--elastic-batch", "per-rank", "--steps", "10"]))

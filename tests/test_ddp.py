@@ -320,3 +320,28 @@ def test_fsdp_units_group_consecutive_couplings_to_a_minimum_size():
     for min_params, expected in ((300, [3, 4]), (200, [2, 2, 3]), (50, [1] * 7), (1000, [7])):
         groups = group_units(blocks, min_params)  # a short tail joins the group before it
         assert [len(g) for g in groups] == expected and [b for g in groups for b in g] == blocks, min_params
+
+
+@pytest.mark.slow  # three runs of two processes or one, 25 s
+def test_elastic_batch_per_rank_keeps_each_ranks_batch_across_rank_counts(tmp_path):
+    """--elastic-batch per-rank: a VAE of global batch 32 on 2 DDP ranks, resumed on one process, trains on 16 (each
+    rank's batch kept), says so in one line, and back on 2 ranks on 32 again; the steps keep counting."""
+    run = tmp_path / "run"
+    _train("vae", run, 4, "--nproc", "2", "--elastic-batch", "per-rank")
+    out = _resume(run, "--nproc", "1", "--steps", "8").stdout
+    said = "on 1 rank(s) instead of 2: each rank's batch stays 16 (--elastic-batch per-rank), the global batch is 16"
+    assert said + " instead of 32" in out, out[-2000:]
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 16
+    out = _resume(run, "--nproc", "2", "--steps", "12").stdout
+    assert "the global batch is 32 instead of 16" in out, out[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["world_size"] == 2
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 32
+
+
+def test_the_global_batch_is_kept_across_rank_counts_by_default():
+    from genperf.trainer import resized
+
+    assert resized(2, 1, 32) == " on 1 rank(s) instead of 2: the global batch stays 32, 32 per rank instead of 16"
+    assert resized(2, 2, 32, "per-rank") == ""
+    assert "each rank's batch stays 16" in resized(2, 1, 16, "per-rank")
