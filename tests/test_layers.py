@@ -26,7 +26,15 @@ LAYERS = [
         "genperf.streams",
     ],
     ["genperf.ops"],
-    ["genperf.errors", "genperf.dtypes", "genperf.compiled", "genperf.schedule", "genperf._C", "genperf.kernels"],
+    [
+        "genperf.errors",
+        "genperf.dtypes",
+        "genperf.compiled",
+        "genperf.schedule",
+        "genperf.sharded",
+        "genperf._C",
+        "genperf.kernels",
+    ],
 ]
 
 
