@@ -160,12 +160,11 @@ def set_collective_timeout(seconds: float):
 
 
 # What a collective raises when another rank is gone (a closed or reset connection) or does not answer in time.
-_TIMED_OUT = "Timed out waiting"
+_TIMED_OUT = ("Timed out waiting", "Application timeout caused pair closure")  # gloo's, the first and those after
 _LOST_PEER_MESSAGES = (
     "closed by peer",
     "reset by peer",
-    _TIMED_OUT,
-    "Application timeout caused pair closure",
+    *_TIMED_OUT,
     "Connection refused",
 )
 
@@ -179,7 +178,7 @@ def lost_a_peer(error):
 
 def timed_out(error):
     """Whether a collective raised `error` because the other ranks did not answer within the timeout."""
-    return _TIMED_OUT in str(error)
+    return any(s in str(error) for s in _TIMED_OUT)
 
 
 def shutdown_distributed():
