@@ -64,8 +64,9 @@ class DigitClassifier(nn.Module):
 
 def non_digits(digits, generator):
     """Images with a digit's ink but no digit's shape: each digit's pixels shuffled, and blobs (blurred noise cut at
-    the digit's ink fraction). Trained as an eleventh class, they keep a classifier of ten classes from being sure
-    about strokes and specks, which is what an undertrained generator draws."""
+    the digit's ink fraction); and flat images, one gray level each (every other one black or white). Trained as an
+    eleventh class, they keep a classifier of ten classes from being sure about strokes and specks, which is what an
+    undertrained generator draws, or about a saturated image (one all white was an 8 to it)."""
     n = len(digits)
     flat = digits.flatten(1)
     shuffled = flat.gather(1, torch.rand(flat.shape, generator=generator).argsort(1)).view_as(digits)
@@ -76,7 +77,10 @@ def non_digits(digits, generator):
     ranked = noise.flatten(1).sort(1).values
     cut = ranked.gather(1, ((1 - ink) * (ranked.shape[1] - 1)).long())
     blobs = (noise >= cut.view(n, 1, 1, 1)).float()
-    return torch.cat([shuffled, blobs])
+    levels = torch.rand(max(1, n // 4), 1, 1, 1, generator=generator)
+    levels[::2] = levels[::2].round()
+    flat = levels.expand(-1, *digits.shape[1:])
+    return torch.cat([shuffled, blobs, flat])
 
 
 def train_classifier(seed=0, size=28, target=TARGET_ACCURACY, max_epochs=10):

@@ -75,7 +75,7 @@ def report(command, seconds, summary, verdict, grid_name):
 ![the run's last sample grid, 64 samples at temperature {temperature:g}](img/{grid_name})
 
 The classifier (benchmarks/digit_check.py) is trained from scratch on the shipped images' first 9,000 at the run's
-size ({size}x{size}), with an eleventh class of non-digits (pixel-shuffled digits and blobs), for \
+size ({size}x{size}), with an eleventh class of non-digits (pixel-shuffled digits, blobs, flat gray images), for \
 {calibration["epochs"]} epochs, until it classifies {digit_check.TARGET_ACCURACY:.1%} of the last 1,000 correctly: \
 it is {calibration["accuracy"]:.1%} accurate and sure of {calibration["digits_confident"]:.0%} of them; it is sure of \
 {calibration["non_digits_confident"]:.0%} of 2,000 non-digits.
