@@ -28,8 +28,11 @@ README_RUN = (
     "realnvp --amp --fsdp --data mnist --data-root tests/data/mnist --image-size 14 --mid-channels 32 "
     "--num-blocks 2 --batch-size 32"
 ).split()
-SHARDED = precision.on_shards, precision.clip_grad_norm_
-ON_DTENSORS = (lambda params: False), torch.nn.utils.clip_grad_norm_
+# What genperf.precision builds Adam and clips with, each way
+WAYS = {
+    "torch over DTensors": ((lambda params: False), torch.nn.utils.clip_grad_norm_),
+    "genperf.sharded": (precision.on_shards, precision.clip_grad_norm_),
+}
 
 
 def use(way):
@@ -38,11 +41,11 @@ def use(way):
 
 
 def trainer(argv, dist_, way):
+    """A Trainer of the run `argv` whose optimizer is built `way`, in a temporary folder rank 0 makes."""
     use(way)
-    out = tempfile.mkdtemp(prefix="bench_sharded_") if dist_.rank == 0 else None
-    out = [out]
+    out = [tempfile.mkdtemp(prefix="bench_sharded_") if dist_.rank == 0 else None]
     dist.broadcast_object_list(out)
-    return Trainer(parse_args([*argv, "--out", out[0], "--steps", "1000000"]), dist_), out[0]
+    return Trainer(parse_args([*argv, "--out", out[0], "--steps", "1000000"]), dist_)
 
 
 def main(argv=None):
@@ -52,30 +55,28 @@ def main(argv=None):
     if not under_torchrun():
         p.error("run it under torchrun: torchrun --nproc-per-node 2 benchmarks/bench_sharded.py")
     dist_ = init_distributed("cuda" if torch.cuda.is_available() else "cpu")
-    runs = {"torch over DTensors": trainer(train_argv or README_RUN, dist_, ON_DTENSORS)}
-    runs["genperf.sharded"] = trainer(train_argv or README_RUN, dist_, SHARDED)
-    ways = {"torch over DTensors": ON_DTENSORS, "genperf.sharded": SHARDED}
-    batches = [x for _, x in zip(range(4), runs["genperf.sharded"][0].train.epoch(0))]
+    runs = {name: trainer(train_argv or README_RUN, dist_, way) for name, way in WAYS.items()}
+    batches = [x for _, x in zip(range(4), runs["genperf.sharded"].train.epoch(0))]
     seconds = {name: [] for name in runs}
     for i in range(args.steps):
         order = list(runs) if i % 2 == 0 else list(reversed(runs))
         for name in order:
-            use(ways[name])
+            use(WAYS[name])
             dist.barrier()
             start = time.perf_counter()
-            runs[name][0].train_step(batches[i % len(batches)])
+            runs[name].train_step(batches[i % len(batches)])
             dist.barrier()
             seconds[name].append(time.perf_counter() - start)
     if dist_.rank == 0:
-        batch = runs["genperf.sharded"][0].config.batch_size
+        batch = runs["genperf.sharded"].config.batch_size
         median = {name: statistics.median(s[5:]) for name, s in seconds.items()}
         print(f"{machine(dist_.device)}, {dist_.world_size} ranks, {args.steps} alternating steps of each, medians:")
         for name, s in median.items():
             print(f"  {name:20s} {s * 1e3:7.1f} ms a step, {batch / s:6.0f} images/s")
         a, b = median.values()
         print(f"  genperf.sharded's step is {a / b:.3f}x as fast")
-        for _, out in runs.values():
-            shutil.rmtree(out, ignore_errors=True)
+        for run in runs.values():
+            shutil.rmtree(run.config.out, ignore_errors=True)
     dist.destroy_process_group()
 
 

@@ -79,8 +79,8 @@ def non_digits(digits, generator):
     blobs = (noise >= cut.view(n, 1, 1, 1)).float()
     levels = torch.rand(max(1, n // 4), 1, 1, 1, generator=generator)
     levels[::2] = levels[::2].round()
-    flat = levels.expand(-1, *digits.shape[1:])
-    return torch.cat([shuffled, blobs, flat])
+    grays = levels.expand(-1, *digits.shape[1:])
+    return torch.cat([shuffled, blobs, grays])
 
 
 def train_classifier(seed=0, size=28, target=TARGET_ACCURACY, max_epochs=10):

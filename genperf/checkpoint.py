@@ -123,18 +123,14 @@ def read_meta(path):
     return meta
 
 
-def stored_config(out):
-    """The training options of the run in `out`, from its checkpoint."""
+def stored_meta(out):
+    """The newest checkpoint of the run in `out`, read once: its training options ("config"), the number of ranks
+    that wrote it (the length of "rng"), its step."""
     path = find(out)
     if path is None:
         what = "no run folder" if not os.path.isdir(out) else "no checkpoint (checkpoint.pt or checkpoint/)"
         raise GenperfError(f"{out}: {what}; nothing to resume or load")
-    return read_meta(path)["config"]
-
-
-def stored_ranks(out):
-    """The number of ranks that wrote the newest checkpoint of the run in `out`."""
-    return len(read_meta(find(out))["rng"])
+    return read_meta(path)
 
 
 # ---- RNG ----

@@ -352,12 +352,12 @@ def continues_after_restart(config):
 
 def resumed(out, given):
     """The config of the run in `out`: the options stored in its checkpoint, with `given` over them."""
-    config = stored(checkpoint.stored_config(out), given.get("model"))
+    meta = checkpoint.stored_meta(out)
+    config = stored(meta["config"], given.get("model"))
     vars(config).update(given, out=out, resume=True)
     choose_parallel(config, given)
     if config.elastic_batch == "per-rank" and "batch_size" not in given:
-        ranks_then, ranks_now = checkpoint.stored_ranks(out), ranks_of(config)
-        config.batch_size = config.batch_size // ranks_then * ranks_now  # each rank's share stays
+        config.batch_size = config.batch_size // len(meta["rng"]) * ranks_of(config)  # each rank's share stays
     return config
 
 

@@ -73,7 +73,7 @@ def test_the_parallel_mode_follows_the_options_given(argv, ddp, fsdp):
 
 def test_a_resumed_run_switches_mode_by_the_one_named(monkeypatch):
     stored = vars(config.make("vae", ddp=True, nproc=2))
-    monkeypatch.setattr(config.checkpoint, "stored_config", lambda out: stored)
+    monkeypatch.setattr(config.checkpoint, "stored_meta", lambda out: {"config": stored})
     assert config.resumed("x", {"fsdp": True}).ddp is False
     assert config.resumed("x", {"nproc": 1}).ddp is False
     assert config.resumed("x", {"nproc": 4}).ddp is True
