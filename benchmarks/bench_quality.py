@@ -1,4 +1,4 @@
-"""Time to quality: held-out quality against wall-clock, genperf's recommended flags beside the plain
+"""Time to quality: held-out quality against wall-clock, genperf's defaults with --amp beside the plain
 baseline of the same model, trained back to back on the same data from the same seed.
 
     python benchmarks/bench_quality.py [--models realnvp vae dcgan] [--budget-s 1200] [--seeds 0 1 2]
@@ -13,12 +13,14 @@ by its build_objective):
            better; a small CNN trained once on the training images, see genperf.metrics)
 Variants:
   baseline  plain PyTorch: the reference ops (--backend reference), fp32, eager, foreach Adam (as bench_train)
-  genperf   the recommended flags: --amp --compile (bf16 where the CPU has fast bf16 kernels, else fp32)
+  genperf   genperf.train's defaults with --amp (bf16 where the CPU has fast bf16 kernels, else fp32), so
+            --compile auto: it times two eager steps and compiles, here or in a child process beside the eager
+            steps, only where the time left to the budget pays for it (genperf.autocompile)
 Each (model, seed, variant) trains in a fresh process for --budget-s seconds of training: the clock counts the
 steps, compiling included, and stops while the held-out metric is measured (at evenly spaced points, the same
-for both variants). The order of the variants alternates from seed to seed. With --compile-cache cold (the
-default) torch.compile starts from an empty on-disk cache, as a user's first run does; warm reuses one filled by
-a short run before.
+for both variants; a child process compiling for --compile auto is stopped meanwhile). The order of the variants
+alternates from seed to seed. With --compile-cache cold (the default) torch.compile starts from an empty on-disk
+cache, as a user's first run does; warm reuses one filled by a short compiled run before.
 
 Reported per model: the metric of each variant at fixed budgets (--table-s), the median over seeds with the
 range, and the time each variant takes to reach the target: the baseline's median metric at the full budget.
@@ -37,7 +39,8 @@ import time
 
 import torch
 
-from genperf.compiled import compile_choice
+from genperf.autocompile import AutoCompile
+from genperf.compiled import compile_choice, compile_options, graph_key, measured_gain, record_seconds
 from genperf.config import OPTION
 from genperf.families.flow import PUBLISHED_RECIPE
 from genperf.perf import machine
@@ -55,7 +58,8 @@ MODELS = {
     "vae": (["vae", "--batch-size", "128"], "nelbo", "held-out -ELBO (nats)"),
     "dcgan": (["dcgan", "--batch-size", "64"], "classifier_fid", "classifier FID"),
 }
-VARIANTS = {"baseline": ["--backend", "reference"], "genperf": ["--amp", "--compile"]}
+VARIANTS = {"baseline": ["--backend", "reference", "--no-compile"], "genperf": ["--amp"]}
+FILL = ["--amp", "--compile"]  # what fills the cache of --compile-cache warm
 # The baseline's training recipe where genperf's default differs: RealNVP's published one (Adam at 1e-3, constant).
 PLAIN_RECIPE = {"realnvp": [arg for k, v in PUBLISHED_RECIPE.items() for arg in (OPTION[k].cli, str(v))]}
 FID_SAMPLES = 1000
@@ -91,6 +95,15 @@ class Scorer:
         return held["bits_per_dim"] if self.model == "realnvp" else -held["elbo"]
 
 
+def auto_compile(args, key, eager_left_s):
+    """genperf.train's --compile auto for a run of this benchmark (None where nothing is measured, said)."""
+    measured = measured_gain(args.model, "cpu", json.loads(key)[2], None, args.invertible)
+    if measured[0] is None:
+        print(f"  --compile auto: staying eager: {measured[2]}", file=sys.stderr, flush=True)
+        return None
+    return AutoCompile(measured, key, vars(args), eager_left_s, lambda line: print("  " + line, file=sys.stderr))
+
+
 def train_for(model, variant, seed, budget_s, points, work):
     """Trains one model for budget_s seconds of steps; returns its curve: (seconds, step, metric) at 0 and at
     `points` evenly spaced times."""
@@ -106,15 +119,19 @@ def train_for(model, variant, seed, budget_s, points, work):
     keep_freed_cpu_memory()  # as genperf.train does
     options, _, _ = MODELS[model]
     plain = PLAIN_RECIPE.get(model, []) if variant == "baseline" else []
-    args = config.parse_args([*options, "--seed", str(seed), *VARIANTS[variant], *plain])
+    flags = FILL if variant == "fill" else VARIANTS[variant]
+    args = config.parse_args([*options, "--seed", str(seed), *flags, *plain])
     device = torch.device("cpu")
     data = load_dataset("mnist", MNIST, download=False, seed=seed)
     torch.manual_seed(seed)
-    objective = build_objective(args, data, Precision(device.type, args.amp), device)
+    precision = Precision(device.type, args.amp)
+    objective = build_objective(args, data, precision, device)
     if variant == "baseline":
         plain_adam(objective)
-    if compile_choice(args) == "on":  # the variant's own choice; auto is genperf.train's
-        objective.compile(fullgraph=True)
+    key = graph_key(args, device.type, "bf16" if precision.dtype == torch.bfloat16 else "fp32")
+    auto = auto_compile(args, key, lambda step_s: budget_s - clock) if compile_choice(args) == "auto" else None
+    if compile_choice(args) == "on":
+        objective.compile(**compile_options(args))
     score = Scorer(model, objective, data, device, seed, work)
     batches = make_batches(data.train, args.batch_size, seed, device=device)
     marks = [budget_s * (i + 1) / points for i in range(points)]
@@ -128,12 +145,19 @@ def train_for(model, variant, seed, budget_s, points, work):
                         objective.optimizers.values(), lr_factor(step, clock / budget_s, args.warmup, args.lr_schedule)
                     )
                 objective.train_step(x, step)
-                clock += time.perf_counter() - t0
+                step_s = time.perf_counter() - t0
+                clock += step_s
+                if step == 0 and compile_choice(args) == "on":  # as genperf.train keeps it, for --compile auto
+                    record_seconds(key, step_s)
+                if auto and step > 0 and auto.after_step(step_s, x):  # the first step warms up, as in genperf.train
+                    auto = None
+                    objective.compile(**compile_options(args))
                 step += 1
                 if clock >= marks[0]:  # a step that compiled may pass several marks: one measurement
                     while marks and clock >= marks[0]:
                         marks.pop(0)
-                    curve.append((clock, step, score()))
+                    with auto.paused() if auto else contextlib.nullcontext():
+                        curve.append((clock, step, score()))
                     print(
                         f"  {model} {variant} seed {seed}: {clock:7.1f} s, step {step:6d}, {curve[-1][2]:.4f}",
                         file=sys.stderr,
@@ -142,6 +166,8 @@ def train_for(model, variant, seed, budget_s, points, work):
                     if not marks:
                         break
             epoch += 1
+    if auto:
+        auto.close()
     return curve
 
 
@@ -291,7 +317,7 @@ def main(argv=None):
     for model in args.models:
         warm = tempfile.mkdtemp(prefix="genperf-inductor-", dir=work)
         if args.compile_cache == "warm":  # a short compiled run fills the cache the measured runs reuse
-            run_variant(model, "genperf", args.seeds[0], 1, 1, work, warm)
+            run_variant(model, "fill", args.seeds[0], 1, 1, work, warm)
         curves = {v: [] for v in VARIANTS}
         for i, seed in enumerate(args.seeds):
             for variant in list(VARIANTS)[:: 1 if i % 2 == 0 else -1]:

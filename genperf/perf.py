@@ -149,12 +149,14 @@ def measure_peak_flops(device_type: str, dtype: torch.dtype, size: int = 0, seco
     # (torch's default is on): their fp32 peak is the TF32 matmul's. Against strict fp32 an fp32 RealNVP step
     # read 177% MFU on an H200.
     matmul = torch.backends.cuda.matmul
-    was = matmul.allow_tf32
+    # Restored as the precision it was: setting allow_tf32 back would turn torch's "none" into "ieee", which
+    # inductor's cache keys read, so a process that measured its peak would miss graphs another compiled.
+    was = matmul.fp32_precision
     matmul.allow_tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
     try:
         return 2 * n**3 / _best_seconds(lambda: a @ b, device, seconds)
     finally:
-        matmul.allow_tf32 = was
+        matmul.fp32_precision = was
 
 
 peak_flops = functools.cache(measure_peak_flops)  # once per process, for every run in it

@@ -16,14 +16,13 @@ import uuid
 import torch
 
 from genperf import checkpoint, models, perf
+from genperf.autocompile import AutoCompile
 from genperf.compiled import (
-    EAGER_STEPS_TIMED,
     compile_choice,
-    decide,
+    compile_options,
     graph_key,
     measured_gain,
     record_seconds,
-    recorded_seconds,
 )
 from genperf.config import RESUMABLE, applicable
 from genperf.data import load_dataset, make_batches
@@ -117,7 +116,6 @@ class Trainer:
         self.last, self.held, self.held_step, self.artifacts_step, self.last_grid = {}, {}, None, None, None
         self.compile_s, self.compile_reported = 0.0, 0.0  # seconds of the steps in which torch.compile compiled
         self.auto_compile = self.plan_auto_compile() if compile_choice(c) == "auto" else None
-        self.eager_step_s = []  # the eager steps --compile auto times
         self.stop, self.finished = None, False
         self.signals = StopSignals(verbose=dist.is_main)
         self.checks = StepChecks(self.device, self.signals, c.log_every, dist.world_size)
@@ -165,6 +163,8 @@ class Trainer:
             raise
         finally:
             self.bar.close()  # ends the bar's line, so a message after it starts a line of its own
+            if self.auto_compile:
+                self.auto_compile.close()
         return self.say_stop()
 
     def lost_peer_line(self, error):
@@ -213,9 +213,9 @@ class Trainer:
         if self.compiling and compiled_graphs() > graphs:
             self.compile_s += time.perf_counter() - step_start
         if self.auto_compile and self.step > self.start_step:  # the first step warms up; the next ones are timed
-            self.eager_step_s.append(time.perf_counter() - step_start)
-            if len(self.eager_step_s) == EAGER_STEPS_TIMED:
-                self.decide_auto_compile()
+            if self.auto_compile.after_step(time.perf_counter() - step_start, x):
+                self.auto_compile = None
+                self.compile_now()
         self.step += 1
         if self.step == self.start_step + 2 and self.dist.world_size > 1:  # compiled and warmed up: steps are steady
             set_collective_timeout(c.comm_timeout)
@@ -312,10 +312,7 @@ class Trainer:
     # ---- torch.compile: on, or --compile auto's decision ----
     def compile_now(self):
         c = self.config
-        # FSDP2's hooks break the graph at every sharded unit, DDP's at every gradient bucket
-        self.objective.compile(
-            fullgraph=not (c.fsdp or c.ddp), mode=None if c.compile_mode == "default" else c.compile_mode
-        )
+        self.objective.compile(**compile_options(c))
         self.compiling = True
         self.cuda_graphs = c.compile_mode == "reduce-overhead" and self.device.type == "cuda"
 
@@ -325,27 +322,23 @@ class Trainer:
         return graph_key(self.config, self.device.type, precision), precision
 
     def plan_auto_compile(self):
-        """(speed-up, cold seconds, what was measured) when auto can judge this run after timing eager steps, else
-        None, said in one line: auto then stays eager."""
+        """An AutoCompile when auto can judge this run once it has timed eager steps, else None, said in one line:
+        auto then stays eager."""
         c = self.config
         parallel = "fsdp" if c.fsdp else "ddp" if c.ddp else None
-        _, precision = self.graph_key()
-        gain, cold_s, what = measured_gain(c.model, self.device.type, precision, parallel, c.invertible)
-        if gain is None and self.dist.is_main and self.step < self.total_steps:
-            print(f"genperf: --compile auto: staying eager: {what} (--compile compiles anyway)", flush=True)
-        return (gain, cold_s, what) if gain is not None else None
-
-    def decide_auto_compile(self):
-        gain, cold_s, what = self.auto_compile
-        self.auto_compile = None
-        eager_s = sorted(self.eager_step_s)[len(self.eager_step_s) // 2]
-        steps_left = self.total_steps - self.step - 1
-        go, words = decide(gain, cold_s, recorded_seconds(self.graph_key()[0]), eager_s, steps_left)
-        if self.dist.is_main:
-            verdict = "compiling now (--no-compile stays eager)" if go else "staying eager (--compile compiles anyway)"
-            self.bar.write(f"genperf: --compile auto ({what}): {words}: {verdict}", file=sys.stdout)  # above the bar
-        if go:
-            self.compile_now()
+        key, precision = self.graph_key()
+        measured = measured_gain(c.model, self.device.type, precision, parallel, c.invertible)
+        if measured[0] is None:
+            if self.dist.is_main and self.step < self.total_steps:
+                print(f"genperf: --compile auto: staying eager: {measured[2]} (--compile compiles anyway)", flush=True)
+            return None
+        return AutoCompile(
+            measured,
+            key,
+            vars(c),
+            lambda step_s: (self.total_steps - self.step - 1) * step_s,
+            lambda line: self.bar.write(line, file=sys.stdout),  # above the progress bar
+        )
 
     # ---- logging, evaluation, checkpoints ----
     def report_compile(self):
