@@ -13,6 +13,7 @@ LAYERS = [
     ["genperf.study"],
     ["genperf.train", "genperf.evaluate", "genperf.sample", "genperf.audit"],  # the commands
     ["genperf.trainer", "genperf.run"],  # a run trained, a run read back
+    ["genperf.autocompile"],  # --compile auto's course through a run
     ["genperf.config"],  # every option
     ["genperf.families"],  # the model families: objective, build, options, likelihoods
     ["genperf.checkpoint", "genperf.faults", "genperf.runlog", "genperf.metrics", "genperf.perf", "genperf.models"],
