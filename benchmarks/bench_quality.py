@@ -39,8 +39,8 @@ import time
 
 import torch
 
-from genperf.autocompile import AutoCompile
-from genperf.compiled import compile_choice, compile_options, graph_key, measured_gain, record_seconds
+from genperf import autocompile
+from genperf.compiled import compile_choice, compile_options, graph_key, precision_name, record_seconds
 from genperf.config import OPTION
 from genperf.families.flow import PUBLISHED_RECIPE
 from genperf.perf import machine
@@ -95,15 +95,6 @@ class Scorer:
         return held["bits_per_dim"] if self.model == "realnvp" else -held["elbo"]
 
 
-def auto_compile(args, key, eager_left_s):
-    """genperf.train's --compile auto for a run of this benchmark (None where nothing is measured, said)."""
-    measured = measured_gain(args.model, "cpu", json.loads(key)[2], None, args.invertible)
-    if measured[0] is None:
-        print(f"  --compile auto: staying eager: {measured[2]}", file=sys.stderr, flush=True)
-        return None
-    return AutoCompile(measured, key, vars(args), eager_left_s, lambda line: print("  " + line, file=sys.stderr))
-
-
 def train_for(model, variant, seed, budget_s, points, work):
     """Trains one model for budget_s seconds of steps; returns its curve: (seconds, step, metric) at 0 and at
     `points` evenly spaced times."""
@@ -128,8 +119,11 @@ def train_for(model, variant, seed, budget_s, points, work):
     objective = build_objective(args, data, precision, device)
     if variant == "baseline":
         plain_adam(objective)
-    key = graph_key(args, device.type, "bf16" if precision.dtype == torch.bfloat16 else "fp32")
-    auto = auto_compile(args, key, lambda step_s: budget_s - clock) if compile_choice(args) == "auto" else None
+    key = graph_key(args, device.type, precision_name(precision.dtype))
+    auto = None
+    if compile_choice(args) == "auto":  # as genperf.train, its time left being the budget's
+        say = lambda line: print("  " + line, file=sys.stderr, flush=True)  # noqa: E731
+        auto = autocompile.plan(args, device.type, precision_name(precision.dtype), lambda _: budget_s - clock, say)
     if compile_choice(args) == "on":
         objective.compile(**compile_options(args))
     score = Scorer(model, objective, data, device, seed, work)

@@ -23,7 +23,7 @@ import types
 import torch
 
 from genperf import config as configs
-from genperf.compiled import EAGER_STEPS_TIMED, compile_options, decide, recorded_seconds
+from genperf.compiled import EAGER_STEPS_TIMED, compile_options, decide, graph_key, measured_gain, recorded_seconds
 from genperf.families import build_objective
 from genperf.ops.backends import use_backend
 from genperf.precision import Precision
@@ -33,6 +33,17 @@ VERDICTS = {
     "in a child": "compiling in a child process while eager steps go on (--no-compile stays eager)",
     None: "staying eager (--compile compiles anyway)",
 }
+
+
+def plan(config, device_type, precision, eager_left_s, say):
+    """An AutoCompile for a run of `config` on `device_type` in `precision` ("bf16", "fp32", ...) when auto can
+    judge it once it has timed eager steps, else None, said in one line: auto then stays eager."""
+    parallel = "fsdp" if config.fsdp else "ddp" if config.ddp else None
+    measured = measured_gain(config.model, device_type, precision, parallel, config.invertible)
+    if measured[0] is None:
+        say(f"genperf: --compile auto: staying eager: {measured[2]} (--compile compiles anyway)")
+        return None
+    return AutoCompile(measured, graph_key(config, device_type, precision), vars(config), eager_left_s, say)
 
 
 class AutoCompile:

@@ -79,6 +79,11 @@ def _record_path():
     return os.path.join(cache_dir(), RECORD)
 
 
+def precision_name(dtype):
+    """A step's precision as MEASURED and graph_key name it: the autocast dtype, fp32 without one."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
 def graph_key(config, device_type, precision):
     """What decides the compiled graphs of a run (its model and shapes, precision, layout, torch), as one string."""
     shaping = ("model", "data", "image_size", "channels", "batch_size", "mid_channels", "num_blocks")

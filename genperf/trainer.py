@@ -15,13 +15,12 @@ import uuid
 
 import torch
 
-from genperf import checkpoint, models, perf
-from genperf.autocompile import AutoCompile
+from genperf import autocompile, checkpoint, models, perf
 from genperf.compiled import (
     compile_choice,
     compile_options,
     graph_key,
-    measured_gain,
+    precision_name,
     record_seconds,
 )
 from genperf.config import RESUMABLE, applicable
@@ -115,11 +114,11 @@ class Trainer:
         )
         self.last, self.held, self.held_step, self.artifacts_step, self.last_grid = {}, {}, None, None, None
         self.compile_s, self.compile_reported = 0.0, 0.0  # seconds of the steps in which torch.compile compiled
+        self.bar = _silent_bar()  # run() shows a progress bar; steps taken outside it (genperf.audit) show none
         self.auto_compile = self.plan_auto_compile() if compile_choice(c) == "auto" else None
         self.stop, self.finished = None, False
         self.signals = StopSignals(verbose=dist.is_main)
         self.checks = StepChecks(self.device, self.signals, c.log_every, dist.world_size)
-        self.bar = _silent_bar()  # run() shows a progress bar; steps taken outside it (genperf.audit) show none
 
     # ---- the run ----
     def run(self):
@@ -317,34 +316,27 @@ class Trainer:
         self.cuda_graphs = c.compile_mode == "reduce-overhead" and self.device.type == "cuda"
 
     def graph_key(self):
-        dtype = self.precision.dtype
-        precision = "bf16" if dtype == torch.bfloat16 else "fp16" if dtype == torch.float16 else "fp32"
-        return graph_key(self.config, self.device.type, precision), precision
+        return graph_key(self.config, self.device.type, precision_name(self.precision.dtype))
 
     def plan_auto_compile(self):
-        """An AutoCompile when auto can judge this run once it has timed eager steps, else None, said in one line:
-        auto then stays eager."""
-        c = self.config
-        parallel = "fsdp" if c.fsdp else "ddp" if c.ddp else None
-        key, precision = self.graph_key()
-        measured = measured_gain(c.model, self.device.type, precision, parallel, c.invertible)
-        if measured[0] is None:
-            if self.dist.is_main and self.step < self.total_steps:
-                print(f"genperf: --compile auto: staying eager: {measured[2]} (--compile compiles anyway)", flush=True)
-            return None
-        return AutoCompile(
-            measured,
-            key,
-            vars(c),
+        """--compile auto's AutoCompile for this run, or None (said)."""
+        return autocompile.plan(
+            self.config,
+            self.device.type,
+            precision_name(self.precision.dtype),
             lambda step_s: (self.total_steps - self.step - 1) * step_s,
-            lambda line: self.bar.write(line, file=sys.stdout),  # above the progress bar
+            self.say_above_bar,
         )
+
+    def say_above_bar(self, line):
+        if self.dist.is_main and self.step < self.total_steps:
+            self.bar.write(line, file=sys.stdout)
 
     # ---- logging, evaluation, checkpoints ----
     def report_compile(self):
         """One line when torch.compile first compiled, and one more for each later recompilation."""
         if self.compile_s > self.compile_reported and self.compile_reported == 0 and self.dist.is_main:
-            record_seconds(self.graph_key()[0], self.compile_s)  # what --compile auto will expect of a warm cache
+            record_seconds(self.graph_key(), self.compile_s)  # what --compile auto will expect of a warm cache
         if self.compile_s > self.compile_reported and self.dist.is_main:
             what = "compiled" if self.compile_reported == 0 else "recompiled: now"
             print(
