@@ -34,13 +34,14 @@ COMPILE_CHOICES = ("auto", "on", "off")
 # What --compile measured for RealNVP trained in one process, per CPU kind and step precision: (speed-up of a step
 # over the same step eager, seconds of a cold compile). 2-core Intel Xeon (AMX), 2 scales, 32 features, 4 blocks,
 # batch 64, eager and compiled steps alternating in one process (2026-12-07): bf16 0.957 -> 0.724 s a step, cold
-# 122 s; fp32 1.869 -> 1.491 s, cold 89 s. Older code, benchmarks/bench_train.py, mnist preset: 2-core AMD EPYC Zen 4
-# (AVX-512 BF16), batch 16: --amp 10.3 -> 10.9 images/s, cold 97 s; 2-core AMD EPYC (AVX2), batch 16, fp32: 1.10x,
-# cold 177 s. Nothing else is measured: there auto stays eager.
+# 122 s; fp32 1.869 -> 1.491 s, cold 89 s. The same model on a 2-core AMD EPYC Zen 4 (AVX-512 BF16, no AMX),
+# `benchmarks/bench_train.py --models realnvp-race` (2026-12-07): bf16 0.884 -> 0.802 s, cold 83 s. Older code,
+# mnist preset, batch 16: 2-core AMD EPYC (AVX2), fp32: 1.10x, cold 177 s. Nothing else is measured: there auto
+# stays eager.
 MEASURED = {
     ("realnvp", "AMX", "bf16"): (1.32, 122.0),
     ("realnvp", "AMX", "fp32"): (1.25, 89.0),
-    ("realnvp", "AVX-512 BF16", "bf16"): (1.06, 97.0),
+    ("realnvp", "AVX-512 BF16", "bf16"): (1.10, 83.0),
     ("realnvp", "AVX2", "fp32"): (1.10, 177.0),
 }
 # A cold compile can run in a child process that fills torch's on-disk cache while the run steps eagerly on one
