@@ -3,10 +3,13 @@ sharding, and the few collectives the rest of genperf uses (each a no-op in a si
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -138,13 +141,64 @@ def init_distributed(device: str, timeout_s: float = 900) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), dev)
 
 
+_JOB = {"store": None}  # the store of this attempt of the job, also where the ranks report their progress
+
+
 def _attempt_store(timeout):
     """The job's store (torchrun's env:// rendezvous), its keys prefixed by the attempt: torchrun restarts workers
     on the same store, where the gloo addresses of the failed attempt's ranks are still found and connected to
     (a restarted job of 2 CPU ranks failed 'Connection refused' on every restart without this)."""
     store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return dict(store=dist.PrefixStore(f"genperf-attempt-{attempt}", store), rank=rank, world_size=world_size)
+    _JOB["store"] = dist.PrefixStore(f"genperf-attempt-{attempt}", store)
+    return dict(store=_JOB["store"], rank=rank, world_size=world_size)
+
+
+# What a rank does within a step, in the order it does them; a rank whose (step, phase) is behind the others' is
+# the one they wait for.
+PHASES = ("loading its batch", "in its step", "logging or checkpointing after its step")
+
+
+class Progress:
+    """Where this rank is (a step and one of PHASES), kept in the job's store by a thread of its own twice a
+    second, so that steps pay nothing for it: after a collective timed out, rank 0 reads every rank's
+    (`read_progress`). A process on its own keeps it to itself."""
+
+    def __init__(self, rank, every_s=0.5):
+        self.rank, self.every_s, self.position = rank, every_s, None
+        if _JOB["store"] is not None:
+            threading.Thread(target=self._report, name="genperf-progress", daemon=True).start()
+
+    def at(self, step, phase):
+        self.position = (step, PHASES.index(phase))
+
+    def _report(self):
+        sent = None
+        while True:
+            position = self.position
+            if position is not None and position != sent:
+                try:
+                    _JOB["store"].set(_progress_key(self.rank), f"{position[0]} {position[1]}")
+                except Exception:  # the store is gone with the job: nothing to report to
+                    return
+                sent = position
+            time.sleep(self.every_s)
+
+
+def _progress_key(rank):
+    return f"genperf-progress-{rank}"
+
+
+def read_progress(world_size):
+    """{rank: (step, phase index)} of the ranks that reported their progress to the job's store (rank 0's store
+    answers even when a collective has timed out)."""
+    store, found = _JOB["store"], {}
+    for rank in range(world_size) if store is not None else ():
+        with contextlib.suppress(Exception):  # a rank that never reported, or a store that is gone
+            if store.check([_progress_key(rank)]):
+                step, phase = store.get(_progress_key(rank)).decode().split()
+                found[rank] = (int(step), int(phase))
+    return found
 
 
 def set_collective_timeout(seconds: float):

@@ -16,7 +16,7 @@ import traceback
 
 import torch
 
-from genperf.distributed import all_reduce_sum, gather_objects, restart_count
+from genperf.distributed import PHASES, all_reduce_sum, gather_objects, read_progress, restart_count
 from genperf.errors import GenperfError
 
 LOCK = "run.lock"
@@ -349,10 +349,12 @@ def diagnose_peers(out=None, timed_out=False):
     me, workers, said = int(os.environ.get("RANK", "0")), sibling_workers(), []
     reports = _crash_reports(out) if out else {}
     busy = _busy_ranks() if timed_out else set()
+    behind = _ranks_behind(me) if timed_out else {}
     for rank, (path, error) in sorted(reports.items()):
         if rank != me:
             said.append(f"rank {rank} raised {error} (its traceback is in {path})")
-    for rank in range(first, first + local_size):
+    local = range(first, first + local_size)
+    for rank in local:
         pid, state = workers.get(rank, (None, None))
         if rank == me or rank in reports:
             continue
@@ -364,4 +366,29 @@ def diagnose_peers(out=None, timed_out=False):
         elif rank in busy:
             os.kill(pid, signal.SIGKILL)
             said.append(f"rank {rank} (pid {pid}) was busy outside any collective (hung in a loop?) and is now killed")
+        elif rank in behind:  # asleep where no other rank waits with it: blocked reading a file, on a lock, ...
+            os.kill(pid, signal.SIGKILL)
+            said.append(
+                f"rank {rank} (pid {pid}) was asleep outside any collective ({behind[rank]}: blocked on I/O or a "
+                f"lock?) and is now killed"
+            )
+    said += [f"rank {rank} on another node is behind ({where})" for rank, where in behind.items() if rank not in local]
     return "; ".join(said) or "every rank of this node is alive: a rank that hangs, or another node is gone"
+
+
+def _ranks_behind(me):
+    """{rank: where it is, in words} of the ranks whose last reported progress is behind the furthest rank's: after
+    a collective timed out, those the others wait for (genperf.distributed.Progress)."""
+    positions = read_progress(int(os.environ.get("WORLD_SIZE", "1")))
+    if me not in positions:
+        return {}
+    furthest = max(positions.values())
+
+    def where(position):
+        return f"at step {position[0]}, {PHASES[position[1]]}"
+
+    return {
+        rank: f"{where(p)}, while rank {me} waited {where(positions[me])}"
+        for rank, p in sorted(positions.items())
+        if p < furthest and rank != me
+    }

@@ -26,6 +26,7 @@ from genperf.compiled import (
 from genperf.config import RESUMABLE, applicable
 from genperf.data import load_dataset, make_batches
 from genperf.distributed import (
+    Progress,
     all_reduce_sum,
     gather_objects,
     lost_a_peer,
@@ -117,6 +118,8 @@ class Trainer:
         self.bar = _silent_bar()  # run() shows a progress bar; steps taken outside it (genperf.audit) show none
         self.auto_compile = self.plan_auto_compile() if compile_choice(c) == "auto" else None
         self.stop, self.finished = None, False
+        self.progress = Progress(dist.rank)
+        self.progress.at(self.step, "loading its batch")
         self.signals = StopSignals(verbose=dist.is_main)
         self.checks = StepChecks(self.device, self.signals, c.log_every, dist.world_size)
 
@@ -208,7 +211,9 @@ class Trainer:
         if scheduled(c.warmup, c.lr_schedule):
             factor = lr_factor(self.step, self.step / self.total_steps, c.warmup, c.lr_schedule)
             set_lr(self.objective.optimizers.values(), factor)
+        self.progress.at(self.step, "in its step")
         metrics = self.objective.train_step(x, self.step)
+        self.progress.at(self.step, "logging or checkpointing after its step")
         if self.compiling and compiled_graphs() > graphs:
             self.compile_s += time.perf_counter() - step_start
         if self.auto_compile and self.step > self.start_step:  # the first step warms up; the next ones are timed
@@ -230,6 +235,7 @@ class Trainer:
             self.measure_heldout()
         if not self.stop and c.ckpt_every and self.step % c.ckpt_every == 0:
             self.save_checkpoint()
+        self.progress.at(self.step, "loading its batch")
 
     def finish(self):
         """The end of a finished run: the last artifacts, skipped images reported, summary.json, the final plot."""

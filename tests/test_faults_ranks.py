@@ -161,6 +161,36 @@ def test_a_rank_busy_outside_any_collective_ends_the_job_within_the_steady_timeo
     assert "Traceback" not in err and f"rank 1 (pid {workers[1]}) was busy outside any collective" in line, err[-2000:]
 
 
+SLEEP_ON_RANK_1 = """import os, time
+if os.environ.get("RANK") == "1":
+    import genperf.trainer as t
+    step = t.Trainer.train_step
+    def train_step(self, x):
+        while self.step == 25:  # asleep outside any collective, for ever: a read that never returns, a lock
+            time.sleep(0.5)
+        return step(self, x)
+    t.Trainer.train_step = train_step
+"""
+
+
+@pytest.mark.slow  # 15 s, as the stopped rank's
+def test_a_rank_asleep_outside_any_collective_ends_the_job_within_the_steady_timeout_naming_it(tmp_path):
+    """A rank blocked between collectives (its batch's read never returns) sleeps as a rank waiting in a collective
+    does, and takes no SIGTERM before its step ends: the survivor's collective times out, the progress every rank
+    reports tells it which rank it waits for, and it names and kills that one, so the launcher does not wait its
+    300 s grace on it."""
+    out = tmp_path / "run"
+    env = _injected(tmp_path, SLEEP_ON_RANK_1)
+    proc = _start(out, TRAIN, "--nproc", "2", "--steps", "1000000", "--comm-timeout", "3", env=env)
+    workers = _after_first_checkpoint(proc, out)
+    took = _ends(proc, workers, 3 + 10, time.monotonic())
+    assert proc.returncode == LOST_PEER_EXIT and took < 3 + 10, (proc.returncode, took)
+    err = open(str(out) + ".stderr").read()
+    (line,) = _messages(str(out) + ".stderr")
+    assert "Traceback" not in err, err[-2000:]
+    assert f"rank 1 (pid {workers[1]}) was asleep outside any collective (at step 25, loading its batch" in line, line
+
+
 RAISE_ON_RANK = """import os
 if os.environ.get("RANK") == os.environ["RAISE_RANK"]:
     import genperf.trainer as t
@@ -282,3 +312,27 @@ def test_a_restarted_job_continues_the_checkpointed_run_as_if_given_resume(tmp_p
     assert json.load(open(run / "summary.json"))["steps"] == 20
     monkeypatch.setenv(counter, "0")
     assert not config.parse_args(argv).resume  # the first attempt of a job starts afresh
+
+
+def test_the_rank_the_others_wait_for_is_the_one_whose_reported_progress_is_behind(monkeypatch):
+    """Each rank's Progress reaches the job's store from a thread of its own; after a timed-out collective, the
+    ranks behind the furthest one are named with where they are (a sleeping rank looks like one waiting in a
+    collective to /proc: only this tells them apart)."""
+    from genperf import distributed, faults
+
+    monkeypatch.setitem(distributed._JOB, "store", torch.distributed.HashStore())
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    ranks = [distributed.Progress(rank, every_s=0.01) for rank in range(3)]
+    for rank, (step, phase) in enumerate([(25, "in its step"), (25, "loading its batch"), (25, "in its step")]):
+        ranks[rank].at(step, phase)
+    _wait_for(lambda: len(distributed.read_progress(3)) == 3, 5, "every rank's report")
+    assert distributed.read_progress(3) == {0: (25, 1), 1: (25, 0), 2: (25, 1)}
+    behind = faults._ranks_behind(0)
+    assert behind == {1: "at step 25, loading its batch, while rank 0 waited at step 25, in its step"}, behind
+    ranks[1].at(25, "in its step")  # it caught up: nobody is behind
+    _wait_for(lambda: faults._ranks_behind(0) == {}, 5, "rank 1's new report")
+    ranks[0].at(24, "logging or checkpointing after its step")  # now rank 0 itself is the one behind
+    _wait_for(lambda: faults._ranks_behind(2) != {}, 5, "rank 0's new report")
+    assert faults._ranks_behind(0) == {}  # the rank behind does not name the others
+    expected = "at step 24, logging or checkpointing after its step, while rank 2 waited at step 25, in its step"
+    assert faults._ranks_behind(2) == {0: expected}
