@@ -15,12 +15,14 @@ import weakref
 
 import torch
 
+from genperf.compiled import cpu_kind
 from genperf.dtypes import cpu_has_bf16
 
 
 def machine(device="cpu"):
-    """The hardware a measurement ran on, as reports name it: "one NVIDIA H200" or "2-core <CPU model>, --amp
-    runs bf16" (whether --amp computes in bf16 there, or in fp32 for want of fast bf16 kernels)."""
+    """The hardware a measurement ran on, as reports name it: "one NVIDIA H200" or "2-core <CPU model> (AMX),
+    --amp runs bf16" (its kind, genperf.compiled.cpu_kind, and whether --amp computes in bf16 there, or in fp32 for
+    want of fast bf16 kernels)."""
     device = torch.device(device)
     if device.type == "cuda":
         return f"one {torch.cuda.get_device_name(device)}"
@@ -30,7 +32,7 @@ def machine(device="cpu"):
     except OSError:
         name = "CPU"
     amp = "--amp runs bf16" if cpu_has_bf16() else "--amp runs fp32 (no fast bf16)"
-    return f"{os.cpu_count()}-core {name}, {amp}"
+    return f"{os.cpu_count()}-core {name} ({cpu_kind()}), {amp}"  # the kind: some CPUs name only their vendor
 
 
 class _AllModules:
