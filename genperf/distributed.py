@@ -193,6 +193,8 @@ def read_progress(world_size):
     """{rank: (step, phase index)} of the ranks that reported their progress to the job's store (rank 0's store
     answers even when a collective has timed out)."""
     store, found = _JOB["store"], {}
+    if store is not None:  # the job is ending: a store that cannot answer (its node is gone) must not hold it up
+        store.set_timeout(datetime.timedelta(seconds=5))
     for rank in range(world_size) if store is not None else ():
         with contextlib.suppress(Exception):  # a rank that never reported, or a store that is gone
             if store.check([_progress_key(rank)]):
