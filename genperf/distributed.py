@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 
 import torch
@@ -166,23 +165,27 @@ class Progress:
 
     def __init__(self, rank, every_s=0.5):
         self.rank, self.every_s, self.position = rank, every_s, None
-        if _JOB["store"] is not None:
+        self.store, self.closed = _JOB["store"], threading.Event()
+        if self.store is not None:
             threading.Thread(target=self._report, name="genperf-progress", daemon=True).start()
 
     def at(self, step, phase):
         self.position = (step, PHASES.index(phase))
 
+    def close(self):
+        """Reports no more (the run is over)."""
+        self.closed.set()
+
     def _report(self):
         sent = None
-        while True:
+        while not self.closed.wait(self.every_s):
             position = self.position
             if position is not None and position != sent:
                 try:
-                    _JOB["store"].set(_progress_key(self.rank), f"{position[0]} {position[1]}")
+                    self.store.set(_progress_key(self.rank), f"{position[0]} {position[1]}")
                 except Exception:  # the store is gone with the job: nothing to report to
                     return
                 sent = position
-            time.sleep(self.every_s)
 
 
 def _progress_key(rank):
@@ -240,6 +243,7 @@ def timed_out(error):
 def shutdown_distributed():
     if _initialized():
         dist.destroy_process_group()
+    _JOB["store"] = None
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -164,6 +164,7 @@ class Trainer:
                 raise LostPeer(self.lost_peer_line(e)) from None
             raise
         finally:
+            self.progress.close()
             self.bar.close()  # ends the bar's line, so a message after it starts a line of its own
             if self.auto_compile:
                 self.auto_compile.close()

@@ -336,3 +336,5 @@ def test_the_rank_the_others_wait_for_is_the_one_whose_reported_progress_is_behi
     assert faults._ranks_behind(0) == {}  # the rank behind does not name the others
     expected = "at step 24, logging or checkpointing after its step, while rank 2 waited at step 25, in its step"
     assert faults._ranks_behind(2) == {0: expected}
+    for progress in ranks:
+        progress.close()
