@@ -133,54 +133,36 @@ def test_a_stopped_rank_ends_the_job_within_the_steady_timeout_naming_it(tmp_pat
     assert "Traceback" not in err and f"rank 1 (pid {workers[1]}) was stopped" in line, err[-2000:]
 
 
-HANG_ON_RANK_1 = """import os
+# Rank 1 hangs before step 25 outside any collective, for ever, running the loop body {wait}.
+HANG_ON_RANK_1 = """import os, time
 if os.environ.get("RANK") == "1":
     import genperf.trainer as t
     step = t.Trainer.train_step
     def train_step(self, x):
-        while self.step == 25:  # busy outside any collective, for ever
-            pass
+        while self.step == 25:
+            {wait}
         return step(self, x)
     t.Trainer.train_step = train_step
 """
 
 
-@pytest.mark.slow  # 15 s, as the stopped rank's
-def test_a_rank_busy_outside_any_collective_ends_the_job_within_the_steady_timeout_naming_it(tmp_path):
-    """A rank caught in an endless loop between collectives takes no SIGTERM before its step ends: the survivor's
-    collective times out after --comm-timeout, it names the busy rank and kills it, so the launcher does not wait
-    its 300 s grace on it."""
+@pytest.mark.slow  # 15 s each, as the stopped rank's
+@pytest.mark.parametrize(
+    "wait, said",
+    [
+        ("pass", "was busy outside any collective"),  # an endless loop
+        # a read that never returns, a lock: it sleeps as a rank waiting in a collective does, and only the progress
+        # every rank reports tells the survivor which rank it waits for
+        ("time.sleep(0.5)", "was asleep outside any collective (at step 25, loading its batch"),
+    ],
+    ids=["busy", "asleep"],
+)
+def test_a_rank_hung_outside_any_collective_ends_the_job_within_the_steady_timeout_naming_it(tmp_path, wait, said):
+    """A rank hung between collectives takes no SIGTERM before its step ends: the survivor's collective times out
+    after --comm-timeout, it names the hung rank and kills it, so the launcher does not wait its 300 s grace on
+    it."""
     out = tmp_path / "run"
-    env = _injected(tmp_path, HANG_ON_RANK_1)
-    proc = _start(out, TRAIN, "--nproc", "2", "--steps", "1000000", "--comm-timeout", "3", env=env)
-    workers = _after_first_checkpoint(proc, out)
-    took = _ends(proc, workers, 3 + 10, time.monotonic())
-    assert proc.returncode == LOST_PEER_EXIT and took < 3 + 10, (proc.returncode, took)
-    err = open(str(out) + ".stderr").read()
-    (line,) = _messages(str(out) + ".stderr")
-    assert "Traceback" not in err and f"rank 1 (pid {workers[1]}) was busy outside any collective" in line, err[-2000:]
-
-
-SLEEP_ON_RANK_1 = """import os, time
-if os.environ.get("RANK") == "1":
-    import genperf.trainer as t
-    step = t.Trainer.train_step
-    def train_step(self, x):
-        while self.step == 25:  # asleep outside any collective, for ever: a read that never returns, a lock
-            time.sleep(0.5)
-        return step(self, x)
-    t.Trainer.train_step = train_step
-"""
-
-
-@pytest.mark.slow  # 15 s, as the stopped rank's
-def test_a_rank_asleep_outside_any_collective_ends_the_job_within_the_steady_timeout_naming_it(tmp_path):
-    """A rank blocked between collectives (its batch's read never returns) sleeps as a rank waiting in a collective
-    does, and takes no SIGTERM before its step ends: the survivor's collective times out, the progress every rank
-    reports tells it which rank it waits for, and it names and kills that one, so the launcher does not wait its
-    300 s grace on it."""
-    out = tmp_path / "run"
-    env = _injected(tmp_path, SLEEP_ON_RANK_1)
+    env = _injected(tmp_path, HANG_ON_RANK_1.format(wait=wait))
     proc = _start(out, TRAIN, "--nproc", "2", "--steps", "1000000", "--comm-timeout", "3", env=env)
     workers = _after_first_checkpoint(proc, out)
     took = _ends(proc, workers, 3 + 10, time.monotonic())
@@ -188,7 +170,7 @@ def test_a_rank_asleep_outside_any_collective_ends_the_job_within_the_steady_tim
     err = open(str(out) + ".stderr").read()
     (line,) = _messages(str(out) + ".stderr")
     assert "Traceback" not in err, err[-2000:]
-    assert f"rank 1 (pid {workers[1]}) was asleep outside any collective (at step 25, loading its batch" in line, line
+    assert f"rank 1 (pid {workers[1]}) {said}" in line, line
 
 
 RAISE_ON_RANK = """import os
