@@ -111,7 +111,9 @@ def test_compiled_steps_match_eager_steps(model):
         for name, g in _grads(eager).items():
             assert (g is None) == (compiled_grads[name] is None), (step, name)
             if g is not None and not ZERO_GRADIENT.search(name):
-                torch.testing.assert_close(compiled_grads[name], g, rtol=1e-3, atol=1e-5, msg=f"step {step}: {name}")
+                torch.testing.assert_close(
+                    compiled_grads[name], g, rtol=1e-3, atol=1e-5, msg=lambda m: f"step {step}: {name}: {m}"
+                )
     assert counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
 
 
