@@ -24,6 +24,20 @@ from genperf.schedule import SCHEDULES
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 IMAGE_MODELS_WITH_ARCH = ("vae", "beta-vae", "realnvp")
+BATCH_SIZE = 64  # the global batch of a model whose family sets none
+
+
+def _batch_size_help():
+    on_cpu = [
+        f"{m} on a CPU {f.models[m]['cpu']['batch_size']}"
+        for f in FAMILIES
+        for m in f.models
+        if "batch_size" in f.models[m].get("cpu", {})
+    ]
+    return (
+        f"global batch size, split over the ranks (default {BATCH_SIZE}; {', '.join(on_cpu)}: a CPU step costs in "
+        "proportion to its images, so smaller batches make more updates a second there)"
+    )
 
 
 def _image_data(config):
@@ -67,7 +81,7 @@ COMMON = (
         resumable=True,
         at_least=1,
     ),
-    Option("batch_size", "global batch size, split over the ranks", default=64, type=int, at_least=1),
+    Option("batch_size", _batch_size_help(), default=PER_MODEL, type=int, at_least=1),
     Option("lr", "learning rate (default depends on the model)", default=PER_MODEL, type=float, above=0),
     Option(
         "warmup",
@@ -272,9 +286,12 @@ RESUMABLE = frozenset(o.name for o in OPTIONS if o.resumable)
 MODEL_HELP = {model: family.models[model]["help"] for family in FAMILIES for model in family.models}
 
 
-def model_defaults(model):
-    """The options whose default the model's family sets (lr, epochs, latent size, beta, ...)."""
-    return {k: v for k, v in FAMILY_OF[model].models[model].items() if k != "help"}
+def model_defaults(model, device="cpu"):
+    """The options whose default the model's family sets (lr, epochs, latent size, beta, ...), with its defaults for
+    a CPU (the entry "cpu") over them when `device` is one."""
+    table = {k: v for k, v in FAMILY_OF[model].models[model].items() if k != "help"}
+    on_cpu = table.pop("cpu", {})
+    return table | on_cpu if str(device).split(":")[0] == "cpu" else table
 
 
 def build_parser():
@@ -311,9 +328,11 @@ def given_options(argv):
 def complete(config, given=()):
     """Fills in what depends on the model or the machine: per-model defaults, --out, the parallel mode and
     --nproc, --loader. `given`: the names of the options the user gave."""
-    for key, value in model_defaults(config.model).items():
+    for key, value in model_defaults(config.model, config.device).items():
         if getattr(config, key) is None:
             setattr(config, key, value)
+    if config.batch_size is None:
+        config.batch_size = BATCH_SIZE
     config.out = config.out or os.path.join("runs", config.model)
     config.compile = compile_choice(config)  # genperf.fit(compile=True) means on
     choose_parallel(config, given)

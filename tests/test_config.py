@@ -26,9 +26,19 @@ def test_a_config_made_in_python_is_the_one_its_command_line_parses_to(model, op
 def test_per_model_defaults_come_from_the_families():
     for family in FAMILIES:
         for model, defaults in family.models.items():
-            made = config.make(model)
-            assert all(getattr(made, k) == v for k, v in defaults.items() if k != "help")
+            for device in ("cpu", "cuda"):
+                made = config.make(model, device=device)
+                on_device = defaults | defaults.get(device, {})
+                assert all(getattr(made, k) == v for k, v in on_device.items() if k not in ("help", "cpu"))
     assert config.make("dcgan").lr == 2e-4 and config.make("vae").latent_dim == 20 and config.make("realnvp").lr == 5e-3
+
+
+def test_realnvp_trains_at_batch_16_on_a_cpu_and_64_elsewhere_unless_told():
+    assert config.make("realnvp", device="cpu").batch_size == 16
+    assert config.make("realnvp", device="cuda:1").batch_size == 64
+    assert config.make("dcgan", device="cpu").batch_size == config.make("vae", device="cpu").batch_size == 64
+    assert config.parse_args(["realnvp", "--device", "cpu", "--batch-size", "64"]).batch_size == 64
+    assert "realnvp on a CPU 16" in config.OPTION["batch_size"].help
 
 
 def test_every_option_has_one_flag_and_a_help():

@@ -789,7 +789,10 @@ def test_a_step_that_cannot_fit_memory_is_refused_before_training(tmp_path, monk
 
     monkeypatch.setattr(perf, "free_memory", lambda device: 10 << 20)  # 10 MiB free
     assert (
-        train.main(["realnvp", "--data", "digits", "--mid-channels", "32", "--num-blocks", "4", "--out", str(tmp_path)])
+        train.main(
+            ["realnvp", "--data", "digits", "--mid-channels", "32", "--num-blocks", "4", "--batch-size", "64"]
+            + ["--out", str(tmp_path)]
+        )
         == 2
     )
     line = _error(capsys)
