@@ -43,7 +43,7 @@ import torch
 from genperf import autocompile
 from genperf.compiled import compile_choice, compile_options, graph_key, precision_name, record_seconds
 from genperf.config import OPTION
-from genperf.families.flow import PUBLISHED_RECIPE
+from genperf.families.flow import PUBLISHED_RECIPE, STUDY_BATCH_SIZE
 from genperf.perf import machine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -64,7 +64,7 @@ FILL = ["--amp", "--compile"]  # what fills the cache of --compile-cache warm
 # The baseline's training recipe where genperf's default differs: RealNVP's published one (Adam at 1e-3, constant),
 # and the study's batch where genperf's default batch differs.
 PLAIN_RECIPE = {"realnvp": [arg for k, v in PUBLISHED_RECIPE.items() for arg in (OPTION[k].cli, str(v))]}
-STUDY_BATCH = {"realnvp": ["--batch-size", "64"]}
+STUDY_BATCH = {"realnvp": ["--batch-size", str(STUDY_BATCH_SIZE)]}
 FID_SAMPLES = 1000
 
 

@@ -286,7 +286,7 @@ RESUMABLE = frozenset(o.name for o in OPTIONS if o.resumable)
 MODEL_HELP = {model: family.models[model]["help"] for family in FAMILIES for model in family.models}
 
 
-def model_defaults(model, device="cpu"):
+def model_defaults(model, device):
     """The options whose default the model's family sets (lr, epochs, latent size, beta, ...), with its defaults for
     a CPU (the entry "cpu") over them when `device` is one."""
     table = {k: v for k, v in FAMILY_OF[model].models[model].items() if k != "help"}

@@ -221,6 +221,7 @@ def summary(result):
 FLOW_ONLY = ("realnvp",)
 # RealNVP's published training recipe (Adam at 1e-3, held constant), which genperf's default replaces (docs/quality.md)
 PUBLISHED_RECIPE = {"lr": 1e-3, "warmup": 0, "lr_schedule": "constant"}
+STUDY_BATCH_SIZE = 64  # the study's RealNVP batch; genperf's default on a CPU is 16 (docs/quality.md)
 FAMILY = Family(
     name="flow",
     order=2,

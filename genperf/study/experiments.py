@@ -10,7 +10,7 @@ import torch
 
 from genperf import metrics
 from genperf.evaluate import evaluate_run
-from genperf.families.flow import PUBLISHED_RECIPE
+from genperf.families.flow import PUBLISHED_RECIPE, STUDY_BATCH_SIZE
 from genperf.runlog import pyplot
 from genperf.sample import slerp
 from genperf.study.report import coverage_curves, curves, seed_spread, show_rows
@@ -38,9 +38,10 @@ COLLAPSED_KL = 0.1  # nats: a VAE whose held-out KL is below this encodes nothin
 # rewards a latent so little that beta 4 and above collapse to the mean digit, and in 3 epochs even beta 1 did
 # (KL 0.5 nats); at 28x28 beta 1 / 10 / 100 reach KL 14 / 1.9 / 0 nats.
 QUICK_VAE = {"image_size": 28, "epochs": 20}
-# 0.32M parameters: CPU-sized; trained with the source study's recipe (Adam at 1e-3, constant), not genperf's default,
-# whose decay would hide the volatility flow-stability looks for.
-REALNVP = {"mid_channels": 16, "num_blocks": 2, "amp": True, "epochs": 12, **PUBLISHED_RECIPE}
+# 0.32M parameters: CPU-sized; trained with the source study's recipe (Adam at 1e-3, constant) and batch, not genperf's
+# defaults, whose decay would hide the volatility flow-stability looks for.
+REALNVP = {"mid_channels": 16, "num_blocks": 2, "amp": True, "epochs": 12, "batch_size": STUDY_BATCH_SIZE}
+REALNVP |= PUBLISHED_RECIPE
 
 
 def epochs(s: Study, quick=QUICK_EPOCHS, full=FULL_EPOCHS):
