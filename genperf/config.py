@@ -287,9 +287,9 @@ MODEL_HELP = {model: family.models[model]["help"] for family in FAMILIES for mod
 
 
 def model_defaults(model, device):
-    """The options whose default the model's family sets (lr, epochs, latent size, beta, ...), with its defaults for
-    a CPU (the entry "cpu") over them when `device` is one."""
-    table = {k: v for k, v in FAMILY_OF[model].models[model].items() if k != "help"}
+    """The options whose default the model's family sets (lr, epochs, latent size, beta, ...; the batch, BATCH_SIZE
+    where it sets none), with its defaults for a CPU (the entry "cpu") over them when `device` is one."""
+    table = {"batch_size": BATCH_SIZE} | {k: v for k, v in FAMILY_OF[model].models[model].items() if k != "help"}
     on_cpu = table.pop("cpu", {})
     return table | on_cpu if str(device).split(":")[0] == "cpu" else table
 
@@ -331,8 +331,6 @@ def complete(config, given=()):
     for key, value in model_defaults(config.model, config.device).items():
         if getattr(config, key) is None:
             setattr(config, key, value)
-    if config.batch_size is None:
-        config.batch_size = BATCH_SIZE
     config.out = config.out or os.path.join("runs", config.model)
     config.compile = compile_choice(config)  # genperf.fit(compile=True) means on
     choose_parallel(config, given)

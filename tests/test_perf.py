@@ -83,9 +83,9 @@ def test_measuring_the_peak_leaves_the_random_stream_alone():
 
 def test_machine_names_the_cpu_its_kind_and_what_amp_computes_in():
     with open("/proc/cpuinfo") as f:
-        model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    with open("/proc/cpuinfo") as f:
-        flags = next(line for line in f if line.startswith("flags")).split()
+        lines = f.readlines()
+    model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    flags = next(line for line in lines if line.startswith("flags")).split()
     kind = "AMX" if "amx_tile" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "AVX2"
     text = perf.machine("cpu")
     assert text.startswith(f"{os.cpu_count()}-core {model} ({kind}), "), text

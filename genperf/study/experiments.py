@@ -40,8 +40,14 @@ COLLAPSED_KL = 0.1  # nats: a VAE whose held-out KL is below this encodes nothin
 QUICK_VAE = {"image_size": 28, "epochs": 20}
 # 0.32M parameters: CPU-sized; trained with the source study's recipe (Adam at 1e-3, constant) and batch, not genperf's
 # defaults, whose decay would hide the volatility flow-stability looks for.
-REALNVP = {"mid_channels": 16, "num_blocks": 2, "amp": True, "epochs": 12, "batch_size": STUDY_BATCH_SIZE}
-REALNVP |= PUBLISHED_RECIPE
+REALNVP = {
+    "mid_channels": 16,
+    "num_blocks": 2,
+    "amp": True,
+    "epochs": 12,
+    "batch_size": STUDY_BATCH_SIZE,
+    **PUBLISHED_RECIPE,
+}
 
 
 def epochs(s: Study, quick=QUICK_EPOCHS, full=FULL_EPOCHS):
