@@ -2,7 +2,8 @@
 baseline of the same model, trained back to back on the same data from the same seed.
 
     python benchmarks/bench_quality.py [--models realnvp vae dcgan] [--budget-s 1200] [--seeds 0 1 2]
-        [--compile-cache cold|warm] [--csv benchmarks/results/quality.csv] [--plot FILE.png] [--markdown FILE.md]
+        [--compile-cache cold|warm] [--genperf-options "--lr 2.5e-3"] [--csv benchmarks/results/quality.csv]
+        [--plot FILE.png] [--markdown FILE.md]
 
 Data: MNIST's test split kept in tests/data/mnist (genperf trains on its first 9,000 images and holds out the
 last 1,000, as `genperf.train --data mnist` does without the training split). Models (genperf.train's own, built
@@ -16,7 +17,8 @@ Variants:
   baseline  plain PyTorch: the reference ops (--backend reference), fp32, eager, foreach Adam (as bench_train)
   genperf   genperf.train's defaults with --amp (bf16 where the CPU has fast bf16 kernels, else fp32), so
             --compile auto: it times two eager steps and compiles, here or in a child process beside the eager
-            steps, only where the time left to the budget pays for it (genperf.autocompile)
+            steps, only where the time left to the budget pays for it (genperf.autocompile); with
+            --genperf-options, those options added (named in the tables), to race another recipe
 Each (model, seed, variant) trains in a fresh process for --budget-s seconds of training: the clock counts the
 steps, compiling included, and stops while the held-out metric is measured (at evenly spaced points, the same
 for both variants; a child process compiling for --compile auto is stopped meanwhile). The order of the variants
@@ -32,6 +34,7 @@ import contextlib
 import datetime
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -98,12 +101,19 @@ class Scorer:
         return held["bits_per_dim"] if self.model == "realnvp" else -held["elbo"]
 
 
+def variant_flags(variant):
+    """genperf.train options of a variant; "genperf OPTIONS" is genperf's with OPTIONS added (--genperf-options)."""
+    if variant == "fill":
+        return FILL
+    name, _, added = variant.partition(" ")
+    return VARIANTS[name] + shlex.split(added)
+
+
 def variant_argv(model, variant, seed=0):
     """genperf.train's command line of one variant of `model`."""
     options, _, _ = MODELS[model]
     plain = PLAIN_RECIPE.get(model, []) + STUDY_BATCH.get(model, []) if variant == "baseline" else []
-    flags = FILL if variant == "fill" else VARIANTS[variant]
-    return [*options, "--seed", str(seed), *flags, *plain]
+    return [*options, "--device", "cpu", "--seed", str(seed), *variant_flags(variant), *plain]  # as train_for
 
 
 def batch_size(model, variant):
@@ -294,6 +304,7 @@ def main(argv=None):
     p.add_argument("--points", type=int, default=20, help="held-out measurements per run (default 20)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--compile-cache", choices=["cold", "warm"], default="cold")
+    p.add_argument("--genperf-options", default="", help="genperf.train options added to genperf's side")
     p.add_argument("--csv", default=os.path.join(HERE, "results", "quality.csv"), help="'' for none")
     p.add_argument("--plot", help="a PNG of every curve")
     p.add_argument("--markdown", help="append the tables here too, under a line naming machine, date and commit")
@@ -326,9 +337,9 @@ def main(argv=None):
         warm = tempfile.mkdtemp(prefix="genperf-inductor-", dir=work)
         if args.compile_cache == "warm":  # a short compiled run fills the cache the measured runs reuse
             run_variant(model, "fill", args.seeds[0], 1, 1, work, warm)
-        curves = {v: [] for v in VARIANTS}
+        curves = {v: [] for v in ("baseline", f"genperf {args.genperf_options}".strip())}
         for i, seed in enumerate(args.seeds):
-            for variant in list(VARIANTS)[:: 1 if i % 2 == 0 else -1]:
+            for variant in list(curves)[:: 1 if i % 2 == 0 else -1]:
                 cold = tempfile.mkdtemp(prefix="genperf-inductor-", dir=work)
                 cache = warm if args.compile_cache == "warm" else cold
                 curves[variant].append(run_variant(model, variant, seed, args.budget_s, args.points, work, cache))

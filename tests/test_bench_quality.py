@@ -1,0 +1,36 @@
+"""benchmarks/bench_quality.py's two sides: the baseline trains with RealNVP's published recipe at the study's batch,
+genperf with its defaults, and --genperf-options adds options to genperf's side alone."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import bench_quality  # noqa: E402
+
+from genperf import config  # noqa: E402
+
+
+def parsed(variant):
+    return config.parse_args(bench_quality.variant_argv("realnvp", variant, seed=3))
+
+
+def test_the_baseline_keeps_the_published_recipe_and_the_studys_batch():
+    args = parsed("baseline")
+    assert (args.lr, args.warmup, args.lr_schedule) == (1e-3, 0, "constant")
+    assert args.batch_size == 64 and args.backend == "reference" and args.compile == "off" and not args.amp
+    assert (args.num_scales, args.mid_channels, args.num_blocks, args.seed) == (2, 32, 4, 3)
+
+
+def test_genperf_options_reach_genperf_alone():
+    default, raced = parsed("genperf"), parsed("genperf --lr 2.5e-3 --warmup 50")
+    assert default.amp and default.batch_size == 16 and default.lr == 5e-3  # realnvp's defaults on a CPU
+    assert (raced.lr, raced.warmup, raced.batch_size, raced.amp) == (2.5e-3, 50, 16, True)
+    assert bench_quality.batch_size("realnvp", "genperf --batch-size 32") == 32
+    assert parsed("baseline").lr == 1e-3
+
+
+def test_an_unknown_option_is_refused_as_genperf_train_refuses_it():
+    with pytest.raises(SystemExit):
+        parsed("genperf --no-such-option 1")
