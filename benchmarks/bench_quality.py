@@ -113,7 +113,8 @@ def variant_argv(model, variant, seed=0):
     """genperf.train's command line of one variant of `model`."""
     options, _, _ = MODELS[model]
     plain = PLAIN_RECIPE.get(model, []) + STUDY_BATCH.get(model, []) if variant == "baseline" else []
-    return [*options, "--device", "cpu", "--seed", str(seed), *variant_flags(variant), *plain]  # as train_for
+    device = ["--device", "cpu"]  # train_for trains on the CPU: its defaults are the CPU's
+    return [*options, *device, "--seed", str(seed), *variant_flags(variant), *plain]
 
 
 def batch_size(model, variant):
