@@ -7,7 +7,7 @@
 #   boundary    a bad argument to each raw CUDA kernel op raises an error naming it (each case in a child process)
 #   throughput  RealNVP celeba64 at batches 64, 128, 256: plain PyTorch fp32, genperf's defaults, --amp,
 #               --channels-last, both, and --amp --compile --channels-last, side by side in one process;
-#               each variant profiled once (OUTDIR/profiles: counts and the top 20 CUDA kernels)
+#               each variant profiled once (OUTDIR/profiles/STAGE: counts and the top 20 CUDA kernels)
 #   gan-speed   DCGAN and WGAN-GP at 64x64, batch 64, each flag beside plain PyTorch
 #   audit       benchmarks/audit_step.py of each model's recommended step on the GPU
 #   cudagraphs  RealNVP celeba64 with --compile-mode reduce-overhead beside the same flags without it

@@ -18,7 +18,7 @@ the suite; the most wanted evidence comes first, so that a run cut short still b
               child process, raises an error naming it (a crash fails its case alone)
   throughput  benchmarks/bench_train.py on the headline RealNVP preset (celeba64 on a GPU) at batches 64, 128
               and 256: plain PyTorch beside every recommended flag, images/s, speedup, MFU; each variant
-              profiled once (OUT/profiles: audit counts and the 20 kernels with the most time)
+              profiled once (OUT/profiles/STAGE: audit counts and the 20 kernels with the most time)
   gan-speed   the same for DCGAN and WGAN-GP at 64x64, batch 64
   audit       benchmarks/audit_step.py of each model's recommended step: host syncs, kernel launches, graph
               breaks, casts, layouts (OUT/audit-MODEL.txt and .json)
@@ -344,7 +344,10 @@ def stage_resume(suite):
     import torch
 
     whole, parts = os.path.join(suite.tmp, "whole"), os.path.join(suite.tmp, "parts")
-    _train_side_by_side(suite, [("realnvp", whole, {"amp": True}, 20), ("realnvp", parts, {"amp": True}, 10)])
+    # a constant rate: under a cosine schedule (realnvp's default) the 10-step run's rate would fall to zero by its
+    # end, and its --steps 20 on resume would reshape the rest, so the two runs would not train alike by design
+    options = {"amp": True, "lr_schedule": "constant"}
+    _train_side_by_side(suite, [("realnvp", whole, options, 20), ("realnvp", parts, options, 10)])
     _train(suite, "realnvp", parts, {"amp": True, "resume": True}, steps=20)
     a = torch.load(os.path.join(whole, "checkpoint.pt"), weights_only=True)["models"]["realnvp"]
     b = torch.load(os.path.join(parts, "checkpoint.pt"), weights_only=True)["models"]["realnvp"]
@@ -494,14 +497,15 @@ def stage_boundary(suite):
 
 def _bench(suite, name, configs, variants, batches=None, rounds=3, profile=True):
     """benchmarks/bench_train.py of `configs` x `variants` (at `batches`), its rows in OUT/NAME.csv and, with
-    `profile`, each variant's counts and top-20 kernels in OUT/profiles/. Returns (status, rows, process)."""
+    `profile`, each variant's counts and top-20 kernels in OUT/profiles/NAME/ (a folder per stage: the cudagraphs
+    stage profiles variants of the throughput stage's config too). Returns (status, rows, process)."""
     out = os.path.join(suite.args.out, f"{name}.csv")
     if os.path.exists(out):
         os.remove(out)
     cmd = [sys.executable, "benchmarks/bench_train.py", "--device", suite.device, "--models", *configs]
     cmd += ["--variants", *variants, "--rounds", str(rounds), "--csv", out]
     cmd += ["--batches", *map(str, batches)] if batches else []
-    cmd += ["--profile", os.path.join(suite.args.out, "profiles")] if profile else []
+    cmd += ["--profile", os.path.join(suite.args.out, "profiles", name)] if profile else []
     proc = suite.command(cmd)
     import csv
 
@@ -717,7 +721,7 @@ def probe_summary(suite, result):
     if "audit" in stages:
         lines.append(f"- audits: {stages['audit']['summary']} (audit-MODEL.txt)")
     if os.path.isdir(os.path.join(suite.args.out, "profiles")):
-        lines.append("- kernel tables of every variant: profiles/")
+        lines.append("- kernel tables of every variant: profiles/, a folder per stage")
     return lines
 
 
