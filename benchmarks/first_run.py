@@ -12,7 +12,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ import time
 
 import digit_check
 from bench_quality import commit
+from readme_commands import bash_blocks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_S = 240  # README's first run should show digits within 4 minutes of training on a 2-core CPU
@@ -30,8 +30,7 @@ PASS_FRACTION = 0.5
 
 def first_command():
     """The training command that README's first bash block ends with."""
-    block = re.findall(r"```bash\n(.*?)```", open(os.path.join(REPO, "README.md")).read(), re.S)[0]
-    return block.strip().splitlines()[-1]
+    return bash_blocks()[0].strip().splitlines()[-1]
 
 
 def run_command(command, folder):
