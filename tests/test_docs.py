@@ -86,7 +86,7 @@ def test_readme_is_short_and_starts_with_pictures():
 
 def test_the_first_command_trains_realnvp_with_amp_and_fsdp_on_shipped_data():
     """README's first block ends with the main command on data in the repository; benchmarks/first_run.py times and
-    judges that line (docs/first-run.md), so it must parse it as this test does."""
+    judges that line (docs/first-run.md)."""
     from first_run import first_command
 
     argv = shlex.split(first_command())
