@@ -5,6 +5,7 @@ behind; the killed rank's run resumes, and a restarted job finishes its steps.""
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -32,12 +33,12 @@ TRAIN = [sys.executable, "-m", "genperf.train"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
-def _start(out, launcher, *extra, env=ENV):
-    """A two-rank DDP run on ring8, checkpointing every 10 steps, its output in OUT.stdout / OUT.stderr."""
+def _start(out, launcher, *extra, env=ENV, parallel="--ddp", ckpt_every=10):
+    """A two-rank run on ring8 (DDP unless `parallel` says --fsdp), its output in OUT.stdout / OUT.stderr."""
     out = str(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     return subprocess.Popen(
-        [*launcher, *RING, "--ddp", "--ckpt-every", "10", "--out", out, *extra],
+        [*launcher, *RING, parallel, "--ckpt-every", str(ckpt_every), "--out", out, *extra],
         stdout=open(out + ".stdout", "w"),
         stderr=open(out + ".stderr", "w"),
         env=env,
@@ -77,6 +78,20 @@ def _ends(proc, workers, bound_s, since):
     return took
 
 
+def _steps(line):
+    """(the step a survivor's line names, the step of the checkpoint it keeps)."""
+    at, kept = re.search(r"\bat step (\d+)", line), re.search(r"last checkpoint \(step (\d+)\)", line)
+    assert at and kept, line
+    return int(at[1]), int(kept[1])
+
+
+def _record(record_property, seconds, steps):
+    """What the fault cost, for benchmarks/bench_faults.py's table: the seconds from the fault to the job's end (or
+    to its resumption), and the steps lost, from the step the fault hit (`steps`: it and the checkpoint's)."""
+    record_property("seconds", round(seconds, 1))
+    record_property("steps_lost", steps[0] - steps[1])
+
+
 def _injected(tmp_path, code):
     """ENV with a sitecustomize holding `code`, which every worker imports at its start."""
     (tmp_path / "inject").mkdir()
@@ -97,12 +112,21 @@ if os.environ.get("RANK") == "0":
 """
 
 
-def test_a_killed_rank_ends_the_job_in_seconds_with_one_line_and_the_run_resumes(tmp_path):
+@pytest.mark.parametrize(
+    "parallel, ckpt_every",
+    [("--ddp", 10), pytest.param("--fsdp", 1, marks=pytest.mark.slow)],  # FSDP: a sharded save each step, 15 s
+    ids=["ddp", "fsdp-during-a-save"],
+)
+def test_a_killed_rank_ends_the_job_in_seconds_with_one_line_and_the_run_resumes(
+    tmp_path, record_property, parallel, ckpt_every
+):
     """What the out-of-memory killer does to one rank: the survivor says which rank is gone, at which step, and
     what continues the run, though the launcher's SIGTERM reaches it meanwhile; the launcher exits within seconds,
-    nothing is left running, the folder is free."""
+    nothing is left running, the folder is free. Under FSDP with a save every step the kill most likely lands in a
+    sharded save, which must leave the previous complete checkpoint to resume from, at one rank instead of two."""
     out = tmp_path / "run"
-    proc = _start(out, TRAIN, "--nproc", "2", "--steps", "1000000", env=_injected(tmp_path, SLOW_DIAGNOSIS))
+    env = _injected(tmp_path, SLOW_DIAGNOSIS)
+    proc = _start(out, TRAIN, "--nproc", "2", "--steps", "1000000", env=env, parallel=parallel, ckpt_every=ckpt_every)
     workers = _after_first_checkpoint(proc, out)
     os.kill(workers[1], signal.SIGKILL)
     took = _ends(proc, workers, 10, time.monotonic())
@@ -111,15 +135,16 @@ def test_a_killed_rank_ends_the_job_in_seconds_with_one_line_and_the_run_resumes
     (line,) = _messages(str(out) + ".stderr")
     assert "Traceback" not in err and "lost contact with the other ranks at step" in line, err[-2000:]
     assert "rank 1 is gone" in line and f"continue with: python -m genperf.train --resume --out {out}" in line
+    _record(record_property, took, _steps(line))
     RunLock(str(out)).release()  # free
     kept = genperf.load(str(out)).step
-    assert kept >= 10 and kept % 10 == 0
+    assert kept >= ckpt_every and kept % ckpt_every == 0 and f"last checkpoint (step {kept})" in line, line
     assert train.main(["--resume", "--out", str(out), "--nproc", "1", "--steps", str(kept + 5)]) == 0
     assert json.load(open(out / "summary.json"))["steps"] == kept + 5
 
 
 @pytest.mark.slow  # 15 s; the killed rank covers the one-line path in the fast tier
-def test_a_stopped_rank_ends_the_job_within_the_steady_timeout_naming_it(tmp_path):
+def test_a_stopped_rank_ends_the_job_within_the_steady_timeout_naming_it(tmp_path, record_property):
     """A rank that stops answering (SIGSTOP: a frozen node, a debugger): the survivor's collective times out after
     --comm-timeout, it names the stopped rank and ends it, so the launcher does not wait on it."""
     out = tmp_path / "run"
@@ -131,6 +156,7 @@ def test_a_stopped_rank_ends_the_job_within_the_steady_timeout_naming_it(tmp_pat
     err = open(str(out) + ".stderr").read()
     (line,) = _messages(str(out) + ".stderr")
     assert "Traceback" not in err and f"rank 1 (pid {workers[1]}) was stopped" in line, err[-2000:]
+    _record(record_property, took, _steps(line))
 
 
 # Rank 1 hangs before step 25 outside any collective, for ever, running the loop body {wait}.
@@ -157,7 +183,9 @@ if os.environ.get("RANK") == "1":
     ],
     ids=["busy", "asleep"],
 )
-def test_a_rank_hung_outside_any_collective_ends_the_job_within_the_steady_timeout_naming_it(tmp_path, wait, said):
+def test_a_rank_hung_outside_any_collective_ends_the_job_within_the_steady_timeout_naming_it(
+    tmp_path, record_property, wait, said
+):
     """A rank hung between collectives takes no SIGTERM before its step ends: the survivor's collective times out
     after --comm-timeout, it names the hung rank and kills it, so the launcher does not wait its 300 s grace on
     it."""
@@ -171,6 +199,7 @@ def test_a_rank_hung_outside_any_collective_ends_the_job_within_the_steady_timeo
     (line,) = _messages(str(out) + ".stderr")
     assert "Traceback" not in err, err[-2000:]
     assert f"rank 1 (pid {workers[1]}) {said}" in line, line
+    _record(record_property, took, _steps(line))
 
 
 RAISE_ON_RANK = """import os
@@ -186,7 +215,9 @@ if os.environ.get("RANK") == os.environ["RAISE_RANK"]:
 
 
 @pytest.mark.parametrize("rank", [1, pytest.param(0, marks=pytest.mark.slow)])  # 12 s each
-def test_a_rank_that_raises_ends_the_job_with_one_line_and_its_traceback_in_the_run_folder(tmp_path, rank):
+def test_a_rank_that_raises_ends_the_job_with_one_line_and_its_traceback_in_the_run_folder(
+    tmp_path, record_property, rank
+):
     """An exception of one rank alone (a bug, a GPU out of memory) that no other rank meets: one line names the rank
     and the error, its traceback goes to a file of the run folder instead of stderr, and the run resumes."""
     out = tmp_path / "run"
@@ -199,6 +230,7 @@ def test_a_rank_that_raises_ends_the_job_with_one_line_and_its_traceback_in_the_
         env=env,
     )
     report = out / f"traceback-rank{rank}.txt"
+    took = time.time() - report.stat().st_mtime  # from the raise, which writes the report, to the job's end
     error = f"RuntimeError: a failure of rank {rank} alone (its traceback is in {report})"
     if rank == 0:
         assert proc.returncode == 2 and _messages_of(proc.stderr) == [f"genperf: error: rank 0 raised {error}"]
@@ -207,6 +239,7 @@ def test_a_rank_that_raises_ends_the_job_with_one_line_and_its_traceback_in_the_
         (line,) = _messages_of(proc.stderr)
         assert line.startswith("genperf: error: lost contact with the other ranks at step 25 (")
         assert f"rank 1 raised {error}; the last checkpoint (step 20) is kept" in line, line
+    _record(record_property, took, (25, 20))  # the step it raises at, and its checkpoint's
     assert "Traceback" not in proc.stderr
     text = report.read_text()
     assert "Traceback" in text and 'raise RuntimeError("a failure of rank "' in text
@@ -214,23 +247,33 @@ def test_a_rank_that_raises_ends_the_job_with_one_line_and_its_traceback_in_the_
     assert json.load(open(out / "summary.json"))["steps"] == 30
 
 
+def _restarted(stdout):
+    """The line of a restarted job that resumed its run, once it is in its output."""
+    said = [line for line in _messages(stdout) if line.startswith("genperf: restart 1 of the job")]
+    return said[0] if said else None
+
+
 def _final_weights(out):
     return {k: v.clone() for k, v in genperf.load(str(out)).model.state_dict().items()}
 
 
 @pytest.mark.slow  # two torchrun jobs, 40 s
-def test_torchrun_restarts_resume_the_run_and_finish_its_steps_as_an_uninterrupted_one(tmp_path):
+def test_torchrun_restarts_resume_the_run_and_finish_its_steps_as_an_uninterrupted_one(tmp_path, record_property):
     steps = 200
     out = tmp_path / "restarted"
     proc = _start(out, [*TORCHRUN, "--max-restarts", "2", "-m", "genperf.train"], "--steps", str(steps))
     workers = _after_first_checkpoint(proc, out)
     os.kill(workers[1], signal.SIGKILL)
+    killed = time.monotonic()
+    _wait_for(lambda: _restarted(str(out) + ".stdout"), 120, "the restarted job to resume")
+    took = time.monotonic() - killed
     proc.wait(timeout=180)
     assert proc.returncode == 0, open(str(out) + ".stderr").read()[-3000:]
-    said = _messages(str(out) + ".stdout")
-    assert any(line.startswith("genperf: restart 1 of the job: resuming") for line in said), said
     assert json.load(open(out / "summary.json"))["steps"] == steps
-    assert "Traceback" not in open(str(out) + ".stderr").read()
+    err = open(str(out) + ".stderr").read()
+    (lost,) = _messages_of(err)
+    assert "Traceback" not in err and "torchrun starts the job again (2 restart(s) left)" in lost, err[-3000:]
+    _record(record_property, took, _steps(lost))
     whole = tmp_path / "whole"
     proc = _start(whole, [*TORCHRUN, "-m", "genperf.train"], "--steps", str(steps))
     assert proc.wait(timeout=180) == 0
@@ -238,11 +281,13 @@ def test_torchrun_restarts_resume_the_run_and_finish_its_steps_as_an_uninterrupt
         torch.testing.assert_close(_final_weights(out)[name], value, rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.slow  # two torchrun agents and a rendezvous of the survivor, 30 s
-def test_an_elastic_job_that_loses_a_node_finishes_on_the_other(tmp_path):
+@pytest.mark.slow  # two torchrun agents and a rendezvous of the survivor, 30 s each
+@pytest.mark.parametrize("parallel", ["--ddp", "--fsdp"])
+def test_an_elastic_job_that_loses_a_node_finishes_on_the_other(tmp_path, record_property, parallel):
     """torchrun --nnodes 1:2, one worker per node, the second node (its agent and worker) killed: the first node's
     worker says it lost contact and that torchrun restarts the job; the job goes on with one rank from the last
-    checkpoint, keeps the global batch, says so in one line and finishes the steps asked for."""
+    checkpoint (under FSDP the two ranks' shards resharded onto one), keeps the global batch, says so in one line
+    and finishes the steps asked for."""
     steps, port = 300, _free_port()
     agent = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1:2", "--nproc-per-node", "1",
@@ -253,7 +298,7 @@ def test_an_elastic_job_that_loses_a_node_finishes_on_the_other(tmp_path):
     nodes = []
     for name in ("a", "b"):
         logs[name] = tmp_path / name / "run"  # each agent's output in logs[name].stdout / .stderr
-        nodes.append(_start(logs[name], agent, "--steps", str(steps), "--out", str(out)))
+        nodes.append(_start(logs[name], agent, "--steps", str(steps), "--out", str(out), parallel=parallel))
         time.sleep(1.0)  # the first agent hosts the rendezvous store
     _wait_for(lambda: checkpoint.find(str(out)), 90, "the first checkpoint")
     time.sleep(random.Random(3).uniform(0.5, 1.5))
@@ -261,9 +306,11 @@ def test_an_elastic_job_that_loses_a_node_finishes_on_the_other(tmp_path):
     survivor, lost = (0, 1) if 0 in _workers(nodes[0].pid) else (1, 0)
     os.killpg(nodes[lost].pid, signal.SIGKILL)
     killed = time.monotonic()
+    log = str(logs["ab"[survivor]])
+    _wait_for(lambda: _restarted(log + ".stdout"), 120, "the job to resume on the surviving node")
+    resumed = time.monotonic() - killed
     nodes[survivor].wait(timeout=180)
     took = time.monotonic() - killed
-    log = str(logs["ab"[survivor]])
     err, said = open(log + ".stderr").read(), _messages(log + ".stdout")
     assert nodes[survivor].returncode == 0 and took < 90, (nodes[survivor].returncode, took, err[-3000:])
     assert "Traceback" not in err
@@ -272,6 +319,7 @@ def test_an_elastic_job_that_loses_a_node_finishes_on_the_other(tmp_path):
     (restart,) = [line for line in said if line.startswith("genperf: restart 1 of the job")]
     assert restart.endswith("on 1 rank(s) instead of 2: the global batch stays 64, 64 per rank instead of 32"), restart
     assert json.load(open(out / "summary.json"))["steps"] == steps
+    _record(record_property, resumed, _steps(lost))
 
 
 @pytest.mark.parametrize("counter", ["TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"])
