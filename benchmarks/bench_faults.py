@@ -90,8 +90,10 @@ def table(found):
         passed, props = found.get(test, (False, {}))
         if not passed:
             rows.append(f"| {fault} | test failed or did not run | |")
-            continue
-        rows.append(f"| {fault} | {props['seconds']} ({until}) | {props['steps_lost']} |")
+        elif "seconds" not in props:
+            rows.append(f"| {fault} | test passed but recorded nothing | |")
+        else:
+            rows.append(f"| {fault} | {props['seconds']} ({until}) | {props['steps_lost']} |")
     return "\n".join(rows)
 
 

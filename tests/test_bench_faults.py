@@ -11,6 +11,7 @@ REPORT = """<testsuites><testsuite>
 <testcase classname="tests.test_faults_ranks" name="{passed}"><properties>
 <property name="seconds" value="4.2"/><property name="steps_lost" value="5"/></properties></testcase>
 <testcase classname="tests.test_faults_ranks" name="{failed}"><failure message="boom"/></testcase>
+<testcase classname="tests.test_faults_ranks" name="{silent}"/>
 </testsuite></testsuites>"""
 
 
@@ -28,12 +29,13 @@ def test_every_fault_named_is_a_test_that_exists():
 
 
 def test_the_table_gives_what_passing_tests_recorded_and_names_failures(tmp_path):
-    passed, failed, *missing = bench_faults.FAULTS
-    (tmp_path / "r.xml").write_text(REPORT.format(passed=passed, failed=failed))
+    passed, failed, silent, *missing = bench_faults.FAULTS
+    (tmp_path / "r.xml").write_text(REPORT.format(passed=passed, failed=failed, silent=silent))
     rows = bench_faults.table(bench_faults.results(tmp_path / "r.xml")).splitlines()[2:]
     assert rows[0] == f"| {bench_faults.FAULTS[passed][0]} | 4.2 (exit) | 5 |"
     assert rows[1] == f"| {bench_faults.FAULTS[failed][0]} | test failed or did not run | |"
-    assert all("did not run" in row for row in rows[2:]) and len(rows) == len(bench_faults.FAULTS)
+    assert rows[2] == f"| {bench_faults.FAULTS[silent][0]} | test passed but recorded nothing | |"
+    assert all("did not run" in row for row in rows[3:]) and len(rows) == len(bench_faults.FAULTS)
 
 
 def test_the_section_is_replaced_between_its_markers_alone(tmp_path):
