@@ -16,7 +16,7 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
-from bench_quality import commit
+from bench_quality import commit, write_section
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = "tests/test_faults_ranks.py"
@@ -97,15 +97,6 @@ def table(found):
     return "\n".join(rows)
 
 
-def write_section(text, path=DOC):
-    doc = open(path).read()
-    head, rest = doc.split(BEGIN)
-    tail = rest.split(END)[1]
-    with open(path + ".tmp", "w") as f:
-        f.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
-    os.replace(path + ".tmp", path)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python benchmarks/bench_faults.py", description=__doc__.split("\n")[0])
     p.add_argument("--no-write", action="store_true", help="print the table, leave docs/faults.md alone")
@@ -122,7 +113,7 @@ def main(argv=None):
     )
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(DOC, text, BEGIN, END)
     return 1 if code else 0
 
 

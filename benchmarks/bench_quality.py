@@ -297,6 +297,20 @@ def commit():
     return proc.stdout.strip() or "unknown"
 
 
+def write_section(path, text, begin, end):
+    """Replaces the section of `path` between the markers `begin` and `end` with `text` (appends one if there is
+    none), writing the file whole or not at all."""
+    from genperf.runlog import atomic_write_text
+
+    old = open(path).read() if os.path.exists(path) else ""
+    section = f"{begin}\n{text}\n{end}"
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + section + old[old.index(end) + len(end) :]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write_text(new, path)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 
-from bench_quality import PLAIN_RECIPE, commit
+from bench_quality import PLAIN_RECIPE, commit, write_section
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -100,18 +100,6 @@ def plot(path, curves):
     fig.savefig(path, dpi=90)
 
 
-def write_section(path, text):
-    """Replaces the section between the markers of `path` (appends one if there is none)."""
-    old = open(path).read() if os.path.exists(path) else ""
-    section = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
-    with open(path, "w") as f:
-        f.write(new)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python benchmarks/bench_recipe.py", description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=350)
@@ -132,7 +120,7 @@ def main(argv=None):
         plot(args.plot, curves)
         text += f"\n\n![held-out bits/dim against steps, both recipes, every seed]({os.path.basename(args.plot)})"
     if args.markdown:
-        write_section(args.markdown, text)
+        write_section(args.markdown, text, BEGIN, END)
     return 0
 
 

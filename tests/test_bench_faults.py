@@ -41,5 +41,8 @@ def test_the_table_gives_what_passing_tests_recorded_and_names_failures(tmp_path
 def test_the_section_is_replaced_between_its_markers_alone(tmp_path):
     doc = tmp_path / "faults.md"
     doc.write_text(f"before\n{bench_faults.BEGIN}\nold table\n{bench_faults.END}\nafter\n")
-    bench_faults.write_section("new table", str(doc))
+    bench_faults.write_section(str(doc), "new table", bench_faults.BEGIN, bench_faults.END)
     assert doc.read_text() == f"before\n{bench_faults.BEGIN}\nnew table\n{bench_faults.END}\nafter\n"
+    doc.write_text("no section yet\n")  # bench_recipe's first table: the section is appended
+    bench_faults.write_section(str(doc), "table", bench_faults.BEGIN, bench_faults.END)
+    assert doc.read_text() == f"no section yet\n\n{bench_faults.BEGIN}\ntable\n{bench_faults.END}\n"

@@ -249,7 +249,7 @@ def test_a_rank_that_raises_ends_the_job_with_one_line_and_its_traceback_in_the_
 
 def _restarted(stdout):
     """The line of a restarted job that resumed its run, once it is in its output."""
-    said = [line for line in _messages(stdout) if line.startswith("genperf: restart 1 of the job")]
+    said = [line for line in _messages(stdout) if line.startswith("genperf: restart 1 of the job: resuming")]
     return said[0] if said else None
 
 
