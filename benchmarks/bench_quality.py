@@ -254,7 +254,8 @@ def markdown(model, rows, target, reached, table_s):
             r = next(r for r in rows if r["variant"] == v and r["budget_s"] == seconds)
             spread = f" [{r['low']:.3f}-{r['high']:.3f}]" if r["seeds"] > 1 else ""
             cells.append(f"{r['value']:.3f}{spread} ({r['steps']:.0f} steps)")
-        lines.append(f"| {seconds / 60:g} min | " + " | ".join(cells) + " |")
+        after = f"{seconds / 60:g} min" if seconds % 60 == 0 else f"{seconds:g} s"
+        lines.append(f"| {after} | " + " | ".join(cells) + " |")
 
     def when(ts):
         done = [t for t in ts if t is not None]

@@ -9,6 +9,8 @@ import os
 
 import torch
 
+from genperf.dtypes import cpu_has_bf16
+
 
 def batch_dynamic(x):
     """`x`, its first dimension marked as a batch that may change, for the compiled region it is passed to
@@ -68,7 +70,10 @@ def compile_options(config):
 
 
 def cpu_kind():
-    """The CPU's kind as far as compiled code cares: AMX, AVX-512 BF16, or AVX2 (no fast bf16)."""
+    """The CPU's kind as far as compiled code cares: AMX, AVX-512 BF16, or AVX2 (no fast bf16). A CPU whose
+    kernels are held below bf16 (ONEDNN_MAX_CPU_ISA=AVX2) counts as AVX2, as --amp's precision does."""
+    if not cpu_has_bf16():
+        return "AVX2"
     if torch.cpu._is_amx_tile_supported():
         return "AMX"
     return "AVX-512 BF16" if torch.cpu._is_avx512_bf16_supported() else "AVX2"

@@ -65,6 +65,12 @@ def test_every_measured_cpu_kind_has_a_gain_and_a_cost():
     assert compiled.cpu_kind() in ("AMX", "AVX-512 BF16", "AVX2")
 
 
+def test_a_cpu_without_bf16_kernels_is_judged_as_avx2_whatever_its_flags(monkeypatch):
+    monkeypatch.setattr(compiled, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert compiled.cpu_kind() == "AVX2"
+
+
 def test_the_cache_remembers_the_fewest_seconds_a_configuration_compiled_in(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     assert compiled.recorded_seconds("k") is None
