@@ -29,13 +29,13 @@ LAYERS = [
     ["genperf.ops"],
     [
         "genperf.errors",
-        "genperf.dtypes",
         "genperf.compiled",
         "genperf.schedule",
         "genperf.sharded",
         "genperf._C",
         "genperf.kernels",
     ],
+    ["genperf.dtypes"],  # what the CPU computes fast: read by --amp's precision and by --compile auto
 ]
 
 
